@@ -1,0 +1,1 @@
+"""compare: runs workloads eagerly, traced and compiled, beside peers; checks, times and reports."""

@@ -1,0 +1,1 @@
+"""compiler: filled by its own issue (see ../shared/DESIGN.md)."""

@@ -1,0 +1,39 @@
+"""eager: a dynamic-graph engine in the spirit of PyTorch, on one table of primitives.
+
+    >>> import eager
+    >>> x = eager.tensor([2.0], requires_grad=True)
+    >>> y = (x * 2) ** 2
+    >>> y.sum().backward()
+    >>> x.grad.tolist()
+    [16.0]
+"""
+
+# Tensor first: tensor.py pulls in ops and dispatch once the class exists (they import it back).
+from eager.tensor import Tensor  # isort: skip
+from eager import autograd
+from eager.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from eager.backend import Device, bool_, cuda_available, float32, float64, int32, int64
+from eager.creation import (arange, as_tensor, empty, eye, from_numpy, full, full_like, linspace, ones, ones_like,
+                            rand, rand_like, randint, randn, randn_like, randperm, tensor, zeros, zeros_like)
+from eager.dispatch import IndexOutOfRange, OpError, apply
+from eager.ops import (abs, all, amax, amin, any, argmax, argmin, cat, chunk, clamp, clone, concat, cos, detach,
+                       div, eq, erf, exp, expand, flatten, ge, gt, le, log, log_softmax, logsumexp, lt, matmul,
+                       max, maximum, mean, min, minimum, mm, mul, ne, neg, norm, permute, pow, relu, reshape,
+                       rsqrt, sigmoid, sign, sin, softmax, split, sqrt, squeeze, stack, std, sub, sum, tanh,
+                       transpose, unsqueeze, var, where)
+from eager.primitives import PRIMITIVES, Primitive, ShapeError
+from eager.random import Generator, manual_seed
+
+bool = bool_  # noqa: A001  (eager.bool, as torch.bool)
+float = float32  # noqa: A001
+double = float64
+long = int64
+
+
+class cuda:  # noqa: N801  (eager.cuda.is_available(), as torch.cuda)
+    @staticmethod
+    def is_available() -> "builtins.bool":  # noqa: F821
+        return cuda_available()
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,87 @@
+"""``apply``: the one entry point through which every op runs.
+
+It runs the primitive's ``impl`` on the input arrays, wraps the result in a Tensor, records an autograd
+node when a gradient is wanted, and tells any attached recorder (the tracer) what happened. Nothing else
+in the engine knows whether it is being traced.
+
+    >>> import eager
+    >>> from eager.primitives import PRIMITIVES
+    >>> apply(PRIMITIVES["add"], eager.tensor([1.0]), 2.0).tolist()
+    [3.0]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eager.autograd.engine import Node
+from eager.autograd.mode import MODE, user_source
+from eager.backend import namespace, namespace_of
+from eager.primitives import Aval, Primitive, ShapeError, describe
+from eager.tensor import Tensor
+
+_ndarray = np.ndarray
+
+
+class OpError(RuntimeError):
+    """An op's computation failed for a reason other than shapes; the message names op and inputs."""
+
+
+class IndexOutOfRange(ShapeError, IndexError):
+    """An index does not fit the tensor (both a ShapeError and, as in Python, an IndexError)."""
+
+
+def apply(prim: Primitive, *inputs, **params) -> Tensor:
+    """Run ``prim`` on ``inputs`` (Tensors or Python scalars) with static ``params``."""
+    mode = MODE.get()
+    arrays = []
+    xp = None
+    wants_grad = False
+    for x in inputs:
+        if isinstance(x, Tensor):
+            data = x._data
+            arrays.append(data)
+            if xp is None:
+                xp = np if type(data) is _ndarray else namespace_of(data)
+            if x._requires_grad:
+                wants_grad = True
+        else:
+            arrays.append(x)
+    if xp is None:
+        xp = namespace(params["device"])
+    try:
+        out = prim.impl(xp, *arrays, **params)
+    except Exception as e:
+        raise _op_error(prim, inputs, params, e) from e
+    if type(out) is not _ndarray and xp is np:
+        out = np.asarray(out)  # NumPy returns scalars, not 0-d arrays, from 0-d ops
+    if wants_grad and mode.grad_enabled and prim.vjp is not None:
+        t = Tensor._make(out, True, None)
+        t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params,
+                         tuple(x._version if isinstance(x, Tensor) else 0 for x in inputs),
+                         t if prim.saves_out else None,
+                         user_source() if mode.anomaly else None)
+    else:
+        t = Tensor._make(out, False, None)
+    if mode.recorders:
+        for recorder in mode.recorders:
+            recorder.record(prim, inputs, params, t)
+    return t
+
+
+def aval_of(x):
+    """The abstract value of a Tensor (Python scalars stand for themselves)."""
+    return Aval(tuple(x._data.shape), x._data.dtype) if isinstance(x, Tensor) else x
+
+
+def _op_error(prim, inputs, params, exc):
+    """Turn a backend failure into an error naming the op, the input shapes/dtypes and what to do."""
+    avals = [aval_of(x) for x in inputs]
+    try:
+        prim.shape_rule(*avals, **params)
+    except ShapeError as shape_error:
+        if isinstance(exc, IndexError):
+            return IndexOutOfRange(str(shape_error))
+        return shape_error
+    shown = ", ".join(describe(a) for a in avals)
+    return OpError(f"{prim.name}({shown}) failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,562 @@
+"""Tensor operations: thin wrappers over primitives, and composites written with them.
+
+Wrappers handle what PyTorch users expect at the surface (Python scalars, dtype promotion, ``dim``/``keepdim``,
+negative dims, 1-D matmul) and then call ``apply``. Composites (mean, var, softmax, clamp, relu, stack, ...)
+are written only with other ops, so they get gradients, tracing and fusion for free.
+
+    >>> import eager
+    >>> eager.softmax(eager.tensor([0.0, 0.0]), dim=0).tolist()
+    [0.5, 0.5]
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections import namedtuple
+from numbers import Number
+
+import numpy as np
+
+from eager import backend
+from eager import primitives as P
+from eager.autograd.mode import MODE
+from eager.dispatch import apply
+from eager.primitives import IndexSlot, ShapeError
+from eager.tensor import Tensor
+
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+# ---------------------------------------------------------------- operands and promotion
+
+
+def _scalar(x):
+    """A Python number for a Python or NumPy scalar; None for anything else."""
+    if isinstance(x, (bool, int, float)):
+        return x
+    if isinstance(x, np.generic):
+        return x.item()
+    return None
+
+
+def as_tensor(x, like: Tensor | None = None) -> Tensor:
+    """Tensors pass through; arrays and lists become constant tensors (on ``like``'s device)."""
+    if isinstance(x, Tensor):
+        return x
+    from eager.creation import tensor
+    return tensor(x, device=like.device if like is not None else None)
+
+
+def _operands(a, b):
+    """Promote two operands PyTorch's way; Python scalars stay scalars (weakly typed)."""
+    ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
+    if ta and tb:
+        da, db = a._data.dtype, b._data.dtype
+        if da is not db and da != db:
+            dt = backend.promote_types(da, db)
+            a = a if da == dt else to(a, dt)
+            b = b if db == dt else to(b, dt)
+        return a, b
+    if ta:
+        return _with_scalar(a, b)
+    if tb:
+        b, a = _with_scalar(b, a)
+        return a, b
+    raise TypeError(f"expected at least one Tensor operand, got {type(a).__name__} and {type(b).__name__}")
+
+
+def _with_scalar(t: Tensor, s):
+    value = _scalar(s)
+    if value is None:
+        if isinstance(s, (np.ndarray, list, tuple)):
+            return _operands(t, as_tensor(s, like=t))
+        raise TypeError(f"unsupported operand type {type(s).__name__} for a Tensor op; use a Tensor or a number")
+    kind = t._data.dtype.kind
+    if isinstance(value, float) and kind != "f":
+        t = to(t, backend.default_float)
+    elif kind == "b" and not isinstance(value, bool):
+        t = to(t, backend.int64)
+    return t, value
+
+
+def _binary(prim, a, b):
+    a, b = _operands(a, b)
+    return apply(prim, a, b)
+
+
+def _floating(x: Tensor) -> Tensor:
+    return x if x._data.dtype.kind == "f" else to(x, backend.default_float)
+
+
+def add(a, b): return _binary(P.ADD, a, b)
+def sub(a, b): return _binary(P.SUB, a, b)
+def mul(a, b): return _binary(P.MUL, a, b)
+def maximum(a, b): return _binary(P.MAXIMUM, a, b)
+def minimum(a, b): return _binary(P.MINIMUM, a, b)
+def eq(a, b): return _binary(P.PRIMITIVES["eq"], a, b)
+def ne(a, b): return _binary(P.PRIMITIVES["ne"], a, b)
+def lt(a, b): return _binary(P.PRIMITIVES["lt"], a, b)
+def le(a, b): return _binary(P.PRIMITIVES["le"], a, b)
+def gt(a, b): return _binary(P.PRIMITIVES["gt"], a, b)
+def ge(a, b): return _binary(P.PRIMITIVES["ge"], a, b)
+
+
+def div(a, b):
+    """True division: integer operands are promoted to floating point first, as in PyTorch."""
+    a, b = _operands(a, b)
+    if isinstance(a, Tensor) and a._data.dtype.kind != "f":
+        a = to(a, backend.default_float)
+        b = b if not isinstance(b, Tensor) else to(b, backend.default_float)
+    elif isinstance(b, Tensor) and b._data.dtype.kind != "f":
+        b = to(b, backend.default_float)
+    return apply(P.DIV, a, b)
+
+
+def pow(a, b):
+    a, b = _operands(a, b)
+    if isinstance(b, Tensor) or isinstance(b, float) or b < 0:
+        a = _floating(a) if isinstance(a, Tensor) else a
+        b = _floating(b) if isinstance(b, Tensor) else b
+    return apply(P.POW, a, b)
+
+
+def neg(x): return apply(P.NEG, x)
+def exp(x): return apply(P.EXP, _floating(x))
+def log(x): return apply(P.LOG, _floating(x))
+def sqrt(x): return apply(P.SQRT, _floating(x))
+def rsqrt(x): return div(1.0, sqrt(x))
+def tanh(x): return apply(P.TANH, _floating(x))
+def sigmoid(x): return apply(P.SIGMOID, _floating(x))
+def sin(x): return apply(P.SIN, _floating(x))
+def cos(x): return apply(P.COS, _floating(x))
+def erf(x): return apply(P.ERF, _floating(x))
+def abs(x): return apply(P.ABS, x)
+def sign(x): return apply(P.SIGN, x)
+def clone(x): return apply(P.COPY, x)
+
+
+def detach(x: Tensor) -> Tensor:
+    """The same values, cut from the autograd graph (a trace still sees where they came from)."""
+    return apply(P.STOP_GRADIENT, x)
+
+
+def relu(x: Tensor) -> Tensor:
+    return where(gt(x, 0), x, 0)
+
+
+def where(condition, x, y) -> Tensor:
+    """``x`` where ``condition`` holds, else ``y`` (either may be a Python scalar)."""
+    if not isinstance(condition, Tensor):
+        raise TypeError(f"where: the condition must be a bool Tensor, got {type(condition).__name__}")
+    if isinstance(x, Tensor) or isinstance(y, Tensor):
+        if isinstance(x, Tensor) and isinstance(y, Tensor):
+            x, y = _operands(x, y)
+        elif isinstance(x, Tensor):
+            x, y = _with_scalar(x, y)
+        else:
+            y, x = _with_scalar(y, x)
+        return apply(P.WHERE, condition, x, y)
+    value = _scalar(x)
+    dtype = backend.default_float if isinstance(value, float) or isinstance(_scalar(y), float) else backend.int64
+    return apply(P.WHERE, condition, full_like_of(condition, x, dtype), y)
+
+
+def clamp(x: Tensor, min=None, max=None) -> Tensor:
+    """Limit to [min, max]; the gradient is 1 inside the range (bounds included) and 0 outside."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    out = x
+    if min is not None:
+        out = where(lt(out, min), min, out)
+    if max is not None:
+        out = where(gt(out, max), max, out)
+    return out
+
+
+def logical_not(x: Tensor) -> Tensor:
+    return eq(x, False) if x.dtype == backend.bool_ else eq(x, 0)
+
+
+def logical_and(a: Tensor, b) -> Tensor:
+    return where(a, ne(as_tensor(b, like=a), False), False) if a.dtype == backend.bool_ else mul(a, b)
+
+
+def logical_or(a: Tensor, b) -> Tensor:
+    return where(a, True, ne(as_tensor(b, like=a), False)) if a.dtype == backend.bool_ else maximum(a, b)
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def to(x: Tensor, *args, **kwargs) -> Tensor:
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    if kwargs:
+        raise TypeError(f"to: unexpected arguments {sorted(kwargs)}")
+    for arg in args:
+        if isinstance(arg, Tensor):
+            device, dtype = arg.device, arg.dtype
+        elif isinstance(arg, str) and (arg.startswith("cpu") or arg.startswith("cuda")):
+            device = arg
+        else:
+            dtype = arg
+    out = x
+    if dtype is not None:
+        dtype = backend.canonical_dtype(dtype)
+        if dtype != out._data.dtype:
+            out = apply(P.CAST, out, dtype=dtype)
+    if device is not None:
+        device = backend.canonical_device(device)
+        if device != out.device:
+            out = apply(P.TO_DEVICE, out, device=device)
+    return out
+
+
+def full_like_of(x: Tensor, value, dtype=None) -> Tensor:
+    """A tensor of ``x``'s shape and device filled with ``value`` (a node in a trace, not a constant)."""
+    return apply(P.FULL, shape=tuple(x.shape), fill_value=value,
+                 dtype=backend.canonical_dtype(dtype) or x.dtype, device=x.device)
+
+
+def zeros_like(x: Tensor, dtype=None) -> Tensor:
+    return full_like_of(x, 0, dtype)
+
+
+def copy_from(x: Tensor, src) -> Tensor:
+    """``x.copy_(src)``: src broadcast to x's shape and cast to x's dtype and device."""
+    src = to(as_tensor(src, like=x), x.device, x.dtype)
+    return expand(src, *x.shape) if src.shape != x.shape else clone(src)
+
+
+def inplace(x: Tensor, op, *args) -> Tensor:
+    """Run ``op(x, *args)`` out of place, then make ``x`` hold the result (its version is bumped)."""
+    mode = MODE.get()
+    if x.grad_fn is None and x._requires_grad and mode.grad_enabled:
+        raise RuntimeError(f"a leaf tensor of shape {list(x.shape)} that requires grad is being used in an "
+                           "in-place operation; wrap the update in `with eager.no_grad():` (as optimizers "
+                           "do), or work on a clone.")
+    source = x
+    if x.grad_fn is not None:  # the new node must see the old value, not the rebound tensor
+        source = Tensor._make(x._data, x._requires_grad, x.grad_fn)
+        source._version = x._version
+    new = op(source, *args)
+    if new.dtype != x.dtype:
+        raise TypeError(f"in-place op: result type {new.dtype} can't be cast to the tensor's type {x.dtype}; "
+                        "use the out-of-place op.")
+    if new.shape != x.shape:
+        raise ShapeError(f"in-place op: result shape {list(new.shape)} doesn't match the tensor's shape "
+                         f"{list(x.shape)}; use the out-of-place op.")
+    x._data = new._data
+    x._version += 1
+    if new.grad_fn is not None:
+        x.grad_fn = new.grad_fn
+        x._requires_grad = True
+    for recorder in mode.recorders:
+        recorder.mutate(x, new)
+    return x
+
+
+# ---------------------------------------------------------------- reductions
+
+
+def _axes(x: Tensor, dim) -> tuple[int, ...]:
+    ndim = x.ndim
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -ndim <= d < builtins.max(ndim, 1):
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, "
+                             f"{builtins.max(ndim - 1, 0)}], but got {d}) for a tensor of shape {list(x.shape)}")
+        out.append(d % ndim if ndim else 0)
+    return tuple(sorted(set(out)))
+
+
+def sum(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+    x = x if dtype is None else to(x, dtype)
+    return apply(P.SUM, x, axes=_axes(x, dim), keepdims=keepdim)
+
+
+def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    x = _floating(x)
+    axes = _axes(x, dim)
+    count = math.prod(x.shape[a] for a in axes)
+    return div(apply(P.SUM, x, axes=axes, keepdims=keepdim), count)
+
+
+def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return apply(P.MAX, x, axes=_axes(x, dim), keepdims=keepdim)
+
+
+def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return neg(amax(neg(x), dim, keepdim))
+
+
+def argmax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    axis = None if dim is None else _axes(x, dim)[0]
+    return apply(P.ARGMAX, x, axis=axis, keepdims=keepdim)
+
+
+def argmin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return argmax(neg(x), dim, keepdim)
+
+
+def max(x: Tensor, dim=None, keepdim: bool = False):
+    """``max(x)``: the largest value; ``max(x, dim)``: (values, indices); ``max(x, other)``: maximum."""
+    if isinstance(dim, Tensor):
+        return maximum(x, dim)
+    if dim is None:
+        return amax(x)
+    return MaxResult(amax(x, dim, keepdim), argmax(x, dim, keepdim))
+
+
+def min(x: Tensor, dim=None, keepdim: bool = False):
+    if isinstance(dim, Tensor):
+        return minimum(x, dim)
+    if dim is None:
+        return amin(x)
+    return MaxResult(amin(x, dim, keepdim), argmin(x, dim, keepdim))
+
+
+def all(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return eq(amin(to(ne(x, 0), backend.int64), dim, keepdim), 1)
+
+
+def any(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return eq(amax(to(ne(x, 0), backend.int64), dim, keepdim), 1)
+
+
+def var(x: Tensor, dim=None, unbiased: bool = True, keepdim: bool = False, correction=None) -> Tensor:
+    x = _floating(x)
+    axes = _axes(x, dim)
+    count = math.prod(x.shape[a] for a in axes)
+    ddof = (1 if unbiased else 0) if correction is None else correction
+    centered = sub(x, mean(x, axes, keepdim=True))
+    return div(sum(mul(centered, centered), axes, keepdim), builtins.max(count - ddof, 0))
+
+
+def std(x: Tensor, dim=None, unbiased: bool = True, keepdim: bool = False, correction=None) -> Tensor:
+    return sqrt(var(x, dim, unbiased, keepdim, correction))
+
+
+def norm(x: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
+    if p == 2:
+        return sqrt(sum(mul(x, x), dim, keepdim))
+    if p == 1:
+        return sum(abs(x), dim, keepdim)
+    return pow(sum(pow(abs(x), p), dim, keepdim), 1.0 / p)
+
+
+def softmax(x: Tensor, dim: int) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)): the max is detached (softmax does not depend on the shift)."""
+    x = _floating(x)
+    shifted = sub(x, detach(amax(x, dim, keepdim=True)))
+    e = exp(shifted)
+    return div(e, sum(e, dim, keepdim=True))
+
+
+def log_softmax(x: Tensor, dim: int) -> Tensor:
+    x = _floating(x)
+    shifted = sub(x, detach(amax(x, dim, keepdim=True)))
+    return sub(shifted, log(sum(exp(shifted), dim, keepdim=True)))
+
+
+def logsumexp(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    m = detach(amax(x, dim, keepdim=True))
+    out = add(log(sum(exp(sub(x, m)), dim, keepdim=True)), m)
+    return out if keepdim else squeeze(out, dim)
+
+
+# ---------------------------------------------------------------- movement
+
+
+def _shape_arg(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+def reshape(x: Tensor, *shape) -> Tensor:
+    shape = _shape_arg(shape)
+    if -1 in shape:
+        known = math.prod(d for d in shape if d != -1)
+        if shape.count(-1) > 1 or known == 0 or x.numel() % known:
+            raise ShapeError(f"reshape: cannot infer the -1 in {list(shape)} for a tensor of shape "
+                             f"{list(x.shape)} ({x.numel()} elements).")
+        shape = tuple(x.numel() // known if d == -1 else d for d in shape)
+    return apply(P.RESHAPE, x, shape=tuple(int(d) for d in shape))
+
+
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    if x.ndim == 0:
+        return reshape(x, 1)
+    s, e = start_dim % x.ndim, end_dim % x.ndim
+    return reshape(x, x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+
+def squeeze(x: Tensor, dim=None) -> Tensor:
+    dims = set(range(x.ndim)) if dim is None else set(_axes(x, dim))
+    return reshape(x, tuple(d for i, d in enumerate(x.shape) if not (i in dims and d == 1)))
+
+
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
+    ndim = x.ndim + 1
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"unsqueeze: dim {dim} is out of range for a result with {ndim} dims")
+    dim %= ndim
+    return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
+
+
+def permute(x: Tensor, *dims) -> Tensor:
+    dims = _shape_arg(dims)
+    if len(dims) != x.ndim:
+        raise ShapeError(f"permute: got {len(dims)} dims {list(dims)} for a tensor of shape {list(x.shape)}; "
+                         "give one entry per dimension.")
+    return apply(P.PERMUTE, x, axes=tuple(d % x.ndim for d in dims))
+
+
+def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
+    axes = list(range(x.ndim))
+    d0, d1 = _axes(x, dim0)[0], _axes(x, dim1)[0]
+    axes[d0], axes[d1] = axes[d1], axes[d0]
+    return apply(P.PERMUTE, x, axes=tuple(axes))
+
+
+def expand(x: Tensor, *sizes) -> Tensor:
+    sizes = _shape_arg(sizes)
+    lead = len(sizes) - x.ndim
+    if lead < 0:
+        raise ShapeError(f"expand: the target {list(sizes)} has fewer dims than the tensor {list(x.shape)}")
+    shape = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
+    return apply(P.BROADCAST_TO, x, shape=shape)
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    return expand(x, *shape)
+
+
+def cat(tensors, dim: int = 0) -> Tensor:
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat: expected a non-empty list of tensors")
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = backend.promote_types(dtype, t.dtype)
+    tensors = [to(t, dtype) for t in tensors]
+    if tensors[0].ndim == 0:
+        raise ShapeError("cat: zero-dimensional tensors cannot be concatenated; use stack.")
+    return apply(P.CONCATENATE, *tensors, axis=_axes(tensors[0], dim)[0])
+
+
+concat = cat
+
+
+def stack(tensors, dim: int = 0) -> Tensor:
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: expected a non-empty list of tensors")
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        raise ShapeError(f"stack: all tensors must have the same shape, got {sorted(map(list, shapes))}")
+    return cat([unsqueeze(t, dim) for t in tensors], dim)
+
+
+def split(x: Tensor, split_size_or_sections, dim: int = 0) -> tuple[Tensor, ...]:
+    ax = _axes(x, dim)[0]
+    total = x.shape[ax]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        sizes = [builtins.min(step, total - s) for s in range(0, total, step)]
+    else:
+        sizes = list(split_size_or_sections)
+        if builtins.sum(sizes) != total:
+            raise ShapeError(f"split: sections {sizes} sum to {builtins.sum(sizes)}, but dim {ax} of "
+                             f"{list(x.shape)} has size {total}")
+    out, start = [], 0
+    for size in sizes:
+        out.append(getitem(x, (slice(None),) * ax + (slice(start, start + size),)))
+        start += size
+    return tuple(out)
+
+
+def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
+    size = -(-x.shape[_axes(x, dim)[0]] // chunks)
+    return split(x, size, dim)
+
+
+# ---------------------------------------------------------------- indexing
+
+
+def _index_key(x: Tensor, key):
+    """Split a user key into a static key (slices, ints, None, ...) and index tensors (IndexSlots)."""
+    key = key if isinstance(key, tuple) else (key,)
+    static, index_tensors = [], []
+    for k in key:
+        if isinstance(k, Tensor) or isinstance(k, (list, np.ndarray)):
+            k = as_tensor(k, like=x)
+            if k.dtype == backend.bool_:
+                # a boolean mask picks a data-dependent number of elements: make that explicit
+                k._escape("nonzero", None)
+                positions = k._xp().nonzero(k._data)
+                for p in positions:
+                    static.append(IndexSlot(len(index_tensors)))
+                    index_tensors.append(Tensor._make(p.astype(np.int64), False, None))
+                continue
+            if k.dtype.kind not in "iu":
+                raise IndexError(f"getitem: tensors used as indices must be integer or bool, got {k.dtype}")
+            static.append(IndexSlot(len(index_tensors)))
+            index_tensors.append(k)
+        elif isinstance(k, slice):
+            static.append(slice(*(None if v is None else int(_scalar(v) if _scalar(v) is not None else v)
+                                  for v in (k.start, k.stop, k.step))))
+        elif k is None or k is Ellipsis:
+            static.append(k)
+        elif _scalar(k) is not None and not isinstance(k, bool):
+            static.append(int(_scalar(k)))
+        else:
+            raise IndexError(f"getitem: unsupported index {k!r} of type {type(k).__name__}; use ints, "
+                             "slices, None, ..., or integer/bool tensors")
+    return tuple(static), index_tensors
+
+
+def getitem(x: Tensor, key) -> Tensor:
+    static, index_tensors = _index_key(x, key)
+    return apply(P.GETITEM, x, *index_tensors, key=static)
+
+
+def setitem(x: Tensor, key, value) -> None:
+    """``x[key] = value`` as an in-place op: differentiable in both x and value."""
+    static, index_tensors = _index_key(x, key)
+
+    def put(base, v):
+        region = apply(P.GETITEM, base, *index_tensors, key=static)
+        v = to(as_tensor(v, like=base), base.dtype) if not isinstance(v, Number) else full_like_of(region, v)
+        if v.shape != region.shape:
+            v = expand(v, *region.shape)
+        return apply(P.INDEX_ADD, base, sub(v, region), *index_tensors, key=static)
+
+    inplace(x, put, value)
+
+
+# ---------------------------------------------------------------- matmul
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """Matrix product with NumPy/PyTorch rules: 1-D operands are promoted and the dim removed after."""
+    a, b = _operands(as_tensor(a) if not isinstance(a, Tensor) else a, as_tensor(b) if not isinstance(b, Tensor)
+                     else b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: both arguments must be at least 1-D, got shapes {list(a.shape)} and "
+                         f"{list(b.shape)}; use * for scalars.")
+    a2 = unsqueeze(a, 0) if a.ndim == 1 else a
+    b2 = unsqueeze(b, 1) if b.ndim == 1 else b
+    out = apply(P.MATMUL_, a2, b2)
+    if a.ndim == 1:
+        out = squeeze(out, -2)
+    if b.ndim == 1:
+        out = squeeze(out, -1)
+    return out
+
+
+mm = matmul

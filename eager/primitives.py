@@ -1,0 +1,522 @@
+"""The one table of primitives. Every mode (eager, traced, compiled) reads it.
+
+A primitive row holds, side by side, everything the project knows about one op:
+
+- ``impl(xp, *arrays, **params)``: the computation over an array namespace (numpy or cupy);
+- ``shape_rule(*avals, **params) -> Aval``: output shape and dtype from input shapes and dtypes
+  (a Python scalar input is passed as itself: it is weakly typed and takes the tensor's dtype);
+- ``vjp(g, out, *inputs, **params) -> tuple``: the input gradients, written with Tensor ops so that
+  backward passes are themselves recordable (tracing, higher-order gradients);
+- ``c_expr``: for elementwise ops, the C/CUDA expression (``{0}``, ``{1}``: operands) shared by codegen.
+
+Everything else (mean, softmax, layer_norm, relu, ...) is a composite in ``eager.ops`` or
+``eager.nn.functional``.
+
+    >>> PRIMITIVES["mul"].c_expr
+    '({0} * {1})'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from eager.backend import bool_, int64, short_name
+
+ELEMENTWISE, REDUCTION, MOVEMENT, MATMUL, OTHER = "elementwise", "reduction", "movement", "matmul", "other"
+
+
+class Aval(NamedTuple):
+    """The abstract value of a tensor: what shape rules see and what IR nodes record."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        return f"{short_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+
+
+class ShapeError(ValueError):
+    """An op was given inputs whose shapes or dtypes do not fit; the message names op, shapes and a fix."""
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Primitive:
+    name: str
+    kind: str
+    impl: Callable[..., Any]
+    shape_rule: Callable[..., Aval]
+    vjp: Callable[..., tuple] | None = None
+    c_expr: str | None = None
+    saves_out: bool = False  # the VJP reads the output (so backward checks the output was not modified)
+
+    @property
+    def backward_name(self) -> str:
+        return "".join(part.capitalize() for part in self.name.split("_")) + "Backward"
+
+    def __repr__(self) -> str:
+        return f"Primitive({self.name})"
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def _register(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False) -> Primitive:
+    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out)
+    PRIMITIVES[name] = prim
+    return prim
+
+
+def describe(aval) -> str:
+    return str(aval) if isinstance(aval, Aval) else repr(aval)
+
+
+# ---------------------------------------------------------------- shape rules
+
+
+def _tensor_avals(avals):
+    return [a for a in avals if isinstance(a, Aval)]
+
+
+def broadcast_shapes(op: str, *avals) -> tuple[int, ...]:
+    shapes = [a.shape for a in _tensor_avals(avals)]
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(
+            f"{op}: shapes {', '.join(describe(a) for a in avals)} cannot be broadcast together: "
+            "trailing dimensions must be equal or 1. Reshape or unsqueeze one operand so they line up."
+        ) from None
+
+
+def _same_dtype(op: str, avals) -> np.dtype:
+    dtypes = {a.dtype for a in _tensor_avals(avals)}
+    if len(dtypes) != 1:
+        raise ShapeError(f"{op}: operands have different dtypes ({', '.join(describe(a) for a in avals)}); "
+                         "cast one with .to(dtype) first (the eager operators promote automatically).")
+    return dtypes.pop()
+
+
+def _elementwise_rule(op: str, result_dtype=None):
+    def rule(*avals):
+        shape = broadcast_shapes(op, *avals)
+        return Aval(shape, result_dtype or _same_dtype(op, avals))
+    return rule
+
+
+def _float_rule(op: str):
+    def rule(a):
+        if a.dtype.kind != "f":
+            raise ShapeError(f"{op}: expects a floating-point tensor, got {a}; call .float() first.")
+        return a
+    return rule
+
+
+def _normalize_axes(op, axes, ndim):
+    out = []
+    for ax in axes:
+        if not -ndim <= ax < max(ndim, 1):
+            raise ShapeError(f"{op}: dim {ax} is out of range for a tensor with {ndim} dims "
+                             f"(valid: {-ndim}..{ndim - 1}).")
+        out.append(ax % ndim if ndim else 0)
+    return tuple(out)
+
+
+def _reduce_rule(op: str, dtype=None):
+    def rule(a, *, axes, keepdims):
+        axes = _normalize_axes(op, axes, len(a.shape))
+        if op == "max" and any(a.shape[ax] == 0 for ax in axes):
+            raise ShapeError(f"{op}: cannot reduce over an empty dimension of {a} (dims {axes}).")
+        shape = tuple(1 if i in axes else d for i, d in enumerate(a.shape) if keepdims or i not in axes)
+        out_dtype = dtype or (int64 if a.dtype.kind in "bi" and op == "sum" else a.dtype)
+        return Aval(shape, out_dtype)
+    return rule
+
+
+def _argmax_rule(a, *, axis, keepdims):
+    if axis is None:
+        return Aval((1,) * len(a.shape) if keepdims else (), int64)
+    (ax,) = _normalize_axes("argmax", (axis,), len(a.shape))
+    shape = tuple(1 if i == ax else d for i, d in enumerate(a.shape) if keepdims or i != ax)
+    return Aval(shape, int64)
+
+
+def _reshape_rule(a, *, shape):
+    if math.prod(shape) != math.prod(a.shape):
+        raise ShapeError(f"reshape: cannot reshape {a} ({math.prod(a.shape)} elements) to "
+                         f"{list(shape)} ({math.prod(shape)} elements); the element counts must match.")
+    return Aval(tuple(shape), a.dtype)
+
+
+def _broadcast_to_rule(a, *, shape):
+    try:
+        ok = tuple(np.broadcast_shapes(a.shape, tuple(shape))) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ShapeError(f"expand/broadcast_to: cannot broadcast {a} to {list(shape)}: each dim must "
+                         "equal the target or be 1, and the target may only add leading dims.")
+    return Aval(tuple(shape), a.dtype)
+
+
+def _permute_rule(a, *, axes):
+    if sorted(axes) != list(range(len(a.shape))):
+        raise ShapeError(f"permute: {list(axes)} is not a permutation of the {len(a.shape)} dims of {a}.")
+    return Aval(tuple(a.shape[i] for i in axes), a.dtype)
+
+
+def _matmul_rule(a, b):
+    if a.dtype != b.dtype:
+        raise ShapeError(f"matmul: operands have different dtypes ({a} @ {b}); cast one with .to(dtype).")
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise ShapeError(f"matmul primitive needs at least 2-D operands, got {a} @ {b}.")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul: shapes {a} and {b} do not fit: the last dim of the first "
+                         f"({a.shape[-1]}) must equal the second-to-last dim of the second ({b.shape[-2]}).")
+    batch = broadcast_shapes("matmul (batch dims)", Aval(a.shape[:-2], a.dtype), Aval(b.shape[:-2], b.dtype))
+    return Aval(batch + (a.shape[-2], b.shape[-1]), a.dtype)
+
+
+def _concat_rule(*avals, axis):
+    first = avals[0]
+    ndim = len(first.shape)
+    (ax,) = _normalize_axes("cat", (axis,), ndim)
+    for a in avals[1:]:
+        if a.dtype != first.dtype or len(a.shape) != ndim or any(
+                d != e for i, (d, e) in enumerate(zip(a.shape, first.shape)) if i != ax):
+            raise ShapeError(f"cat: tensors {', '.join(map(str, avals))} must have the same dtype and "
+                             f"equal sizes in every dim except dim {ax}.")
+    size = sum(a.shape[ax] for a in avals)
+    return Aval(first.shape[:ax] + (size,) + first.shape[ax + 1:], first.dtype)
+
+
+class IndexSlot(NamedTuple):
+    """Marks where an index tensor (a further primitive input) sits inside a getitem key."""
+
+    position: int
+
+
+def build_key(key, index_arrays):
+    """Put the index arrays back into a static key (slots -> arrays)."""
+    return tuple(index_arrays[k.position] if isinstance(k, IndexSlot) else k for k in key)
+
+
+def _dummy(aval):
+    """A zero-strided array of the right shape: evaluating a key on it gives the result shape for free."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, aval.dtype), aval.shape, (0,) * len(aval.shape))
+
+
+def _getitem_rule(a, *index_avals, key):
+    indices = [np.zeros(i.shape, i.dtype) for i in index_avals]
+    try:
+        shape = _dummy(a)[build_key(key, indices)].shape
+    except IndexError as e:
+        raise ShapeError(f"getitem: index {format_key(key)} does not fit a tensor {a}: {e}") from None
+    return Aval(shape, a.dtype)
+
+
+def _index_add_rule(base, values, *index_avals, key):
+    target = _getitem_rule(base, *index_avals, key=key)
+    if values.shape != target.shape or values.dtype != base.dtype:
+        raise ShapeError(f"index_add: values {values} must match the indexed region {target} of {base}.")
+    return base
+
+
+def _creation_rule(*, shape, dtype, **_):
+    return Aval(tuple(shape), dtype)
+
+
+def format_key(key) -> str:
+    def one(k):
+        if isinstance(k, slice):
+            parts = ["" if v is None else str(v) for v in (k.start, k.stop, k.step)]
+            return ":".join(parts[:2]) + (f":{parts[2]}" if k.step is not None else "")
+        if k is None:
+            return "None"
+        if k is Ellipsis:
+            return "..."
+        if isinstance(k, IndexSlot):
+            return f"<index {k.position}>"
+        return repr(k)
+    return "[" + ", ".join(one(k) for k in key) + "]"
+
+
+# ---------------------------------------------------------------- gradient helpers (Tensor ops)
+
+
+def unbroadcast(g, x):
+    """Sum a gradient back to the shape of input ``x`` (None when x is a Python scalar)."""
+    if not hasattr(x, "shape"):
+        return None
+    shape = x.shape
+    if g.shape == shape:
+        return g
+    lead = len(g.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, d in enumerate(shape) if d == 1 and g.shape[i + lead] != 1)
+    summed = g.sum(dim=axes, keepdim=True) if axes else g
+    return summed.reshape(shape)
+
+
+def _where(cond, x, y):
+    from eager.dispatch import apply
+    return apply(WHERE, cond, x, y)
+
+
+def _inverse(axes):
+    inv = [0] * len(axes)
+    for i, a in enumerate(axes):
+        inv[a] = i
+    return tuple(inv)
+
+
+def _mT(t):
+    axes = list(range(t.ndim))
+    axes[-1], axes[-2] = axes[-2], axes[-1]
+    return t.permute(*axes)
+
+
+def _keep_reduced(g, a, axes, keepdims):
+    """Reshape a reduction's gradient so it broadcasts against the reduction input."""
+    if keepdims:
+        return g
+    ndim = a.ndim
+    axes = {ax % ndim for ax in axes}
+    return g.reshape(tuple(1 if i in axes else d for i, d in enumerate(a.shape)))
+
+
+def _scatter_back(g, a, index_inputs, key):
+    from eager.dispatch import apply
+    from eager.ops import zeros_like
+    return apply(INDEX_ADD, zeros_like(a), g, *index_inputs, key=key)
+
+
+# ---------------------------------------------------------------- the table
+
+_reg = _register
+# unary elementwise
+NEG = _reg("neg", ELEMENTWISE, lambda xp, a: -a, lambda a: a, lambda g, out, a: (-g,), "(-{0})")
+EXP = _reg("exp", ELEMENTWISE, lambda xp, a: xp.exp(a), _float_rule("exp"),
+           lambda g, out, a: (g * out,), "exp({0})", saves_out=True)
+LOG = _reg("log", ELEMENTWISE, lambda xp, a: xp.log(a), _float_rule("log"),
+           lambda g, out, a: (g / a,), "log({0})")
+SQRT = _reg("sqrt", ELEMENTWISE, lambda xp, a: xp.sqrt(a), _float_rule("sqrt"),
+            lambda g, out, a: (g / (out * 2),), "sqrt({0})", saves_out=True)
+TANH = _reg("tanh", ELEMENTWISE, lambda xp, a: xp.tanh(a), _float_rule("tanh"),
+            lambda g, out, a: (g * (1 - out * out),), "tanh({0})", saves_out=True)
+SIN = _reg("sin", ELEMENTWISE, lambda xp, a: xp.sin(a), _float_rule("sin"),
+           lambda g, out, a: (g * a.cos(),), "sin({0})")
+COS = _reg("cos", ELEMENTWISE, lambda xp, a: xp.cos(a), _float_rule("cos"),
+           lambda g, out, a: (-(g * a.sin()),), "cos({0})")
+ABS = _reg("abs", ELEMENTWISE, lambda xp, a: xp.abs(a), lambda a: a,
+           lambda g, out, a: (g * a.sign(),), "fabs({0})")
+SIGN = _reg("sign", ELEMENTWISE, lambda xp, a: xp.sign(a), lambda a: a,
+            lambda g, out, a: (g * 0,), "(({0} > 0) - ({0} < 0))")
+
+
+def _sigmoid_impl(xp, a):
+    # exp of a non-positive number only: no overflow warnings for large |a|
+    e = xp.exp(-xp.abs(a))
+    return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+
+
+SIGMOID = _reg("sigmoid", ELEMENTWISE, _sigmoid_impl, _float_rule("sigmoid"),
+               lambda g, out, a: (g * out * (1 - out),), "(1 / (1 + exp(-{0})))", saves_out=True)
+
+
+def _erf_impl(xp, a):
+    if xp is np:
+        from scipy.special import erf
+    else:
+        from cupyx.scipy.special import erf
+    return erf(a)
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+ERF = _reg("erf", ELEMENTWISE, _erf_impl, _float_rule("erf"),
+           lambda g, out, a: (g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI,), "erf({0})")
+
+# binary elementwise (numpy-style implicit broadcasting; gradients are summed back by unbroadcast)
+ADD = _reg("add", ELEMENTWISE, lambda xp, a, b: a + b, _elementwise_rule("add"),
+           lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(g, b)), "({0} + {1})")
+SUB = _reg("sub", ELEMENTWISE, lambda xp, a, b: a - b, _elementwise_rule("sub"),
+           lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(-g, b)), "({0} - {1})")
+MUL = _reg("mul", ELEMENTWISE, lambda xp, a, b: a * b, _elementwise_rule("mul"),
+           lambda g, out, a, b: (unbroadcast(g * b, a) if _needs(a) else None,
+                                 unbroadcast(g * a, b) if _needs(b) else None), "({0} * {1})")
+DIV = _reg("div", ELEMENTWISE, lambda xp, a, b: a / b, _elementwise_rule("div"),
+           lambda g, out, a, b: (unbroadcast(g / b, a) if _needs(a) else None,
+                                 unbroadcast(-(g * a) / (b * b), b) if _needs(b) else None), "({0} / {1})")
+
+
+def _pow_vjp(g, out, a, b):
+    ga = unbroadcast(g * b * a ** (b - 1), a) if _needs(a) else None
+    gb = unbroadcast(g * out * _where(a > 0, a, 1).log(), b) if _needs(b) else None
+    return ga, gb
+
+
+POW = _reg("pow", ELEMENTWISE, lambda xp, a, b: a ** b, _elementwise_rule("pow"), _pow_vjp, "pow({0}, {1})")
+
+
+def _select_vjp(first_wins):
+    # ties split the gradient evenly, as PyTorch's maximum/minimum do
+    def vjp(g, out, a, b):
+        wins = (a > b) if first_wins else (a < b)
+        tie = _where(a == b, g * 0.5, 0.0)
+        ga = unbroadcast(_where(wins, g, tie), a) if _needs(a) else None
+        gb = unbroadcast(_where(wins, 0.0, g - tie), b) if _needs(b) else None
+        return ga, gb
+    return vjp
+
+
+MAXIMUM = _reg("maximum", ELEMENTWISE, lambda xp, a, b: xp.maximum(a, b), _elementwise_rule("maximum"),
+               _select_vjp(True), "(({0} != {0} || {0} > {1}) ? {0} : {1})")
+MINIMUM = _reg("minimum", ELEMENTWISE, lambda xp, a, b: xp.minimum(a, b), _elementwise_rule("minimum"),
+               _select_vjp(False), "(({0} != {0} || {0} < {1}) ? {0} : {1})")
+
+_COMPARISONS = {"eq": ("==", lambda a, b: a == b), "ne": ("!=", lambda a, b: a != b),
+                "lt": ("<", lambda a, b: a < b), "le": ("<=", lambda a, b: a <= b),
+                "gt": (">", lambda a, b: a > b), "ge": (">=", lambda a, b: a >= b)}
+for _name, (_c_op, _fn) in _COMPARISONS.items():
+    _reg(_name, ELEMENTWISE, (lambda fn: lambda xp, a, b: fn(a, b))(_fn),
+         _elementwise_rule(_name, result_dtype=bool_), None, "({0} %s {1})" % _c_op)
+
+
+def _where_rule(c, x, y):
+    if not isinstance(c, Aval) or c.dtype != bool_:
+        raise ShapeError(f"where: the condition must be a bool tensor, got {describe(c)}; compare first "
+                         "(e.g. x > 0).")
+    shape = broadcast_shapes("where", c, x, y)
+    return Aval(shape, _same_dtype("where", (x, y)) if isinstance(x, Aval) or isinstance(y, Aval) else c.dtype)
+
+
+def _where_impl(xp, c, x, y):
+    out = xp.where(c, x, y)
+    # a scalar branch must not widen the tensor branch (NumPy would make where(c, f32, 0.0) float64)
+    ref = x if hasattr(x, "dtype") else y
+    return out.astype(ref.dtype, copy=False) if hasattr(ref, "dtype") else out
+
+
+WHERE = _reg("where", ELEMENTWISE, _where_impl, _where_rule,
+             lambda g, out, c, x, y: (None, unbroadcast(_where(c, g, 0.0), x) if _needs(x) else None,
+                                      unbroadcast(_where(c, 0.0, g), y) if _needs(y) else None),
+             "({0} ? {1} : {2})")
+
+
+def _cast_rule(a, *, dtype):
+    return Aval(a.shape, dtype)
+
+
+CAST = _reg("cast", ELEMENTWISE, lambda xp, a, *, dtype: a.astype(dtype),
+            _cast_rule, lambda g, out, a, *, dtype: (g.to(a.dtype) if a.dtype.kind == "f" else None,),
+            "(({ctype}){0})")
+
+# reductions
+SUM = _reg("sum", REDUCTION, lambda xp, a, *, axes, keepdims: xp.sum(a, axis=axes, keepdims=keepdims),
+           _reduce_rule("sum"),
+           lambda g, out, a, *, axes, keepdims: (_keep_reduced(g, a, axes, keepdims).expand(*a.shape),))
+
+
+def _max_vjp(g, out, a, *, axes, keepdims):
+    # the gradient is shared evenly between tied maxima (PyTorch's amax)
+    hit = (a == _keep_reduced(out, a, axes, keepdims)).to(g.dtype)
+    return (_keep_reduced(g, a, axes, keepdims) * hit / hit.sum(dim=axes, keepdim=True),)
+
+
+MAX = _reg("max", REDUCTION, lambda xp, a, *, axes, keepdims: xp.max(a, axis=axes, keepdims=keepdims),
+           _reduce_rule("max"), _max_vjp, saves_out=True)
+ARGMAX = _reg("argmax", REDUCTION, lambda xp, a, *, axis, keepdims: xp.argmax(a, axis=axis, keepdims=keepdims),
+              _argmax_rule)
+
+# movement
+RESHAPE = _reg("reshape", MOVEMENT, lambda xp, a, *, shape: xp.reshape(a, shape), _reshape_rule,
+               lambda g, out, a, *, shape: (g.reshape(a.shape),))
+BROADCAST_TO = _reg("broadcast_to", MOVEMENT, lambda xp, a, *, shape: xp.broadcast_to(a, shape),
+                    _broadcast_to_rule, lambda g, out, a, *, shape: (unbroadcast(g, a),))
+PERMUTE = _reg("permute", MOVEMENT, lambda xp, a, *, axes: xp.transpose(a, axes), _permute_rule,
+               lambda g, out, a, *, axes: (g.permute(*_inverse(axes)),))
+GETITEM = _reg("getitem", MOVEMENT, lambda xp, a, *idx, key: a[build_key(key, idx)], _getitem_rule,
+               lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx))
+
+
+def _index_add_impl(xp, base, values, *idx, key):
+    out = base.copy()
+    full_key = build_key(key, idx)
+    if idx:  # repeated indices must accumulate, which plain `out[key] += v` does not do
+        if xp is np:
+            np.add.at(out, full_key, values)
+        else:
+            import cupyx
+            cupyx.scatter_add(out, full_key, values)
+    else:
+        out[full_key] += values
+    return out
+
+
+INDEX_ADD = _reg("index_add", MOVEMENT, _index_add_impl, _index_add_rule,
+                 lambda g, out, base, values, *idx, key: (g, g[build_key(key, idx)] if idx else
+                                                          _getitem_plain(g, key)) + (None,) * len(idx))
+
+
+def _getitem_plain(g, key):
+    from eager.dispatch import apply
+    return apply(GETITEM, g, key=key)
+
+
+def _concat_vjp(g, out, *inputs, axis):
+    grads, start = [], 0
+    ax = axis % g.ndim
+    for x in inputs:
+        size = x.shape[ax]
+        key = (slice(None),) * ax + (slice(start, start + size),)
+        grads.append(_getitem_plain(g, key))
+        start += size
+    return tuple(grads)
+
+
+CONCATENATE = _reg("concatenate", MOVEMENT, lambda xp, *arrays, axis: xp.concatenate(arrays, axis=axis),
+                   _concat_rule, _concat_vjp)
+
+# matmul (>= 2-D operands; 1-D cases are composites that reshape)
+MATMUL_ = _reg("matmul", MATMUL, lambda xp, a, b: xp.matmul(a, b), _matmul_rule,
+               lambda g, out, a, b: (unbroadcast(g @ _mT(b), a) if _needs(a) else None,
+                                     unbroadcast(_mT(a) @ g, b) if _needs(b) else None))
+
+
+# creation (no tensor inputs; inside a trace they become nodes, not baked constants)
+def _full_impl(xp, *, shape, fill_value, dtype, device):
+    return xp.full(shape, fill_value, dtype=dtype)
+
+
+def _random_impl(draw):
+    def impl(xp, *, shape, dtype, device):
+        from eager.random import default_generator
+        return draw(default_generator(device), shape, dtype)
+    return impl
+
+
+FULL = _reg("full", OTHER, _full_impl, _creation_rule)
+UNIFORM = _reg("uniform", OTHER, _random_impl(lambda gen, shape, dtype: gen.random(shape, dtype=dtype)),
+               _creation_rule)
+NORMAL = _reg("normal", OTHER, _random_impl(lambda gen, shape, dtype: gen.standard_normal(shape, dtype=dtype)),
+              _creation_rule)
+
+
+def _needs(x) -> bool:
+    """Whether an input wants a gradient: lets a VJP skip work (e.g. dL/dx for a network's input)."""
+    return getattr(x, "requires_grad", False)
+
+
+# identity-like ops that a trace must see (detach, clone, device moves)
+def _to_device_impl(xp, a, *, device):
+    from eager.backend import to_device
+    return to_device(a, device)
+
+
+STOP_GRADIENT = _reg("stop_gradient", ELEMENTWISE, lambda xp, a: a, lambda a: a, None, "{0}")
+COPY = _reg("copy", ELEMENTWISE, lambda xp, a: a.copy(), lambda a: a, lambda g, out, a: (g,), "{0}")
+TO_DEVICE = _reg("to_device", OTHER, _to_device_impl, lambda a, *, device: a,
+                 lambda g, out, a, *, device: (g.to(a.device),))

@@ -1,0 +1,421 @@
+"""Tensor: an array (NumPy or CuPy) plus the autograd attributes PyTorch users know.
+
+Operators and methods only forward to ``eager.ops`` (which forwards to ``apply``); the class itself owns
+storage, autograd bookkeeping (grad, grad_fn, hooks, version counter) and conversions.
+
+In-place ops (``add_``, ``x[i] = v``, optimizer updates) compute the new value out of place and rebind the
+tensor to it, bumping its version: arrays saved for backward are never overwritten, and nodes that saved the
+old tensor notice the new version and refuse to run (as PyTorch does).
+
+    >>> import eager
+    >>> w = eager.tensor([1.0], requires_grad=True)
+    >>> y = (w * 3).sum()
+    >>> y.grad_fn
+    <SumBackward>
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import numpy as np
+
+from eager import backend
+from eager.autograd.mode import MODE
+
+
+class Tensor:
+    __slots__ = ("_data", "_requires_grad", "_grad", "grad_fn", "_version", "_hooks", "_retains_grad",
+                 "__weakref__")
+    __array_priority__ = 1000  # numpy_scalar * tensor -> Tensor.__rmul__, not an object array
+
+    def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, Tensor):
+            data = data._data
+        self._data = data
+        self._requires_grad = False
+        self._grad = None
+        self.grad_fn = None
+        self._version = 0
+        self._hooks = None
+        self._retains_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _make(cls, data, requires_grad, grad_fn):
+        t = object.__new__(Tensor)
+        t._data = data
+        t._requires_grad = requires_grad
+        t._grad = None
+        t.grad_fn = grad_fn
+        t._version = 0
+        t._hooks = None
+        t._retains_grad = False
+        return t
+
+    # ------------------------------------------------------------ metadata
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    @property
+    def device(self) -> backend.Device:
+        return backend.device_of(self._data)
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    def dim(self) -> int:
+        return self._data.ndim
+
+    def size(self, dim: int | None = None):
+        return self._data.shape if dim is None else self._data.shape[dim]
+
+    def numel(self) -> int:
+        return int(self._data.size)
+
+    def _xp(self):
+        return backend.namespace_of(self._data)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device == backend.CUDA
+
+    def is_floating_point(self) -> bool:
+        return self._data.dtype.kind == "f"
+
+    # ------------------------------------------------------------ autograd attributes
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if requires_grad and self._data.dtype.kind != "f":
+            raise TypeError(f"requires_grad: only floating-point tensors can require gradients, this one is "
+                            f"{backend.short_name(self.dtype)}{list(self.shape)}; convert it first with "
+                            ".float() (or create it with dtype=eager.float32).")
+        if not requires_grad and self.grad_fn is not None:
+            raise RuntimeError("requires_grad_(False): you can only change requires_grad of leaf tensors; "
+                               "use .detach() to get a tensor that does not require grad.")
+        self._requires_grad = bool(requires_grad)
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    @property
+    def grad(self) -> Tensor | None:
+        if self.grad_fn is not None and not self._retains_grad:
+            warnings.warn("The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
+                          ".grad will not be populated during backward(). Call .retain_grad() on it before "
+                          "backward() if you want its gradient, or read the gradient of a leaf instead.",
+                          UserWarning, stacklevel=2)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        if value is not None and value.shape != self.shape:
+            raise ValueError(f"grad: assigned gradient of shape {list(value.shape)} to a tensor of shape "
+                             f"{list(self.shape)}; they must match.")
+        self._grad = value
+
+    @property
+    def data(self) -> Tensor:
+        """The same values without autograd history (like ``detach()``)."""
+        return self.detach()
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        self._data = value._data if isinstance(value, Tensor) else value
+        self._version += 1
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` of this non-leaf tensor after backward."""
+        if self.grad_fn is None:
+            return
+        if self._retains_grad:
+            return
+        self._retains_grad = True
+        ref = weakref.ref(self)
+
+        def keep(g):
+            t = ref()
+            if t is not None:
+                t._grad = g if t._grad is None else t._grad + g
+        self.grad_fn.register_prehook(keep)
+
+    def register_hook(self, hook) -> _HookHandle:
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a returned tensor replaces it."""
+        if not self._requires_grad:
+            raise RuntimeError("register_hook: cannot register a hook on a tensor that does not require grad.")
+        if self.grad_fn is None:
+            if self._hooks is None:
+                self._hooks = []
+            self._hooks.append(hook)
+            return _HookHandle(self._hooks, hook)
+        self.grad_fn.register_prehook(hook)
+        return _HookHandle(self.grad_fn.pre_hooks, hook)
+
+    def backward(self, gradient: Tensor | None = None, retain_graph: bool | None = None,
+                 create_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``."""
+        from eager.autograd.functional import backward
+        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph)
+
+    def detach(self) -> Tensor:
+        return _ops.detach(self)
+
+    def detach_(self) -> Tensor:
+        self.grad_fn = None
+        self._requires_grad = False
+        return self
+
+    # ------------------------------------------------------------ conversions (values leave the graph)
+    def _escape(self, kind: str, value):
+        for recorder in MODE.get().recorders:
+            recorder.escape(self, kind, value)
+        return value
+
+    def numpy(self) -> np.ndarray:
+        if self._requires_grad:
+            raise RuntimeError("numpy(): can't call numpy() on a tensor that requires grad; use "
+                               "tensor.detach().numpy().")
+        return self._escape("numpy", backend.to_numpy(self._data))
+
+    def __array__(self, dtype=None, copy=None):
+        arr = backend.to_numpy(self._data)
+        return arr if dtype is None else arr.astype(dtype)
+
+    def item(self):
+        if self._data.size != 1:
+            raise ValueError(f"item: only one-element tensors can be converted to Python scalars; this "
+                             f"tensor has shape {list(self.shape)}. Index or reduce it first.")
+        return self._escape("item", backend.to_numpy(self._data).reshape(()).item())
+
+    def tolist(self):
+        return self._escape("tolist", backend.to_numpy(self._data).tolist())
+
+    def __bool__(self) -> bool:
+        if self._data.size != 1:
+            raise ValueError(f"bool: the truth value of a tensor with {self._data.size} elements (shape "
+                             f"{list(self.shape)}) is ambiguous; use .any() or .all().")
+        return self._escape("bool", bool(backend.to_numpy(self._data).reshape(())))
+
+    def __float__(self) -> float:
+        return self._escape("float", float(self.item()))
+
+    def __int__(self) -> int:
+        return self._escape("int", int(self.item()))
+
+    def __index__(self) -> int:
+        if self._data.dtype.kind not in "iu":
+            raise TypeError(f"only integer tensors can be used as an index, got {self.dtype}")
+        return self._escape("int", int(self.item()))
+
+    def __len__(self) -> int:
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self._data.shape[0]
+
+    def __iter__(self):
+        if self._data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self._data.shape[0]))
+
+    def to(self, *args, **kwargs) -> Tensor:
+        """``to(device)``, ``to(dtype)`` or ``to(device, dtype)``, as in PyTorch."""
+        return _ops.to(self, *args, **kwargs)
+
+    def cpu(self) -> Tensor:
+        return _ops.to(self, "cpu")
+
+    def cuda(self) -> Tensor:
+        return _ops.to(self, "cuda")
+
+    def float(self) -> Tensor:
+        return _ops.to(self, backend.float32)
+
+    def double(self) -> Tensor:
+        return _ops.to(self, backend.float64)
+
+    def long(self) -> Tensor:
+        return _ops.to(self, backend.int64)
+
+    def int(self) -> Tensor:
+        return _ops.to(self, backend.int32)
+
+    def bool(self) -> Tensor:
+        return _ops.to(self, backend.bool_)
+
+    def type_as(self, other: Tensor) -> Tensor:
+        return _ops.to(self, other.dtype)
+
+    def __repr__(self) -> str:
+        arr = backend.to_numpy(self._data)
+        body = np.array2string(arr, separator=", ", precision=4, prefix="tensor(")
+        extras = []
+        if arr.dtype not in (backend.float32, backend.int64, backend.bool_):
+            extras.append(f"dtype=eager.{arr.dtype}")
+        if self.device != backend.CPU:
+            extras.append(f"device='{self.device}'")
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn=<{self.grad_fn.name}>")
+        elif self._requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+    def __format__(self, spec: str) -> str:
+        if self._data.ndim == 0 and spec:
+            return format(self.item(), spec)
+        return repr(self)
+
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------ operators
+    def __add__(self, other): return _ops.add(self, other)
+    def __radd__(self, other): return _ops.add(other, self)
+    def __sub__(self, other): return _ops.sub(self, other)
+    def __rsub__(self, other): return _ops.sub(other, self)
+    def __mul__(self, other): return _ops.mul(self, other)
+    def __rmul__(self, other): return _ops.mul(other, self)
+    def __truediv__(self, other): return _ops.div(self, other)
+    def __rtruediv__(self, other): return _ops.div(other, self)
+    def __pow__(self, other): return _ops.pow(self, other)
+    def __rpow__(self, other): return _ops.pow(other, self)
+    def __matmul__(self, other): return _ops.matmul(self, other)
+    def __rmatmul__(self, other): return _ops.matmul(other, self)
+    def __neg__(self): return _ops.neg(self)
+    def __pos__(self): return self
+    def __abs__(self): return _ops.abs(self)
+    def __invert__(self): return _ops.logical_not(self)
+    def __and__(self, other): return _ops.logical_and(self, other)
+    def __or__(self, other): return _ops.logical_or(self, other)
+    def __lt__(self, other): return _ops.lt(self, other)
+    def __le__(self, other): return _ops.le(self, other)
+    def __gt__(self, other): return _ops.gt(self, other)
+    def __ge__(self, other): return _ops.ge(self, other)
+    def __eq__(self, other): return _ops.eq(self, other)  # noqa: E704
+    def __ne__(self, other): return _ops.ne(self, other)
+    def __getitem__(self, key): return _ops.getitem(self, key)
+    def __setitem__(self, key, value): _ops.setitem(self, key, value)
+
+    # in place: compute out of place, then rebind (see module docstring)
+    def __iadd__(self, other): return _ops.inplace(self, _ops.add, other)
+    def __isub__(self, other): return _ops.inplace(self, _ops.sub, other)
+    def __imul__(self, other): return _ops.inplace(self, _ops.mul, other)
+    def __itruediv__(self, other): return _ops.inplace(self, _ops.div, other)
+
+    def add_(self, other, alpha=1):
+        return _ops.inplace(self, _ops.add, other if alpha == 1 else other * alpha)
+
+    def sub_(self, other, alpha=1):
+        return _ops.inplace(self, _ops.sub, other if alpha == 1 else other * alpha)
+
+    def mul_(self, other): return _ops.inplace(self, _ops.mul, other)
+    def div_(self, other): return _ops.inplace(self, _ops.div, other)
+    def clamp_(self, min=None, max=None): return _ops.inplace(self, _ops.clamp, min, max)
+    def copy_(self, src): return _ops.inplace(self, _ops.copy_from, src)
+    def zero_(self): return _ops.inplace(self, _ops.full_like_of, 0)
+    def fill_(self, value): return _ops.inplace(self, _ops.full_like_of, value)
+
+    # ------------------------------------------------------------ methods (all forward to eager.ops)
+    def exp(self): return _ops.exp(self)
+    def log(self): return _ops.log(self)
+    def sqrt(self): return _ops.sqrt(self)
+    def rsqrt(self): return _ops.rsqrt(self)
+    def tanh(self): return _ops.tanh(self)
+    def sigmoid(self): return _ops.sigmoid(self)
+    def relu(self): return _ops.relu(self)
+    def abs(self): return _ops.abs(self)
+    def sign(self): return _ops.sign(self)
+    def sin(self): return _ops.sin(self)
+    def cos(self): return _ops.cos(self)
+    def erf(self): return _ops.erf(self)
+    def square(self): return _ops.mul(self, self)
+    def neg(self): return _ops.neg(self)
+    def reciprocal(self): return _ops.div(1.0, self)
+    def pow(self, exponent): return _ops.pow(self, exponent)
+    def clamp(self, min=None, max=None): return _ops.clamp(self, min, max)
+    clip = clamp
+    def maximum(self, other): return _ops.maximum(self, other)
+    def minimum(self, other): return _ops.minimum(self, other)
+    def where(self, condition, other): return _ops.where(condition, self, other)
+    def clone(self): return _ops.clone(self)
+    def contiguous(self): return self
+    def add(self, other): return _ops.add(self, other)
+    def sub(self, other): return _ops.sub(self, other)
+    def mul(self, other): return _ops.mul(self, other)
+    def div(self, other): return _ops.div(self, other)
+    def matmul(self, other): return _ops.matmul(self, other)
+    def eq(self, other): return _ops.eq(self, other)
+
+    def sum(self, dim=None, keepdim=False, dtype=None): return _ops.sum(self, dim, keepdim, dtype)
+    def mean(self, dim=None, keepdim=False): return _ops.mean(self, dim, keepdim)
+    def max(self, dim=None, keepdim=False): return _ops.max(self, dim, keepdim)
+    def min(self, dim=None, keepdim=False): return _ops.min(self, dim, keepdim)
+    def amax(self, dim=None, keepdim=False): return _ops.amax(self, dim, keepdim)
+    def amin(self, dim=None, keepdim=False): return _ops.amin(self, dim, keepdim)
+    def argmax(self, dim=None, keepdim=False): return _ops.argmax(self, dim, keepdim)
+    def argmin(self, dim=None, keepdim=False): return _ops.argmin(self, dim, keepdim)
+    def all(self, dim=None, keepdim=False): return _ops.all(self, dim, keepdim)
+    def any(self, dim=None, keepdim=False): return _ops.any(self, dim, keepdim)
+
+    def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
+        return _ops.var(self, dim, unbiased, keepdim, correction)
+
+    def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
+        return _ops.std(self, dim, unbiased, keepdim, correction)
+
+    def norm(self, p=2, dim=None, keepdim=False): return _ops.norm(self, p, dim, keepdim)
+    def softmax(self, dim): return _ops.softmax(self, dim)
+    def log_softmax(self, dim): return _ops.log_softmax(self, dim)
+
+    def reshape(self, *shape): return _ops.reshape(self, *shape)
+    def view(self, *shape): return _ops.reshape(self, *shape)
+    def view_as(self, other): return _ops.reshape(self, other.shape)
+    def reshape_as(self, other): return _ops.reshape(self, other.shape)
+    def flatten(self, start_dim=0, end_dim=-1): return _ops.flatten(self, start_dim, end_dim)
+    def squeeze(self, dim=None): return _ops.squeeze(self, dim)
+    def unsqueeze(self, dim): return _ops.unsqueeze(self, dim)
+    def transpose(self, dim0, dim1): return _ops.transpose(self, dim0, dim1)
+    def t(self): return _ops.transpose(self, 0, 1) if self.ndim == 2 else self
+    def permute(self, *dims): return _ops.permute(self, *dims)
+    def expand(self, *sizes): return _ops.expand(self, *sizes)
+    def expand_as(self, other): return _ops.expand(self, *other.shape)
+    def split(self, split_size_or_sections, dim=0): return _ops.split(self, split_size_or_sections, dim)
+    def chunk(self, chunks, dim=0): return _ops.chunk(self, chunks, dim)
+    def masked_fill(self, mask, value): return _ops.where(mask, value, self)
+
+    @property
+    def T(self) -> Tensor:
+        return _ops.permute(self, *reversed(range(self.ndim)))
+
+    @property
+    def mT(self) -> Tensor:
+        return _ops.transpose(self, -2, -1)
+
+
+class _HookHandle:
+    __slots__ = ("_hooks", "_hook")
+
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self) -> None:
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+from eager import ops as _ops  # noqa: E402  (ops needs Tensor defined first)

@@ -1,0 +1,1 @@
+"""tracer: filled by its own issue (see ../shared/DESIGN.md)."""
