@@ -382,7 +382,7 @@ _COMPARISONS = {"eq": ("==", lambda a, b: a == b), "ne": ("!=", lambda a, b: a !
                 "gt": (">", lambda a, b: a > b), "ge": (">=", lambda a, b: a >= b)}
 for _name, (_c_op, _fn) in _COMPARISONS.items():
     _reg(_name, ELEMENTWISE, (lambda fn: lambda xp, a, b: fn(a, b))(_fn),
-         _elementwise_rule(_name, result_dtype=bool_), None, "({0} %s {1})" % _c_op)
+         _elementwise_rule(_name, result_dtype=bool_), None, f"({{0}} {_c_op} {{1}})")
 
 
 def _where_rule(c, x, y):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from eager.autograd.engine import BackwardError, run_backward
 
 

@@ -23,7 +23,7 @@ class Mode(NamedTuple):
     recorders: tuple = ()  # objects with record(), mutate(), escape(): see tracer/recorder.py
 
 
-MODE: ContextVar[Mode] = ContextVar("graphduel_mode", default=Mode())
+MODE: ContextVar[Mode] = ContextVar("graphduel_mode", default=Mode())  # noqa: B039  (Mode is immutable)
 
 
 @contextlib.contextmanager
