@@ -44,7 +44,7 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
         data = backend.to_numpy(data)
     arr = np.array(data)
     dtype = backend.canonical_dtype(dtype) or _infer_dtype(arr, data)
-    arr = backend.to_device(np.ascontiguousarray(arr, dtype=dtype), device)
+    arr = backend.to_device(np.array(arr, dtype=dtype, order="C"), device)  # ascontiguousarray makes 0-d 1-d
     return Tensor(arr, requires_grad=requires_grad)
 
 

@@ -100,24 +100,26 @@ def _modified_message(node, what, tensor, seen):
 
 
 def _topological_order(roots):
-    """Nodes reachable from the roots, each after every node that feeds gradients into it."""
+    """Nodes reachable from the roots, each after every node that feeds gradients into it.
+
+    Iterative post-order DFS; a node is marked when it is expanded (not when pushed), so a node reached by
+    two paths is still finished only after everything below it.
+    """
     from eager.tensor import Tensor
-    order, seen = [], set()
-    for root in roots:
-        if root is None or id(root) in seen:
+    order, visited = [], set()
+    stack = [(root, False) for root in roots if root is not None]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            order.append(node)
             continue
-        seen.add(id(root))
-        stack = [(root, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if expanded:
-                order.append(node)
-                continue
-            stack.append((node, True))
-            for x in node.inputs or ():
-                if isinstance(x, Tensor) and x.grad_fn is not None and id(x.grad_fn) not in seen:
-                    seen.add(id(x.grad_fn))
-                    stack.append((x.grad_fn, False))
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for x in node.inputs or ():
+            if isinstance(x, Tensor) and x.grad_fn is not None and id(x.grad_fn) not in visited:
+                stack.append((x.grad_fn, False))
     order.reverse()
     return order
 
