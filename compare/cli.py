@@ -1,9 +1,20 @@
-"""The ``graphduel`` command (also ``python -m compare``)."""
+"""The ``graphduel`` command (also ``python -m compare``).
+
+    graphduel run --quick                      # every workload, small size, all modes and peers: a report
+    graphduel run --workloads softmax mlp_train_adam --sizes small medium --out reports/mine
+    graphduel report reports/cpu-quick/results.json      # re-render a report from saved results
+    graphduel explain dynamic_net              # IR, assumptions, fusion groups, kernels, divergence
+    graphduel gate --baseline baseline.json    # CI: exit 1 when a workload regressed
+    graphduel demo                             # train a small classifier eagerly
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
+from pathlib import Path
 
 
 def _demo(args) -> int:
@@ -15,19 +26,166 @@ def _demo(args) -> int:
     return 0
 
 
+def _progress_bar(total: int, desc: str):
+    """A tqdm bar on stderr (plain when not a terminal); returns (tick, close)."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5, disable=None if sys.stderr.isatty() else False)
+
+    def tick(label: str) -> None:
+        bar.set_postfix_str(label, refresh=False)
+        bar.update(1)
+    return tick, bar.close
+
+
+def _config(args):
+    from compare.harness import RunConfig
+    from compare.modes import MODES, OURS, PEERS
+    modes = list(args.modes or OURS)
+    peers = args.peers if args.peers is not None else [p for p in PEERS if MODES[p].quick or not args.quick]
+    if "none" in peers:
+        peers = []
+    chosen = modes + [p for p in peers if p not in modes]
+    options = {"workloads": args.workloads or [], "modes": chosen, "device": args.device,
+               "command": "graphduel " + " ".join(shlex.quote(a) for a in args.argv)}
+    if args.sizes:
+        options["sizes"] = args.sizes
+    if args.repeats:
+        options["repeats"] = args.repeats
+    cfg = RunConfig.quick(**options) if args.quick else RunConfig(**options)
+    cfg.excluded = {m: why for m, why in cfg.excluded.items() if m not in chosen and args.peers is None}
+    return cfg
+
+
+def _run(args) -> int:
+    from compare.harness import correctness_failures, run, steps, summary_line
+    from compare.report import write_report
+    cfg = _config(args)
+    name = args.name or f"{args.device}{'-quick' if args.quick else ''}"
+    out = Path(args.out) if args.out else Path("reports") / name
+    t0 = time.perf_counter()
+    tick, close = _progress_bar(steps(cfg), "graphduel run")
+    try:
+        df = run(cfg, tick)
+    finally:
+        close()
+    write_report(df, out)
+    print(summary_line(df))
+    unexpected = correctness_failures(df)
+    unexpected = unexpected[~unexpected.expected_divergence.astype(bool)]
+    for _, r in unexpected.drop_duplicates(["workload", "size", "mode"]).iterrows():
+        print(f"  FAIL {r.workload}/{r['size']}/{r['mode']} {r.metric}: {r.detail}")
+    print(f"report: {out / 'report.html'} (also report.md, results.csv, results.json) "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return 1 if args.strict and len(unexpected) else 0
+
+
+def _report(args) -> int:
+    from compare.report import load_results, write_report
+    df = load_results(args.results)
+    src = Path(args.results)
+    out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
+    write_report(df, out)
+    print(f"report: {out / 'report.html'} (also report.md)")
+    return 0
+
+
+def _explain(args) -> int:
+    from compare.explain import explain
+    print(explain(args.workload, size=args.size, device=args.device))
+    return 0
+
+
+def _gate(args) -> int:
+    from compare.gate import format_findings, gate, load_any
+    base = load_any(args.baseline)
+    cur = load_any(args.current) if args.current else None
+    tick, close = (lambda s: None), (lambda: None)
+    if cur is None:
+        from compare.gate import _config_of
+        from compare.harness import steps
+        tick, close = _progress_bar(steps(_config_of(base)), "graphduel gate")
+    try:
+        passed, findings = gate(base, cur, threshold=args.threshold, alpha=args.alpha, rounds=args.rounds,
+                                progress=tick)
+    finally:
+        close()
+    print(format_findings(findings, show_all=args.all))
+    print("gate: PASSED" if passed else "gate: FAILED (see the table above)")
+    return 0 if passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphduel", description=__doc__)
+    from compare.modes import MODES
+    from compare.workloads import SIZES
+    parser = argparse.ArgumentParser(prog="graphduel", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser("demo", help="train a small classifier with the eager engine")
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+    run = sub.add_parser("run", help="run workloads in every mode and peer; write a report")
+    run.add_argument("--workloads", nargs="+", metavar="NAME", help="default: all (see `graphduel list`)")
+    run.add_argument("--modes", nargs="+", choices=[m for m in MODES if MODES[m].family == "ours"],
+                     help="our modes (default: eager traced compiled)")
+    run.add_argument("--peers", nargs="+", choices=[*[m for m in MODES if MODES[m].family == "peer"], "none"],
+                     help="peers (default: all; --quick leaves out torch.compile)")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    run.add_argument("--sizes", nargs="+", choices=SIZES, help="default: all three (--quick: small)")
+    run.add_argument("--repeats", type=int, help="timed repeats per mode (default 15; --quick 5)")
+    run.add_argument("--quick", action="store_true", help="small sizes, few repeats: a minute or two on a laptop")
+    run.add_argument("--out", help="report directory (default reports/<device>[-quick])")
+    run.add_argument("--name", help="report name under reports/ when --out is not given")
+    run.add_argument("--strict", action="store_true", help="exit 1 on an unexpected correctness failure")
+    run.set_defaults(run=_run)
+
+    report = sub.add_parser("report", help="re-render report.md/html and plots from a results.json")
+    report.add_argument("results", help="results.json (or the directory holding it)")
+    report.add_argument("--out", help="directory to write to (default: next to RESULTS)")
+    report.set_defaults(run=_report)
+
+    explain = sub.add_parser("explain", help="show the IR, assumptions, fusion groups, kernels and divergence")
+    explain.add_argument("workload")
+    explain.add_argument("--size", default="small", choices=SIZES)
+    explain.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    explain.set_defaults(run=_explain)
+
+    gate = sub.add_parser("gate", help="CI gate: compare against a committed baseline; exit 1 on regression")
+    gate.add_argument("--baseline", required=True, help="results.json from `graphduel run`, or pytest-benchmark JSON")
+    gate.add_argument("--current", help="results to judge (default: run the baseline's workloads now)")
+    gate.add_argument("--threshold", type=float, default=0.3, help="allowed growth of a time ratio (0.3 = 30%%)")
+    gate.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney significance level")
+    gate.add_argument("--rounds", type=int, default=2, help="re-measurements of an unconfident regression")
+    gate.add_argument("--all", action="store_true", help="list every check, not only the ones that did not pass")
+    gate.set_defaults(run=_gate)
+
+    listing = sub.add_parser("list", help="list the workloads and modes")
+    listing.set_defaults(run=_list)
     return parser
 
 
+def _list(args) -> int:
+    from compare.modes import MODES
+    from compare.workloads import REGISTRY
+    for wl in REGISTRY.values():
+        print(f"{wl.name:<18} {wl.kind:<8} {wl.source:<20} {(wl.__dict__.get('note') or '')[:70]}")
+    print("modes: " + ", ".join(f"{m} ({spec.family})" for m, spec in MODES.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    args.argv = argv
+    try:
+        return args.run(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:  # user errors: one clear line, not a traceback
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"graphduel {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

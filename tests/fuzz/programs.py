@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
-
 # ---------------------------------------------------------------- libraries: one adapter per backend
 
 

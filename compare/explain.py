@@ -1,0 +1,118 @@
+"""``graphduel explain WORKLOAD``: what each mode makes of one workload, in words a user can act on.
+
+Prints the workload (kind, source, note), the traced IR with its assumptions, the compiler's fusion groups and
+kernels, and the result of running eager, traced and compiled side by side (the divergence, if any, with the
+first diverging IR node and its source line).
+
+    >>> text = explain("softmax", modes=["eager"])
+    >>> text.splitlines()[0]
+    'workload softmax (forward), defined at elementwise.py:50'
+"""
+
+from __future__ import annotations
+
+import io
+
+from compare.harness import CORRECTNESS_METRICS, RunConfig, run_cell
+from compare.modes import Skip, _build, _eager_lib, _import
+from compare.workloads import get as get_workload
+
+
+def _section(out: io.StringIO, title: str) -> None:
+    out.write(f"\n== {title} ==\n")
+
+
+def _report_text(report) -> str:
+    try:
+        import pandas as pd
+        if isinstance(report, pd.DataFrame):
+            return report.to_string(max_rows=60, max_colwidth=60)
+    except ImportError:
+        pass
+    return str(report)
+
+
+def explain(name: str, size: str = "small", device: str = "cpu", modes: list[str] | None = None) -> str:
+    """The explanation as text (the CLI prints it)."""
+    wl = get_workload(name)
+    modes = modes or ["eager", "traced", "compiled"]
+    out = io.StringIO()
+    out.write(f"workload {wl.name} ({wl.kind}), defined at {wl.source}\n")
+    if wl.note:
+        out.write(f"note: {wl.note}\n")
+    out.write(f"sizes: {', '.join(wl.sizes)}; outputs: {', '.join(wl.outputs)}; peers written: "
+              f"{', '.join(sorted(wl.peers)) or 'none (torch runs the workload itself)'}\n")
+    arrays = wl.make_inputs(size)
+    out.write("inputs (" + size + "): " + ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in arrays.items())
+              + "\n")
+    if "traced" in modes:
+        _explain_traced(out, wl, arrays, device)
+    if "compiled" in modes:
+        _explain_compiled(out, wl, arrays, device)
+    _section(out, "side by side (" + ", ".join(modes) + ")")
+    cfg = RunConfig(modes=modes, sizes=[size], device=device, repeats=3, warmup=1, target_s=1e-3)
+    rows = run_cell(wl, size, cfg)
+    for r in rows:
+        if r["metric"] == "run" and r["status"] != "ok":
+            out.write(f"{r['mode']}: {r['status']}: {r['detail']}\n")
+        elif r["metric"] in CORRECTNESS_METRICS[::2]:
+            out.write(f"{r['mode']} {r['metric'].replace('abs_err_', '')}: {r['status']}: {r['detail']}\n")
+        elif r["metric"] == "time":
+            out.write(f"{r['mode']} time per call: {r['value'] * 1e3:.3f} ms\n")
+    return out.getvalue()
+
+
+def _explain_traced(out: io.StringIO, wl, arrays: dict, device: str) -> None:
+    _section(out, "traced")
+    try:
+        eager = _eager_lib(device)
+        tracer = _import("tracer", "install graphduel")
+        if not hasattr(tracer, "trace"):
+            raise Skip("tracer.trace is not written yet")
+        prog = _build(wl, eager, arrays, device)
+        traced = tracer.trace(prog.fn, *prog.args)
+    except Skip as s:
+        out.write(f"skipped: {s}\n")
+        return
+    except Exception as e:  # noqa: BLE001  (explain reports what failed instead of dying)
+        out.write(f"tracing failed: {type(e).__name__}: {e}\n")
+        return
+    out.write(str(getattr(traced, "graph", traced)) + "\n")
+    assumptions = list(getattr(traced, "assumptions", []) or [])
+    out.write("assumptions:\n" + ("".join(f"  - {a}\n" for a in assumptions) if assumptions else "  none recorded\n"))
+
+
+def _explain_compiled(out: io.StringIO, wl, arrays: dict, device: str) -> None:
+    _section(out, "compiled")
+    try:
+        eager = _eager_lib(device)
+        compiler = _import("compiler", "install graphduel")
+        if not hasattr(compiler, "compile"):
+            raise Skip("compiler.compile is not written yet")
+        prog = _build(wl, eager, arrays, device)
+        compiled = compiler.compile(prog.fn, *prog.args, device=device)
+    except Skip as s:
+        out.write(f"skipped: {s}\n")
+        return
+    except Exception as e:  # noqa: BLE001
+        out.write(f"compiling failed: {type(e).__name__}: {e}\n")
+        return
+    groups = getattr(compiled, "fusion_groups", None)
+    if groups is not None:
+        out.write(f"fusion groups: {groups if isinstance(groups, int) else len(groups)}\n")
+        if not isinstance(groups, int):
+            out.write("".join(f"  - {g}\n" for g in groups))
+    kernels = list(getattr(compiled, "kernels", []) or [])
+    out.write(f"kernels per call: {len(kernels)}\n")
+    for k in kernels:
+        out.write(f"--- {getattr(k, 'name', 'kernel')}\n{getattr(k, 'source', k)}\n")
+    report = getattr(compiled, "report", None)
+    if callable(report):
+        try:
+            try:
+                table = report(show=False)
+            except TypeError:  # a report() without the show= switch
+                table = report()
+            out.write(_report_text(table) + "\n")
+        except Exception as e:  # noqa: BLE001
+            out.write(f"report() failed: {type(e).__name__}: {e}\n")

@@ -1,0 +1,76 @@
+"""What a result was measured on: machine, versions, commit, command and date (attached to every run).
+
+    >>> info = describe(command="graphduel run --quick")
+    >>> sorted(k for k in info if k in ("cpu", "numpy", "commit", "command"))
+    ['command', 'commit', 'cpu', 'numpy']
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("numpy", "scipy", "jax", "jaxlib", "torch", "pandas", "cupy-cuda13x", "cupy-cuda12x")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when the working tree has changes; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown"
+
+
+def gpu_name() -> str | None:
+    try:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception:  # noqa: BLE001  (no CuPy or no GPU: simply none)
+        return None
+
+
+def describe(command: str | None = None, device: str = "cpu") -> dict[str, str]:
+    """Machine and versions as flat strings (JSON- and CSV-friendly)."""
+    info = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": command or " ".join(["graphduel", *sys.argv[1:]]),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "device": device,
+    }
+    if device == "cuda":
+        info["gpu"] = gpu_name() or "none visible"
+    for pkg in PACKAGES:
+        try:
+            info[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        info["graphduel"] = importlib.metadata.version("graphduel")
+    except importlib.metadata.PackageNotFoundError:
+        info["graphduel"] = "not installed (run from a checkout)"
+    return info

@@ -1,0 +1,316 @@
+"""The ways a workload runs: our modes (eager, traced, compiled) and the peers (NumPy, JAX, PyTorch).
+
+A mode is a name plus ``prepare(workload, arrays, device) -> Runner``. ``prepare`` raises :class:`Skip`
+with a reason when the mode cannot run this workload here (package not installed or not written yet,
+forward-only peer on a train step, no GPU); the harness records the reason instead of failing.
+
+    >>> from compare.modes import MODES
+    >>> list(MODES)[:3]
+    ['eager', 'traced', 'compiled']
+    >>> MODES["numpy"].family
+    'peer'
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import importlib
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compare.workloads.registry import JaxStep, Program, Workload, on_device
+
+
+class Skip(Exception):
+    """This mode does not run this workload here; the message says why (and what would make it run)."""
+
+
+@dataclass
+class Runner:
+    """A prepared mode: ``call()`` runs once and returns when the result is ready (device synchronised)."""
+
+    call: Callable[[], Any]
+    state: Callable[[], dict[str, Any]] = dict
+    setup: dict[str, float] = field(default_factory=dict)     # seconds: trace, compile_cold, compile_cached
+    structure: dict[str, Any] = field(default_factory=dict)  # ir_nodes, kernels, fusion_groups, source_hash
+    handle: Any = None                                        # the Traced / Compiled object, for check/explain
+    program: Program | None = None
+    clock: str = "host"                                       # "host" (perf_counter) or "cuda" (CUDA events)
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    family: str  # "ours" or "peer"
+    prepare: Callable[[Workload, dict, str], Runner]
+    quick: bool = True  # part of the default selection
+    why_not_quick: str = ""
+
+
+def to_numpy(x) -> np.ndarray | None:
+    """A float copy of any framework's array (eager, torch, jax, numpy); ``None`` stays ``None``."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach()
+    if hasattr(x, "cpu"):
+        x = x.cpu()
+    if hasattr(x, "numpy"):
+        x = x.numpy()
+    return np.array(x, copy=True)
+
+
+def as_tuple(result) -> tuple:
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+def _import(name: str, why: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise Skip(f"{name} is not importable ({e}); {why}") from e
+
+
+def _eager_lib(device: str):
+    eager = _import("eager", "install graphduel")
+    for sub in ("eager.nn", "eager.nn.functional", "eager.optim"):
+        _import(sub, "eager's nn/optim are needed by this workload")
+    if device == "cuda" and not eager.cuda.is_available():
+        raise Skip("--device cuda: eager needs CuPy and a visible GPU (pip install graphduel[gpu])")
+    return eager
+
+
+def _build(wl: Workload, lib, arrays: dict, device: str) -> Program:
+    with on_device(device):
+        return wl.build(lib, arrays)
+
+
+def _state_of(program: Program) -> Callable[[], dict]:
+    return program.state if program.state is not None else dict
+
+
+def _clock(device: str) -> str:
+    return "cuda" if device == "cuda" else "host"
+
+
+def _sync_eager(device: str) -> Callable[[], None]:
+    if device != "cuda":
+        return lambda: None
+    import cupy
+    return cupy.cuda.Device().synchronize
+
+
+# ------------------------------------------------------------------ ours
+def prepare_eager(wl: Workload, arrays: dict, device: str) -> Runner:
+    eager = _eager_lib(device)
+    prog = _build(wl, eager, arrays, device)
+    sync = _sync_eager(device)
+
+    def call():
+        out = prog.fn(*prog.args)
+        sync()
+        return out
+    return Runner(call, _state_of(prog), program=prog, clock=_clock(device))
+
+
+def prepare_traced(wl: Workload, arrays: dict, device: str) -> Runner:
+    eager = _eager_lib(device)
+    tracer = _import("tracer", "install graphduel")
+    if not hasattr(tracer, "trace"):
+        raise Skip("tracer.trace is not written yet (tracer/ has no trace()); the traced mode will run once it lands")
+    prog = _build(wl, eager, arrays, device)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frozen values come back as traced.assumptions, shown with a divergence
+        traced = tracer.trace(prog.fn, *prog.args)
+    trace_s = time.perf_counter() - t0
+    sync = _sync_eager(device)
+
+    def call():
+        out = traced(*prog.args)
+        sync()
+        return out
+    return Runner(call, _state_of(prog), {"trace_time": trace_s}, structure_of(traced), traced, prog, _clock(device))
+
+
+def prepare_compiled(wl: Workload, arrays: dict, device: str) -> Runner:
+    eager = _eager_lib(device)
+    compiler = _import("compiler", "install graphduel")
+    if not hasattr(compiler, "compile"):
+        raise Skip("compiler.compile is not written yet (compiler/ has no compile()); "
+                   "the compiled mode will run once it lands")
+    prog = _build(wl, eager, arrays, device)
+    with warnings.catch_warnings(), _fresh_kernel_cache():
+        warnings.simplefilter("ignore")  # as for tracing: assumptions are reported with the divergence
+        t0 = time.perf_counter()
+        compiled = compiler.compile(prog.fn, *prog.args, device=device)
+        cold_s = time.perf_counter() - t0
+        # The same program compiled again, on a fresh copy so no state is shared: kernels now come from cache.
+        again = _build(wl, eager, arrays, device)
+        t0 = time.perf_counter()
+        second = compiler.compile(again.fn, *again.args, device=device)
+        cached_s = time.perf_counter() - t0
+    sync = _sync_eager(device)
+
+    def call():
+        out = compiled(*prog.args)
+        sync()
+        return out
+    # The compiler splits its time into tracing and compiling; without that split the wall time counts as compile.
+    setup = {"trace_time": getattr(compiled, "trace_seconds", 0.0),
+             "compile_cold": getattr(compiled, "compile_seconds", cold_s),
+             "compile_cached": getattr(second, "compile_seconds", cached_s)}
+    return Runner(call, _state_of(prog), setup, structure_of(compiled), compiled, prog, _clock(device))
+
+
+@contextlib.contextmanager
+def _fresh_kernel_cache():
+    """Point the compiler's kernel cache (``$GRAPHDUEL_CACHE_DIR``) at an empty directory, so the first compile
+    is really cold and the second really cached; removed when the process exits."""
+    path = tempfile.mkdtemp(prefix="graphduel-cold-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    old = os.environ.get("GRAPHDUEL_CACHE_DIR")
+    os.environ["GRAPHDUEL_CACHE_DIR"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("GRAPHDUEL_CACHE_DIR", None)
+        else:
+            os.environ["GRAPHDUEL_CACHE_DIR"] = old
+
+
+def structure_of(handle) -> dict[str, Any]:
+    """Deterministic facts about a Traced/Compiled object: IR nodes, kernels, fusion groups, source hash."""
+    out: dict[str, Any] = {}
+    graph = getattr(handle, "graph", None)
+    if graph is not None and hasattr(graph, "nodes"):
+        out["ir_nodes"] = len(graph.nodes)
+    kernels = getattr(handle, "kernels", None)
+    if kernels is not None:
+        out["kernels"] = len(kernels)
+    groups = getattr(handle, "fusion_groups", None)
+    if groups is not None:
+        out["fusion_groups"] = groups if isinstance(groups, int) else len(groups)
+    code = getattr(handle, "code", None)
+    if callable(code):
+        try:
+            code = code()
+        except Exception:  # noqa: BLE001  (structure is best effort; a failing getter must not fail the run)
+            code = None
+    if isinstance(code, str):
+        out["source_hash"] = hashlib.sha256(code.encode()).hexdigest()[:12]
+    return out
+
+
+# ------------------------------------------------------------------ peers
+def prepare_numpy(wl: Workload, arrays: dict, device: str) -> Runner:
+    if device != "cpu":
+        raise Skip("NumPy runs on the CPU only")
+    if "numpy" not in wl.peers:
+        raise Skip("NumPy peer is forward only (it has no autograd)" if wl.kind == "train"
+                   else "no NumPy peer is written for this workload")
+    fn = wl.peers["numpy"]
+    return Runner(lambda: fn(np, **arrays))
+
+
+def _jax_step(wl: Workload, jnp, arrays: dict) -> JaxStep:
+    if "jax" in wl.peers:
+        return wl.peers["jax"](jnp, arrays)
+    if "numpy" in wl.peers and wl.kind == "forward":  # written with an array namespace: runs on jax.numpy too
+        fn = wl.peers["numpy"]
+        return JaxStep(lambda carry, a: (as_tuple(fn(jnp, **a)), carry), None,
+                       ({k: jnp.asarray(v) for k, v in arrays.items()},))
+    raise Skip("no JAX peer is written for this workload")
+
+
+def _prepare_jax(jit: bool) -> Callable[[Workload, dict, str], Runner]:
+    def prepare(wl: Workload, arrays: dict, device: str) -> Runner:
+        jax = _import("jax", "pip install jax")
+        if device == "cuda" and not any(d.platform == "gpu" for d in jax.devices()):
+            raise Skip("--device cuda: this JAX has no GPU backend (pip install jax[cuda12])")
+        js = _jax_step(wl, jax.numpy, arrays)
+        step = jax.jit(js.step) if jit else js.step
+        box = [js.carry]
+
+        def call():
+            outs, box[0] = step(box[0], *js.args)
+            return jax.block_until_ready(outs)
+        state = (lambda: js.state(box[0])) if js.state else dict
+        return Runner(call, state)
+    return prepare
+
+
+def _torch(device: str):
+    torch = _import("torch", "pip install graphduel[peers]")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Skip("--device cuda: this PyTorch has no CUDA device")
+    return torch
+
+
+def _torch_runner(torch, fn, prog: Program, device: str, setup: dict | None = None) -> Runner:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def call():
+        out = fn(*prog.args)
+        sync()
+        return out
+    return Runner(call, _state_of(prog), setup or {}, program=prog, clock=_clock(device))
+
+
+def prepare_torch(wl: Workload, arrays: dict, device: str) -> Runner:
+    torch = _torch(device)
+    prog = _build(wl, torch, arrays, device)
+    return _torch_runner(torch, prog.fn, prog, device)
+
+
+def prepare_torch_jit_trace(wl: Workload, arrays: dict, device: str) -> Runner:
+    torch = _torch(device)
+    if wl.kind != "forward":
+        raise Skip("torch.jit.trace records a forward pass; it cannot trace backward() or optimizer.step()")
+    prog = _build(wl, torch, arrays, device)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings are the point of DynamicNet, reported as a divergence
+        traced = torch.jit.trace(prog.fn, prog.args, check_trace=False)
+    return _torch_runner(torch, traced, prog, device, {"trace_time": time.perf_counter() - t0})
+
+
+def prepare_torch_compile(wl: Workload, arrays: dict, device: str) -> Runner:
+    torch = _torch(device)
+    if wl.kind != "forward":
+        raise Skip("torch.compile is tried on forward workloads only: a whole train step (backward + "
+                   "optimizer.step) breaks the graph and takes minutes to compile on a small CPU")
+    prog = _build(wl, torch, arrays, device)
+    try:
+        compiled = torch.compile(prog.fn)
+    except Exception as e:  # noqa: BLE001  (torch.compile's failures vary by platform; report and move on)
+        raise Skip(f"torch.compile is unavailable here: {type(e).__name__}: {e}") from e
+    return _torch_runner(torch, compiled, prog, device)
+
+
+MODES: dict[str, Mode] = {m.name: m for m in [
+    Mode("eager", "ours", prepare_eager),
+    Mode("traced", "ours", prepare_traced),
+    Mode("compiled", "ours", prepare_compiled),
+    Mode("numpy", "peer", prepare_numpy),
+    Mode("jax", "peer", _prepare_jax(jit=False)),
+    Mode("jax.jit", "peer", _prepare_jax(jit=True)),
+    Mode("torch", "peer", prepare_torch),
+    Mode("torch.jit.trace", "peer", prepare_torch_jit_trace),
+    Mode("torch.compile", "peer", prepare_torch_compile, quick=False,
+         why_not_quick="torch.compile takes 15-60 s per workload and size on a small CPU; "
+                       "ask for it with --peers torch.compile"),
+]}
+OURS = [m for m in MODES if MODES[m].family == "ours"]
+PEERS = [m for m in MODES if MODES[m].family == "peer"]

@@ -1,0 +1,283 @@
+"""Reports: ``results.csv``, ``results.json``, ``report.md``, a self-contained ``report.html`` and PNG plots.
+
+    >>> from compare.harness import RunConfig, run
+    >>> import tempfile, pathlib
+    >>> df = run(RunConfig(workloads=["softmax"], modes=["eager"], sizes=["small"], repeats=3, target_s=1e-3))
+    >>> out = write_report(df, pathlib.Path(tempfile.mkdtemp()))
+    >>> sorted(p.name for p in out.iterdir())[:4]
+    ['report.html', 'report.md', 'results.csv', 'results.json']
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from compare.harness import COLUMNS, CORRECTNESS_METRICS, summary_line
+from compare.plots import SIZE_ORDER, write_plots
+
+CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .85em; }
+th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+td.pass { background: #e6f4ea; } td.fail { background: #fce8e6; } td.expected { background: #fef7e0; }
+td.skip { color: #888; } td.error { background: #f4cccc; }
+code, pre { background: #f6f8fa; padding: .1em .3em; border-radius: 3px; font-size: .85em; }
+pre { padding: .6em; overflow-x: auto; white-space: pre-wrap; }
+img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
+.meta td { text-align: left; }
+"""
+
+
+# ------------------------------------------------------------------ results files
+def save_results(df: pd.DataFrame, out_dir: Path) -> None:
+    """``results.json`` (rows plus machine metadata, read back by ``graphduel report`` and the gate) and
+    ``results.csv`` (the same rows; samples as JSON text; metadata repeated as columns)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = df.attrs.get("meta", {})
+    rows = json.loads(df.to_json(orient="records"))
+    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    flat = df.copy()
+    flat["samples"] = flat["samples"].map(lambda s: json.dumps(s) if isinstance(s, list) else "")
+    for key in ("commit", "cpu", "date"):
+        flat[key] = meta.get(key, "")
+    flat.to_csv(out_dir / "results.csv", index=False)
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read ``results.json`` (or a directory holding one) back into the harness's DataFrame."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: give a results.json written by `graphduel run`")
+    data = json.loads(path.read_text())
+    if "rows" not in data:
+        raise ValueError(f"{path} is not a graphduel results file (no 'rows'); pytest-benchmark files are read "
+                         "by `graphduel gate`, not `graphduel report`")
+    df = pd.DataFrame(data["rows"], columns=COLUMNS)
+    df["value"] = df["value"].astype(float)
+    df.attrs["meta"] = data.get("meta", {})
+    return df
+
+
+# ------------------------------------------------------------------ tables
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "-"
+    return f"{s * 1e6:.1f} us" if s < 1e-3 else (f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s")
+
+
+def _modes(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["mode"]))
+
+
+def correctness_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """Rows (workload/size) x modes; each cell is (text, css class)."""
+    modes = _modes(df)
+    header = ["workload / size", *modes]
+    body = []
+    for (wl, size), g in df.groupby(["workload", "size"], sort=False):
+        row = [(f"{wl} / {size}", "")]
+        for mode in modes:
+            m = g[g["mode"] == mode]
+            run = m[m.metric == "run"]
+            if run.empty:
+                row.append(("", ""))
+                continue
+            status = run.status.iloc[0]
+            if status != "ok":
+                row.append((status, status))
+                continue
+            checks = m[m.metric.isin(CORRECTNESS_METRICS[::2])]  # abs rows carry the status
+            failed = checks[checks.status == "fail"]
+            if failed.empty:
+                row.append(("pass", "pass"))
+            elif bool(m.expected_divergence.iloc[0]) and (failed.metric == "abs_err_vs_eager").all():
+                row.append(("diverged (expected)", "expected"))
+            else:
+                which = " + ".join(x.removeprefix("abs_err_vs_") for x in failed.metric)
+                row.append((f"FAIL vs {which}", "fail"))
+        body.append(row)
+    return header, body
+
+
+def timing_table(df: pd.DataFrame, size: str) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    t = df[(df.metric == "time") & (df["size"] == size) & df.value.notna()]
+    sp = df[(df.metric == "speedup_vs_eager") & (df["size"] == size)]
+    iqr = df[(df.metric == "time_iqr") & (df["size"] == size)]
+    modes = _modes(t)
+    body = []
+    for wl, g in t.groupby("workload", sort=False):
+        row = [(wl, "")]
+        for mode in modes:
+            v = g[g["mode"] == mode].value
+            if v.empty:
+                row.append(("-", "skip"))
+                continue
+            s = sp[(sp.workload == wl) & (sp["mode"] == mode)].value
+            q = iqr[(iqr.workload == wl) & (iqr["mode"] == mode)].value
+            text = f"{_fmt_time(v.iloc[0])} ± {_fmt_time(q.iloc[0] / 2) if not q.empty else '?'}"
+            if mode != "eager" and not s.empty:
+                text += f" ({s.iloc[0]:.2f}x)"
+            row.append((text, ""))
+        body.append(row)
+    return ["workload", *modes], body
+
+
+SETUP_METRICS = ["first_call", "trace_time", "compile_cold", "compile_cached", "break_even_calls", "ir_nodes",
+                 "kernels", "fusion_groups"]
+
+
+def setup_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    d = df[df.metric.isin(SETUP_METRICS) & df.value.notna()]
+    body = []
+    metrics = [m for m in SETUP_METRICS if m in set(d.metric)]
+    for (wl, size, mode), g in d.groupby(["workload", "size", "mode"], sort=False):
+        vals = dict(zip(g.metric, g.value))
+        row = [(f"{wl} / {size} / {mode}", "")]
+        for m in metrics:
+            v = vals.get(m)
+            if v is None:
+                row.append(("", ""))
+            elif m in ("first_call", "trace_time", "compile_cold", "compile_cached"):
+                row.append((_fmt_time(v), ""))
+            elif m == "break_even_calls":
+                row.append(("never" if math.isinf(v) else f"{int(v)}", ""))
+            else:
+                row.append((f"{int(v)}", ""))
+        body.append(row)
+    return ["workload / size / mode", *metrics], body
+
+
+def problems(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(where, status, detail) for correctness failures and errors."""
+    out = []
+    bad = df[(df.metric.isin(CORRECTNESS_METRICS[::2]) & (df.status == "fail")) | (df.status == "error")]
+    for _, r in bad.iterrows():
+        label = "expected divergence" if r.expected_divergence and r.metric == "abs_err_vs_eager" else r.status
+        out.append((f"{r.workload} / {r['size']} / {r['mode']} ({r.metric})", label, r.detail))
+    return out
+
+
+def skips(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    s = df[(df.metric == "run") & (df.status == "skip")]
+    out = []
+    for (mode, detail), g in s.groupby(["mode", "detail"], sort=False):
+        out.append((mode, ", ".join(dict.fromkeys(g.workload)), detail))
+    return out
+
+
+# ------------------------------------------------------------------ rendering
+def _md_table(header: list[str], body: list[list[tuple[str, str]]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(text.replace("|", "\\|") for text, _ in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], body: list[list[tuple[str, str]]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f'<td class="{c}">{html.escape(t)}</td>' for t, c in row) + "</tr>"
+                   for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _sections(df: pd.DataFrame) -> list[tuple[str, str, object]]:
+    """(title, kind, content): kind is 'table', 'text', 'list' or 'image'."""
+    meta = df.attrs.get("meta", {})
+    secs: list[tuple[str, str, object]] = []
+    secs.append(("Summary", "text", summary_line(df)))
+    secs.append(("Correctness", "text",
+                 "Each mode against the float64 NumPy reference (outputs, gradients and the state after one step) "
+                 "and against eager over several calls; tolerances per dtype are in compare/correctness.py "
+                 "(float32: rtol 1e-3, atol 1e-4 x max(1, max|ref|))."))
+    secs.append(("", "table", correctness_table(df)))
+    sizes = [s for s in SIZE_ORDER if s in set(df[df.metric == "time"]["size"])]
+    for size in sizes:
+        secs.append((f"Time per call, size {size}", "text",
+                     "Median seconds per call ± half the interquartile range over interleaved repeats, and the speedup "
+                     "over eager measured in the same run."))
+        secs.append(("", "table", timing_table(df, size)))
+        secs.append(("", "image", f"speedup_{size}.png"))
+    if len(sizes) > 1:
+        secs.append(("Scaling", "image", "scaling.png"))
+    if meta.get("copy_bandwidth_gbps"):
+        secs.append(("Roofline", "image", "roofline.png"))
+    secs.append(("One-time costs and structure", "text",
+                 "First call (includes lazy compilation for jax.jit and torch.compile), trace and compile time "
+                 "(cold: empty kernel cache; cached: compiled again), break-even: calls after which trace + compile "
+                 "pay for themselves against eager; IR nodes, kernels and fusion groups per call."))
+    secs.append(("", "table", setup_table(df)))
+    secs.append(("Divergences, failures and errors", "list", problems(df)))
+    secs.append(("Skipped", "list", skips(df)))
+    return secs
+
+
+def _meta_rows(meta: dict) -> list[tuple[str, str]]:
+    keys = ["date", "command", "commit", "device", "gpu", "cpu", "cores", "platform", "python", "numpy", "scipy",
+            "jax", "jaxlib", "torch", "pandas", "cupy-cuda13x", "cupy-cuda12x", "copy_bandwidth_gbps"]
+    return [(k, str(meta[k])) for k in keys if k in meta]
+
+
+def render_markdown(df: pd.DataFrame, images: set[str]) -> str:
+    meta = df.attrs.get("meta", {})
+    out = [f"# graphduel report ({meta.get('device', 'cpu')})", "",
+           "Machine, versions, command and date:", "",
+           _md_table(["", ""], [[(f"**{k}**", ""), (f"`{v}`" if k == "command" else v, "")]
+                                for k, v in _meta_rows(meta)]), ""]
+    for title, kind, content in _sections(df):
+        if title:
+            out += [f"## {title}", ""]
+        if kind == "text":
+            out += [content, ""]
+        elif kind == "table":
+            out += [_md_table(*content), ""]
+        elif kind == "image" and content in images:
+            out += [f"![{content}]({content})", ""]
+        elif kind == "list":
+            out += [f"- **{a}** [{b}]: {c}" for a, b, c in content] or ["none"]
+            out.append("")
+    return "\n".join(out)
+
+
+def render_html(df: pd.DataFrame, out_dir: Path, images: set[str]) -> str:
+    meta = df.attrs.get("meta", {})
+    parts = [f"<h1>graphduel report ({html.escape(meta.get('device', 'cpu'))})</h1>",
+             '<table class="meta">' + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                                             for k, v in _meta_rows(meta)) + "</table>"]
+    for title, kind, content in _sections(df):
+        if title:
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+        if kind == "text":
+            parts.append(f"<p>{html.escape(content)}</p>")
+        elif kind == "table":
+            parts.append(_html_table(*content))
+        elif kind == "image" and content in images:
+            data = base64.b64encode((out_dir / content).read_bytes()).decode()
+            parts.append(f'<img alt="{content}" src="data:image/png;base64,{data}">')
+        elif kind == "list":
+            items = "".join(f"<li><b>{html.escape(a)}</b> [{html.escape(b)}]: <code>{html.escape(c)}</code></li>"
+                            for a, b, c in content)
+            parts.append(f"<ul>{items}</ul>" if items else "<p>none</p>")
+    body = "\n".join(parts)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>graphduel report</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>")
+
+
+def write_report(df: pd.DataFrame, out_dir: Path) -> Path:
+    """Write results, plots, ``report.md`` and ``report.html`` into ``out_dir``; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_results(df, out_dir)
+    images = {p.name for p in write_plots(df, out_dir, df.attrs.get("meta", {}).get("copy_bandwidth_gbps"))}
+    (out_dir / "report.md").write_text(render_markdown(df, images))
+    (out_dir / "report.html").write_text(render_html(df, out_dir, images))
+    return out_dir
