@@ -9,8 +9,9 @@ Every node produces one value named ``%N``. A node is one of:
 - a primitive name from ``eager.primitives.PRIMITIVES``, with ``args`` (nodes or Python scalars) and
   static ``params``.
 
-``outputs`` are the values returned to the caller; ``updates`` pairs a state/param placeholder with the node
-holding its new value (old state in, new state out: how a traced training step stays functional).
+``outputs`` are the values returned to the caller; ``updates`` pairs a placeholder (usually param/state; an
+input when the function modifies an argument in place) with the node holding its new value (old state in, new
+state out: how a traced training step stays functional).
 
     >>> g = Graph()
     >>> x = g.placeholder("x", Aval((2, 3), float32))
@@ -29,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from eager.backend import float32  # noqa: F401  (used by the doctest above)
+from eager.backend import (
+    float32,  # noqa: F401  (used by the doctest above)
+    to_numpy,
+)
 from eager.primitives import PRIMITIVES, Aval, IndexSlot, ShapeError, format_key
 
 PLACEHOLDER, CONSTANT = "placeholder", "constant"
@@ -176,6 +180,23 @@ class Graph:
             counts[n.op] = counts.get(n.op, 0) + 1
         return counts
 
+    def fingerprint(self) -> str:
+        """A hash of the program: ops, params, types, names, roles, constants' bytes (source lines excluded).
+
+        Two traces that recorded the same program have the same fingerprint (and can share one executable).
+        """
+        import hashlib
+        h = hashlib.sha1()
+        for n in self.nodes:
+            line = f"{n.ref}:{n.aval}:{n.op}:{n.name}:{n.role}:" + ",".join(_format_arg(a) for a in n.args)
+            line += ":" + ",".join(f"{k}={_format_param(k, v)}" for k, v in n.params.items())
+            h.update(line.encode())
+            if n.op == CONSTANT:
+                h.update(np.ascontiguousarray(to_numpy(n.value)).tobytes())
+        h.update(("out:" + ",".join(n.ref for n in self.outputs)).encode())
+        h.update(("upd:" + ",".join(f"{p.ref}<-{v.ref}" for p, v in self.updates)).encode())
+        return h.hexdigest()
+
     # ------------------------------------------------------------ printing
     def __str__(self) -> str:
         heads = ", ".join(f"{n.ref}: {n.aval} {n.name}" for n in self.placeholders)
@@ -245,8 +266,8 @@ class Graph:
             if n.id not in defined:
                 raise GraphError(f"output {n.ref} is not a node of this graph")
         for p, v in self.updates:
-            if p.op != PLACEHOLDER or p.role not in ("param", "state"):
-                raise GraphError(f"update target {p.ref} must be a param/state placeholder")
+            if p.op != PLACEHOLDER:
+                raise GraphError(f"update target {p.ref} must be a placeholder (an input, param or state)")
             if p.aval != v.aval:
                 raise GraphError(f"update {p.name} <- {v.ref}: new value {v.aval} does not match the state {p.aval}")
         return self

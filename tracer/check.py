@@ -1,0 +1,269 @@
+"""``traced.check(*inputs)``: run eager and traced on the same inputs and say where and why they differ.
+
+The eager run executes the original function under a recorder, on the current state; then every tensor, the
+optimizer state and the random generators are put back (Python attributes keep what the eager run did to
+them, as a real eager call would), and the traced program runs for real (its state updates are applied
+once). Outputs and updated state are compared with written tolerances (``TOLERANCES``).
+
+On a mismatch the traced graph is replayed keeping every value and walked beside the eager run's own graph,
+call by call: the first call that differs in op, static parameters, baked scalars, type or value is the
+divergence. The assumption that broke is the first ledger entry whose value differs in the eager run (an
+escape at the same source line that saw another value, or Python state that no longer has its traced value).
+
+    >>> import eager, tracer
+    >>> traced = tracer.trace(lambda x: x * 2, eager.ones(2))
+    >>> traced.check(eager.ones(2)).ok
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eager.autograd.mode import add_recorder
+from eager.backend import float32, float64, to_numpy
+from eager.tensor import Tensor
+from tracer.assumptions import Assumption
+from tracer.build import RunRecord, build
+from tracer.executor import Interpreter
+from tracer.ir import Node
+from tracer.recorder import Recorder
+from tracer.signature import signature_of
+from tracer.state import World, _rng_state, _set_rng_state
+
+# (rtol, atol) per dtype: eager and traced run the same impls in the same order, so these are generous
+TOLERANCES = {float32: (1e-5, 1e-6), float64: (1e-10, 1e-12)}
+
+
+@dataclass
+class Divergence:
+    """Where traced and eager first disagree."""
+
+    kind: str                     # "control flow" | "baked value" | "value" | "output" | "state"
+    node: str | None              # the traced node, formatted (``%5: f32[1,64] = mul(%0, 2)``)
+    source: str | None            # its source line
+    error: str                    # what differs, in words
+    assumption: Assumption | None = None
+
+    def __str__(self) -> str:
+        where = f" at {self.source}" if self.source else ""
+        text = f"{self.kind} divergence{where}: {self.error}"
+        if self.node:
+            text += f"\n    traced node: {self.node}"
+        if self.assumption is not None:
+            text += f"\n    broken assumption: {self.assumption}"
+        return text
+
+
+@dataclass
+class CheckReport:
+    ok: bool
+    divergences: list[Divergence] = field(default_factory=list)
+    eager: Any = None
+    traced: Any = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        if self.ok:
+            return "check: traced == eager (outputs and state within tolerance)"
+        return "check: traced != eager\n" + "\n".join(f"  {d}" for d in self.divergences)
+
+
+def _close(a, b, rtol=None, atol=None) -> tuple[bool, str]:
+    a, b = to_numpy(a), to_numpy(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False, f"type differs: traced {a.dtype}{list(a.shape)}, eager {b.dtype}{list(b.shape)}"
+    if a.dtype.kind in "biu":
+        bad = a != b
+        if bad.any():
+            return False, f"{int(bad.sum())} of {a.size} elements differ"
+        return True, ""
+    r, t = TOLERANCES.get(a.dtype, (1e-5, 1e-6))
+    r, t = rtol if rtol is not None else r, atol if atol is not None else t
+    ok = np.isclose(a, b, rtol=r, atol=t, equal_nan=True)
+    if ok.all():
+        return True, ""
+    diff = np.where(ok, 0.0, np.abs(a.astype(np.float64) - b.astype(np.float64)))
+    i = tuple(int(k) for k in np.unravel_index(int(np.nanargmax(diff)), a.shape)) if a.ndim else ()
+    return False, (f"{int((~ok).sum())} of {a.size} elements differ beyond rtol={r}, atol={t}; largest at "
+                   f"{list(i)}: traced {a[i].item()!r}, eager {b[i].item()!r}")
+
+
+def _flat_values(obj, out: list) -> list:
+    if isinstance(obj, Tensor):
+        out.append(obj._data)
+    elif isinstance(obj, (list, tuple)) and not (type(obj) is list and obj and not isinstance(obj[0], Tensor)
+                                                 and isinstance(obj[0], (int, float, list))):
+        for o in obj:
+            _flat_values(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _flat_values(o, out)
+    elif isinstance(obj, (bool, int, float)) or (type(obj) is list):
+        out.append(np.asarray(obj))
+    return out
+
+
+def check(traced, args: tuple, kwargs: dict, rtol: float | None = None, atol: float | None = None) -> CheckReport:
+    entry = traced.entry_for(*args, **kwargs)
+    leaves, _ = signature_of(args, kwargs)
+    world = World.discover(traced.fn, args, traced._extra_params)
+    snap = world.snapshot(leaves)
+
+    # ---- the eager run, recorded (its own graph, its escapes, its Python state)
+    watched = world.watched_slots() + world.module_tensor_attrs()
+    pre_slots = {s.name: (s, s.get()) for s in watched}
+    py_before = {name: ps.value for name, ps in world.python_state().items()}
+    rec = Recorder(leaves, {tid: v[:4] for tid, v in snap.tensors.items()})
+    try:
+        with add_recorder(rec):
+            eager_result = traced.fn(*args, **kwargs)
+        eager_plan = build(RunRecord(rec, world, eager_result, pre_slots, entry.names, snap.tensors))
+        eager_state = _state_values(entry, leaves)
+        eager_values = _flat_values(eager_result, [])
+    finally:
+        snap.restore(python=False)
+
+    # ---- the traced run (for real: state updates are applied once)
+    rng = _rng_state()
+    arrays = entry.gather(leaves)
+    results = entry.exe.run(arrays)
+    traced_result = entry.finish(leaves, results)
+    traced_state = _state_values(entry, leaves)
+    traced_values = _flat_values(traced_result, [])
+
+    divergences = []
+    if len(traced_values) != len(eager_values):
+        divergences.append(Divergence("output", None, None, f"the traced call returned {len(traced_values)} values, "
+                                      f"the eager call {len(eager_values)}"))
+    for i, (a, b) in enumerate(zip(traced_values, eager_values)):
+        ok, why = _close(a, b, rtol, atol)
+        if not ok:
+            divergences.append(Divergence("output", None, None, f"output {i}: {why}"))
+    for name, a in traced_state.items():
+        b = eager_state.get(name)
+        if b is None:
+            continue
+        ok, why = _close(a, b, rtol, atol)
+        if not ok:
+            divergences.append(Divergence("state", None, None, f"new value of {name}: {why}"))
+    if not divergences:
+        return CheckReport(True, [], eager_result, traced_result)
+
+    # ---- locate: replay the traced graph keeping values, walk it beside the eager run's graph
+    _set_rng_state(rng)
+    saved_rng = _rng_state()
+    try:
+        _, traced_node_values = Interpreter(entry.graph).run(arrays, keep=True)
+    finally:
+        _set_rng_state(saved_rng)
+    eager_node_values = {nid: rec.tape.arrays[vid] for nid, vid in eager_plan.node_vids.items()}
+    first = _first_divergence(entry.graph, traced_node_values, eager_plan.graph, eager_node_values, rtol, atol)
+    broken = _broken_assumption(traced, rec, py_before)
+    if first is not None:
+        first.assumption = broken
+        divergences.insert(0, first)
+    else:
+        divergences[0].assumption = broken
+    return CheckReport(False, divergences, eager_result, traced_result)
+
+
+def _state_values(entry, leaves) -> dict[str, Any]:
+    plan = entry.plan
+    out = {}
+    for target in plan.update_targets:
+        if type(target) is int:
+            out[f"input {entry.names[target]}"] = leaves[target]._data
+        else:
+            t = target.get()
+            if isinstance(t, Tensor):
+                out[target.name] = t._data
+    for slot in plan.extra_slots:
+        t = slot.get()
+        if isinstance(t, Tensor):
+            out[slot.name] = t._data
+    return out
+
+
+def _static_args(n: Node) -> list:
+    return [("node", a.aval) if isinstance(a, Node) else ("scalar", a) for a in n.args]
+
+
+def _first_divergence(tg, tvals, eg, evals, rtol, atol) -> Divergence | None:
+    tcalls, ecalls = tg.calls, eg.calls
+    for tn, en in zip(tcalls, ecalls):
+        if tn.op != en.op:
+            return Divergence("control flow", tn.format(), tn.source,
+                              f"the traced graph runs {_call_text(tn)} here, but the eager run did {_call_text(en)} at "
+                              f"{en.source}: Python took another path")
+        ta, ea = _static_args(tn), _static_args(en)
+        if ta != ea or tn.aval != en.aval or _params_differ(tn.params, en.params):
+            what = []
+            for i, (x, y) in enumerate(zip(ta, ea)):
+                if x != y:
+                    what.append(f"argument {i}: traced {_show(x)}, eager {_show(y)}")
+            if _params_differ(tn.params, en.params):
+                what.append(f"params: traced {tn.params}, eager {en.params}")
+            if tn.aval != en.aval:
+                what.append(f"type: traced {tn.aval}, eager {en.aval}")
+            kind = "baked value" if any(x[0] == "scalar" for x in ta) and ta != ea else "control flow"
+            return Divergence(kind, tn.format(), tn.source, f"{tn.op} differs from the eager run: " + "; ".join(what))
+        if tn.id in tvals and en.id in evals:
+            ok, why = _close(tvals[tn.id], evals[en.id], rtol, atol)
+            if not ok:
+                return Divergence("value", tn.format(), tn.source, f"value of {tn.ref} ({tn.op}): {why}")
+    if len(tcalls) != len(ecalls):
+        n = min(len(tcalls), len(ecalls))
+        where = tcalls[n] if n < len(tcalls) else (tcalls[-1] if tcalls else None)
+        return Divergence("control flow", where.format() if where else None, where.source if where else None,
+                          f"the traced graph has {len(tcalls)} calls, the eager run {len(ecalls)}; they agree on "
+                          f"the first {n}: Python took another path after that")
+    return None
+
+
+def _call_text(n: Node) -> str:
+    return n.format().split("    # ")[0].split(" = ", 1)[-1]
+
+
+def _params_differ(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return True
+    return any(repr(a[k]) != repr(b[k]) for k in a)
+
+
+def _show(x) -> str:
+    return str(x[1]) if x[0] == "node" else repr(x[1])
+
+
+def _broken_assumption(traced, rec: Recorder, py_before: dict) -> Assumption | None:
+    eager_escapes: dict[str, list] = {}
+    for e in rec.tape.escapes:
+        eager_escapes.setdefault(e.source, []).append(e.value)
+    for a in traced.assumptions:
+        if a.kind == "python_state":
+            if a.name in py_before and py_before[a.name] != a.before:
+                return _note(a, f"it was {a.before!r} when traced and is {py_before[a.name]!r} now")
+        else:
+            seen = eager_escapes.get(a.source)
+            if seen is None:
+                return _note(a, "the eager run did not reach this line")
+            if not _same(seen, a.values):
+                return _note(a, f"the eager run saw {seen[0]!r}")
+    return None
+
+
+def _same(a: list, b: list) -> bool:
+    try:
+        return all(bool(np.all(np.asarray(x) == np.asarray(y))) for x, y in zip(a, b)) and len(a) == len(b)
+    except (ValueError, TypeError):
+        return repr(a) == repr(b)
+
+
+def _note(a: Assumption, why: str) -> Assumption:
+    from dataclasses import replace
+    return replace(a, values=list(a.values), broken=why)

@@ -1,0 +1,447 @@
+"""Save and load traced graphs: a versioned, documented format that never executes code when loaded.
+
+``traced.save(path)`` writes a directory:
+
+- ``path/graph.json``: ``{"format": "graphduel.graph", "version": 1, ...}`` with one entry per node:
+  ``{"id", "op", "shape", "dtype"}`` plus, for a placeholder, ``"name"`` and ``"role"`` (input, param,
+  state); for a constant, ``"array"`` (a key in the .npz); for a call, ``"args"`` and ``"params"`` and
+  ``"source"``. Then ``"outputs"`` (node ids), ``"updates"`` (pairs of node ids), ``"writes"`` (names of the
+  locations extra outputs were written to, e.g. ``fc1.weight.grad``), ``"result"`` (the structure of the
+  function's result) and ``"conversions"``.
+- ``path/arrays.npz``: the values of param/state placeholders (key ``placeholder_<id>``) and constants
+  (key ``constant_<id>``), read with ``numpy.load(allow_pickle=False)``.
+
+Values inside ``args``/``params``/``result`` are JSON numbers, strings, booleans and null, or one-key
+objects: ``{"ref": id}`` (a node), ``{"float": "inf"}``, ``{"tuple": [...]}``, ``{"list": [...]}``,
+``{"dict": [[key, value], ...]}``, ``{"slice": [start, stop, step]}``, ``{"ellipsis": null}``,
+``{"index_slot": n}``, ``{"dtype": "float32"}``, ``{"device": "cpu"}``, ``{"scalar": value, "dtype": name}``
+(a NumPy scalar). Nothing else is accepted: an unknown primitive, a newer version, a corrupt file, or any
+attempt to name a Python object raises ``FormatError``; loading never imports or calls anything named in
+the file.
+
+    >>> import eager, tracer, tempfile, os
+    >>> traced = tracer.trace(lambda x: (x * 2).exp(), eager.zeros(2))
+    >>> path = os.path.join(tempfile.mkdtemp(), "double_exp")
+    >>> traced.save(path)
+    >>> load(path)(eager.zeros(2)).tolist()
+    [1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from eager.backend import DTYPES, Device, canonical_device, to_device, to_numpy
+from eager.primitives import PRIMITIVES, Aval, IndexSlot
+from eager.tensor import Tensor
+from tracer.ir import CONSTANT, PLACEHOLDER, Graph, GraphError, Node
+from tracer.pytree import LEAF, unflatten
+from tracer.signature import SignatureError
+
+FORMAT = "graphduel.graph"
+VERSION = 1
+_TAGS = {"ref", "float", "tuple", "list", "dict", "slice", "ellipsis", "index_slot", "dtype", "device", "scalar"}
+_OBJECT_TAGS = {"py/object", "py/reduce", "py/type", "py/function", "py/repr", "__class__", "__reduce__",
+                "__reduce_ex__", "__import__", "pickle", "object", "module", "callable", "function", "class",
+                "eval", "exec", "import", "code", "lambda", "type"}
+
+
+class FormatError(ValueError):
+    """A saved graph cannot be read: corrupt, from a newer version, or asking for something not allowed."""
+
+
+# ---------------------------------------------------------------- values
+
+
+def encode(value, where: str):
+    """JSON for a static value (see module docstring); ``where`` names the node for errors."""
+    if isinstance(value, Node):
+        return {"ref": value.id}
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, Device):
+        return {"device": str(value)}
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": str(value)}
+    if isinstance(value, np.generic) and value.dtype.name in DTYPES:
+        return {"scalar": encode(value.item(), where), "dtype": value.dtype.name}
+    if isinstance(value, np.dtype):
+        if value.name not in DTYPES:
+            raise FormatError(f"{where}: dtype {value} cannot be saved (supported: {', '.join(DTYPES)})")
+        return {"dtype": value.name}
+    if isinstance(value, IndexSlot):
+        return {"index_slot": value.position}
+    if isinstance(value, slice):
+        return {"slice": [encode(v, where) for v in (value.start, value.stop, value.step)]}
+    if value is Ellipsis:
+        return {"ellipsis": None}
+    if type(value) is tuple or (isinstance(value, tuple) and hasattr(value, "_fields")):
+        return {"tuple": [encode(v, where) for v in value]}
+    if type(value) is list:
+        return {"list": [encode(v, where) for v in value]}
+    if type(value) is dict:
+        return {"dict": [[encode(k, where), encode(v, where)] for k, v in value.items()]}
+    raise FormatError(f"{where}: a {type(value).__name__} ({value!r:.60}) cannot be saved; a saved graph holds "
+                      "only numbers, strings, tuples, slices, dtypes and arrays.")
+
+
+def decode(obj, where: str, nodes: dict[int, Node] | None = None):
+    """The value for JSON written by ``encode``; anything else is a ``FormatError``."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, list):
+        raise FormatError(f"{where}: bare JSON list {obj!r:.60}; lists are written as {{\"list\": [...]}}")
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: unexpected JSON value {obj!r:.60}")
+    keys = set(obj) - ({"dtype"} if "scalar" in obj else set())
+    if len(keys) != 1:
+        _refuse_objects(obj, where)
+        raise FormatError(f"{where}: a value must be one tagged object, got keys {sorted(obj)}")
+    (tag,) = keys
+    body = obj[tag]
+    if tag not in _TAGS:
+        _refuse_objects(obj, where)
+        raise FormatError(f"{where}: unknown value encoding {tag!r} (known: {', '.join(sorted(_TAGS))})")
+    try:
+        if tag == "ref":
+            if nodes is None or not isinstance(body, int) or body not in nodes:
+                raise FormatError(f"{where}: reference to node %{body}, which is not defined before it")
+            return nodes[body]
+        if tag == "float":
+            if body not in ("inf", "-inf", "nan"):
+                raise FormatError(f"{where}: {{\"float\": {body!r}}} must be 'inf', '-inf' or 'nan'")
+            return float(body)
+        if tag == "tuple":
+            return tuple(decode(v, where, nodes) for v in _list(body, where))
+        if tag == "list":
+            return [decode(v, where, nodes) for v in _list(body, where)]
+        if tag == "dict":
+            return {decode(k, where, nodes): decode(v, where, nodes) for k, v in _list(body, where)}
+        if tag == "slice":
+            parts = _list(body, where)
+            if len(parts) != 3 or not all(p is None or type(p) is int for p in parts):
+                raise FormatError(f"{where}: a slice is [start, stop, step] of ints or nulls, got {body!r}")
+            return slice(*parts)
+        if tag == "ellipsis":
+            return Ellipsis
+        if tag == "index_slot":
+            if type(body) is not int or body < 0:
+                raise FormatError(f"{where}: index_slot must be a non-negative int, got {body!r}")
+            return IndexSlot(body)
+        if tag == "dtype":
+            return _dtype(body, where)
+        if tag == "device":
+            return canonical_device(body) if body in ("cpu", "cuda") else _bad(where, f"unknown device {body!r}")
+        if tag == "scalar":
+            dt = _dtype(obj.get("dtype"), where)
+            value = decode(body, where)
+            if not isinstance(value, (bool, int, float)):
+                raise FormatError(f"{where}: a scalar's value must be a number, got {body!r:.60}")
+            return dt.type(value)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, FormatError):
+            raise
+        raise FormatError(f"{where}: malformed {tag!r} value {body!r:.60}: {e}") from None
+    raise FormatError(f"{where}: unhandled tag {tag!r}")
+
+
+def _refuse_objects(obj: dict, where: str) -> None:
+    bad = [k for k in obj if str(k).lower() in _OBJECT_TAGS or str(k).startswith(("py/", "__"))]
+    if bad:
+        raise FormatError(f"{where}: the file tries to reference a Python object ({bad[0]!r}: {obj[bad[0]]!r:.60}). "
+                          "Refused: a saved graph holds only data, and loading never imports or calls anything. "
+                          "Do not load files from untrusted sources expecting code to run.")
+
+
+def _list(body, where):
+    if not isinstance(body, list):
+        raise FormatError(f"{where}: expected a JSON list, got {body!r:.60}")
+    return body
+
+
+def _dtype(name, where) -> np.dtype:
+    if name not in DTYPES:
+        raise FormatError(f"{where}: unsupported dtype {name!r} (supported: {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+def _bad(where, why):
+    raise FormatError(f"{where}: {why}")
+
+
+def _encode_spec(spec, conversions_iter, where="result"):
+    if spec == LEAF:
+        return "T"
+    kind = spec[0]
+    if kind == "const":
+        return {"const": encode(spec[1], where)}
+    if kind in ("tuple", "list", "namedtuple"):
+        children = spec[2] if kind == "namedtuple" else spec[1]
+        return {"tuple" if kind != "list" else "list": [_encode_spec(s, conversions_iter, where) for s in children]}
+    if kind == "dict":
+        return {"dict": [[encode(k, where), _encode_spec(s, conversions_iter, where)] for k, s in
+                         zip(spec[1], spec[2])]}
+    raise FormatError(f"{where}: cannot save result structure {kind!r}")
+
+
+def _decode_spec(obj, where="result"):
+    if obj == "T":
+        return LEAF
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise FormatError(f"{where}: malformed result structure {obj!r:.60}")
+    (tag, body), = obj.items()
+    if tag == "const":
+        return ("const", decode(body, where))
+    if tag in ("tuple", "list"):
+        return (tag, tuple(_decode_spec(s, where) for s in _list(body, where)))
+    if tag == "dict":
+        pairs = _list(body, where)
+        return ("dict", tuple(decode(k, where) for k, _ in pairs), tuple(_decode_spec(s, where) for _, s in pairs))
+    _refuse_objects(obj, where)
+    raise FormatError(f"{where}: unknown result structure tag {tag!r}")
+
+
+# ---------------------------------------------------------------- save
+
+
+def save(traced, path) -> None:
+    """Write the program a call would run now (latest signature, current state layout) and its state."""
+    entry = _current_entry(traced)
+    graph, plan = entry.graph, entry.plan
+    arrays: dict[str, np.ndarray] = {}
+    nodes = []
+    others = [n for n in graph.placeholders if n.role != "input"]
+    values = dict(zip((n.id for n in others), plan.readers))
+    for n in graph.nodes:
+        where = f"node {n.ref} ({n.op})"
+        item: dict[str, Any] = {"id": n.id, "op": n.op, "shape": list(n.shape),
+                                "dtype": encode(n.dtype, where)["dtype"]}
+        if n.op == PLACEHOLDER:
+            item.update(name=n.name, role=n.role)
+            if n.role != "input":
+                t = values[n.id].get()
+                if not isinstance(t, Tensor):
+                    raise FormatError(f"save: {n.name} holds no tensor now ({t!r:.40}); call the traced function "
+                                      "once before saving.")
+                arrays[f"placeholder_{n.id}"] = to_numpy(t._data)
+        elif n.op == CONSTANT:
+            item.update(array=f"constant_{n.id}")
+            arrays[f"constant_{n.id}"] = to_numpy(n.value)
+        else:
+            item.update(args=[encode(a, where) for a in n.args],
+                        params={k: encode(v, f"{where} param {k!r}") for k, v in n.params.items()})
+        if n.source:
+            item["source"] = n.source
+        nodes.append(item)
+    doc = {
+        "format": FORMAT, "version": VERSION, "name": traced.name, "signature": traced.signature,
+        "nodes": nodes,
+        "outputs": [n.id for n in graph.outputs],
+        "updates": [[p.id, v.id] for p, v in graph.updates],
+        "writes": [s.name for s in plan.extra_slots],
+        "result": _encode_spec(plan.out_spec, iter(plan.conversions)),
+        "conversions": list(plan.conversions),
+    }
+    for a in arrays.values():
+        if a.dtype.name not in DTYPES:
+            raise FormatError(f"save: array of dtype {a.dtype} cannot be saved")
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "graph.json"), "w") as f:
+        f.write(_dumps(doc))
+    np.savez(os.path.join(path, "arrays.npz"), **arrays)
+
+
+def _dumps(doc: dict) -> str:
+    """Readable JSON: one node per line."""
+    head = {k: v for k, v in doc.items() if k != "nodes"}
+    nodes = ",\n  ".join(json.dumps(n, allow_nan=False) for n in doc["nodes"])
+    body = ",\n ".join(f"{json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in head.items())
+    return "{\n " + body + ",\n \"nodes\": [\n  " + nodes + "\n ]\n}\n"
+
+
+def _current_entry(traced):
+    latest = traced._latest
+    for e in traced._cache.get(latest.key, ()):
+        if e.guard_ok():
+            return e
+    return latest
+
+
+# ---------------------------------------------------------------- load
+
+
+def load(path, device=None, lower=None) -> LoadedGraph:
+    """Read a graph written by ``save``; the result runs without the original Python source."""
+    graph_file = os.path.join(path, "graph.json")
+    array_file = os.path.join(path, "arrays.npz")
+    if not os.path.isfile(graph_file):
+        raise FormatError(f"load: {path!r} holds no graph.json; pass the directory written by traced.save(path)")
+    try:
+        with open(graph_file, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"load: {graph_file} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise FormatError(f"load: {graph_file} is not a graphduel graph (format {_get(doc, 'format')!r}, expected "
+                          f"{FORMAT!r})")
+    version = doc.get("version")
+    if type(version) is not int:
+        raise FormatError(f"load: {graph_file} has no valid format version ({version!r})")
+    if version > VERSION:
+        raise FormatError(f"load: {graph_file} was written by a newer graphduel (format version {version}); this "
+                          f"version reads format versions up to {VERSION}. Upgrade graphduel to load it.")
+    try:
+        with np.load(array_file, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise FormatError(f"load: {array_file} is missing; a saved graph is graph.json plus arrays.npz") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise FormatError(f"load: {array_file} is corrupt or holds objects ({e})") from None
+    graph, values = _read_graph(doc, arrays, graph_file)
+    return LoadedGraph(graph, values, doc, device=device, lower=lower)
+
+
+def _get(doc, key):
+    return doc.get(key) if isinstance(doc, dict) else None
+
+
+def _read_graph(doc: dict, arrays: dict, graph_file: str) -> tuple[Graph, dict[int, np.ndarray]]:
+    g = Graph()
+    by_id: dict[int, Node] = {}
+    values: dict[int, np.ndarray] = {}
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, list):
+        raise FormatError(f"load: {graph_file} is corrupt: 'nodes' must be a list")
+    for item in nodes:
+        if not isinstance(item, dict):
+            raise FormatError(f"load: {graph_file} is corrupt: node entry {item!r:.60} is not an object")
+        _refuse_objects(item, "node")
+        nid, op = item.get("id"), item.get("op")
+        where = f"node %{nid} ({op})"
+        if type(nid) is not int or nid in by_id:
+            raise FormatError(f"load: {where}: missing, non-integer or duplicate id")
+        if not isinstance(op, str):
+            raise FormatError(f"load: {where}: missing op name")
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise FormatError(f"load: {where}: shape must be a list of non-negative ints, got {shape!r:.60}")
+        aval = Aval(tuple(shape), _dtype(item.get("dtype"), f"load: {where}"))
+        source = item.get("source")
+        source = source if isinstance(source, str) else None
+        if op == PLACEHOLDER:
+            role = item.get("role")
+            if role not in ("input", "param", "state") or not isinstance(item.get("name"), str):
+                raise FormatError(f"load: {where}: a placeholder needs a name and a role (input/param/state)")
+            node = Node(nid, PLACEHOLDER, aval=aval, name=item["name"], role=role)
+            if role != "input":
+                values[nid] = _array(arrays, f"placeholder_{nid}", aval, where)
+        elif op == CONSTANT:
+            node = Node(nid, CONSTANT, aval=aval, source=source, value=_array(arrays, item.get("array"), aval, where))
+        elif op in PRIMITIVES:
+            args = item.get("args", [])
+            params = item.get("params", {})
+            if not isinstance(args, list) or not isinstance(params, dict):
+                raise FormatError(f"load: {where}: args must be a list and params an object")
+            node = Node(nid, op, tuple(decode(a, f"load: {where} arg {i}", by_id) for i, a in enumerate(args)),
+                        {str(k): decode(v, f"load: {where} param {k!r}") for k, v in params.items()}, aval, source)
+        else:
+            raise FormatError(f"load: {where}: unknown primitive {op!r}. The file was written by a graphduel with "
+                              "other primitives, or is corrupt; known primitives: "
+                              f"{', '.join(sorted(PRIMITIVES))}.")
+        by_id[nid] = node
+        g._add(node)
+    try:
+        g.outputs.extend(by_id[i] for i in _list(doc.get("outputs"), "outputs"))
+        g.updates.extend((by_id[p], by_id[v]) for p, v in _list(doc.get("updates", []), "updates"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"load: {graph_file} is corrupt: outputs/updates name unknown nodes ({e})") from None
+    try:
+        g.validate()
+    except GraphError as e:
+        raise FormatError(f"load: {graph_file} holds an inconsistent graph: {e}") from None
+    return g, values
+
+
+def _array(arrays: dict, key, aval: Aval, where: str) -> np.ndarray:
+    if not isinstance(key, str) or key not in arrays:
+        raise FormatError(f"load: {where}: array {key!r} is missing from arrays.npz")
+    a = arrays[key]
+    if tuple(a.shape) != aval.shape or a.dtype != aval.dtype:
+        raise FormatError(f"load: {where}: array {key!r} is {a.dtype}{list(a.shape)}, the graph says {aval}")
+    return a
+
+
+class LoadedGraph:
+    """A graph read from disk, with its own parameters and state; call it with the input tensors (flattened).
+
+    Updates are applied to ``state`` (so a loaded training step keeps training its own copy); values written
+    to outside locations when traced (e.g. ``fc1.weight.grad``) land in ``written``.
+    """
+
+    def __init__(self, graph: Graph, values: dict[int, np.ndarray], doc: dict, device=None, lower=None):
+        from tracer.executor import default_lower
+        self.graph = graph
+        self.name = doc.get("name") if isinstance(doc.get("name"), str) else "loaded"
+        self.signature = doc.get("signature")
+        self.device = canonical_device(device)
+        self._inputs = graph.inputs_with_role("input")
+        self._others = [n for n in graph.placeholders if n.role != "input"]
+        self.state: dict[str, Tensor] = {n.name: Tensor(to_device(values[n.id], self.device)) for n in self._others}
+        for n in graph.nodes:
+            if n.op == CONSTANT:
+                n.value = to_device(n.value, self.device)
+        self.written: dict[str, Tensor] = {}
+        writes = doc.get("writes", [])
+        self._writes = [str(w) for w in writes] if isinstance(writes, list) else []
+        conv = doc.get("conversions", [])
+        self._conversions = [c if c in (None, "item", "float", "int", "bool", "tolist") else
+                             _bad("load: conversions", f"unknown conversion {c!r}") for c in _list(conv, "conversions")]
+        self._spec = _decode_spec(doc.get("result", "T"))
+        self.exe = (lower or default_lower)(graph)
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        return {n.name: self.state[n.name] for n in self._others if n.role == "param"}
+
+    @property
+    def code(self) -> str:
+        from tracer.codegen import python_source
+        return python_source(self.graph)
+
+    def __call__(self, *inputs: Tensor):
+        from tracer.traced import _convert
+        if len(inputs) != len(self._inputs):
+            raise TypeError(f"loaded graph {self.name} takes {len(self._inputs)} input tensor(s) "
+                            f"({', '.join(n.name for n in self._inputs)}), got {len(inputs)}")
+        for node, t in zip(self._inputs, inputs):
+            if not isinstance(t, Tensor) or (tuple(t.shape), t.dtype) != (node.shape, node.dtype):
+                got = f"{t.dtype}{list(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise SignatureError(f"loaded graph {self.name}: input {node.name} must be {node.aval}, got {got}; a "
+                                     "loaded graph cannot retrace (it has no Python source).")
+        arrays = [t._data for t in inputs] + [self.state[n.name]._data for n in self._others]
+        results = self.exe.run(arrays)
+        n_user = len(self._conversions)
+        k = n_user + len(self._writes)
+        for name, arr in zip(self._writes, results[n_user:k]):
+            self.written[name] = Tensor(arr)
+        for (p, _), arr in zip(self.graph.updates, results[k:]):
+            if p.role == "input":
+                t = inputs[self._inputs.index(p)]
+                t._data, t._version = arr, t._version + 1
+            else:
+                self.state[p.name]._data = arr
+        outs = [Tensor(a) if c is None else _convert(a, c) for a, c in zip(results[:n_user], self._conversions)]
+        return unflatten(self._spec, outs)
+
+    def __repr__(self) -> str:
+        return f"<LoadedGraph {self.name} {self.signature}: {len(self.graph.calls)} calls>"

@@ -1,0 +1,351 @@
+"""``trace`` and ``Traced``: record one run, replay it on new inputs, keep a cache of signatures.
+
+A trace runs the function once through the eager engine with a recorder attached, builds a Graph and a Plan
+(``tracer.build``), lowers the graph (``lower(graph) -> executable``, default: the static executor), and then
+puts every tensor, ``.grad``, optimizer-state entry, Python attribute and random generator back as it was:
+**tracing has no side effects**, so calling the traced step N times trains exactly like N eager steps.
+
+When a run changes the *layout* of state (a ``.grad`` appears, an optimizer creates its moments on the first
+step), the first call and the later calls run different programs. The trace then records a second run
+starting from the state the first one left (the steady state) before restoring everything; both go into the
+cache under guards on that layout, so call 1 runs the first graph and calls 2..N the second.
+
+    >>> import eager
+    >>> traced = trace(lambda x: (x * 2).exp(), eager.zeros(3))
+    >>> traced(eager.ones(3)).tolist() == (eager.ones(3) * 2).exp().tolist()
+    True
+    >>> print(traced.graph)  # doctest: +ELLIPSIS
+    graph(%0: f32[3] x):
+      %1: f32[3] = mul(%0, 2)    # <doctest ...>:1
+      %2: f32[3] = exp(%1)    # <doctest ...>:1
+      return (%2)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from eager.autograd.mode import MODE, add_recorder
+from eager.backend import to_numpy
+from eager.tensor import Tensor
+from tracer.assumptions import Assumption, Ledger, python_state_site
+from tracer.build import Plan, RunRecord, build
+from tracer.executor import default_lower
+from tracer.ir import Graph
+from tracer.pytree import LEAF, flatten, unflatten
+from tracer.recorder import Recorder
+from tracer.signature import (
+    SignatureError,
+    argument_names,
+    check_arity,
+    explain_change,
+    format_signature,
+    signature_of,
+)
+from tracer.state import MISSING, World, describe_layout, layout_of
+
+logger = logging.getLogger("graphduel.tracer")
+_ORDER = itertools.count()
+
+
+class Entry:
+    """One traced program: its graph, plan, executable and guards (one signature, one state layout)."""
+
+    def __init__(self, key: tuple, plan: Plan, exe, seconds: float, py_guard: list, names: list[str],
+                 steady: bool):
+        self.key = key
+        self.plan = plan
+        self.graph: Graph = plan.graph
+        self.exe = exe
+        self.trace_seconds = seconds
+        self.py_guard = py_guard       # [(name, dict, key, value)]: Python state the run did not change
+        self.names = names
+        self.steady = steady           # traced from the state a previous run left (see module docstring)
+        self._fast = not py_guard and not plan.guard
+        self.order = next(_ORDER)
+
+    def guard_ok(self) -> bool:
+        if self._fast:
+            return True
+        for _, d, k, v in self.py_guard:
+            x = d.get(k, MISSING)
+            if x is not v and (type(x) is not type(v) or x != v):
+                return False
+        for slot, layout in self.plan.guard:
+            if layout_of(slot.get()) != layout:
+                return False
+        return True
+
+    def guard_failures(self) -> list[str]:
+        out = []
+        for name, d, k, v in self.py_guard:
+            x = d.get(k, MISSING)
+            if x is not v and (type(x) is not type(v) or x != v):
+                out.append(f"Python state {name}: {v!r} -> {'missing' if x is MISSING else repr(x)}")
+        for slot, layout in self.plan.guard:
+            now = layout_of(slot.get())
+            if now != layout:
+                out.append(f"{slot.name}: {describe_layout(layout)} -> {describe_layout(now)}")
+        return out
+
+    def gather(self, leaves: list) -> list:
+        arrays = [t._data for t in leaves]
+        for slot in self.plan.readers:
+            arrays.append(slot.read())
+        return arrays
+
+    def finish(self, leaves: list, results: list):
+        """Write state back and build the caller's result from the executable's arrays."""
+        plan = self.plan
+        n = len(plan.conversions)
+        k = n + len(plan.extra_slots)
+        for slot, arr in zip(plan.extra_slots, results[n:k]):
+            slot.assign(Tensor._make(arr, False, None))
+        for target, arr in zip(plan.update_targets, results[k:]):
+            if type(target) is int:
+                t = leaves[target]
+                t._data = arr
+                t._version += 1
+            else:
+                target.rebind(arr)
+        for slot, value in plan.static_writes:
+            slot.assign(value)
+        if plan.out_spec == LEAF:
+            conv = plan.conversions[0]
+            return Tensor._make(results[0], False, None) if conv is None else _convert(results[0], conv)
+        outs = [Tensor._make(a, False, None) if c is None else _convert(a, c)
+                for a, c in zip(results, plan.conversions)]
+        return unflatten(plan.out_spec, outs)
+
+    def run(self, leaves: list):
+        return self.finish(leaves, self.exe.run(self.gather(leaves)))
+
+
+def _convert(array, kind: str):
+    value = to_numpy(array)
+    if kind == "tolist":
+        return value.tolist()
+    item = value.reshape(()).item()
+    return {"float": float, "int": int, "bool": bool}.get(kind, lambda v: v)(item)
+
+
+class Traced:
+    """A function specialised to input signatures; call it like the original (see ``tracer.trace``)."""
+
+    def __init__(self, fn, *, strict: bool = False, lower=None, cache_size: int = 8, name: str | None = None,
+                 extra_params: dict | None = None):
+        if cache_size < 1:
+            raise ValueError(f"trace: cache_size must be >= 1, got {cache_size}")
+        self.fn = fn
+        self.strict = strict
+        self.lower = lower or default_lower
+        self.cache_size = cache_size
+        self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
+        self.retrace_count = 0
+        self.ledger = Ledger()
+        self._extra_params = extra_params
+        self._cache: OrderedDict[tuple, list[Entry]] = OrderedDict()
+        self._latest: Entry | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ calling
+    def __call__(self, *args, **kwargs):
+        if MODE.get().recorders:  # inside another trace: run the Python so the outer recorder sees the ops
+            return self.fn(*args, **kwargs)
+        leaves, key = signature_of(args, kwargs)
+        if len(leaves) > 1 and len({id(t) for t in leaves}) != len(leaves):
+            key = key + (_alias_key(leaves),)
+        bucket = self._cache.get(key)
+        if bucket is not None:
+            for entry in bucket:
+                if entry.guard_ok():
+                    return entry.run(leaves)
+        return self._miss(args, kwargs, leaves, key).run(leaves)
+
+    def entry_for(self, *args, **kwargs) -> Entry:
+        """The cache entry a call with these arguments would run (tracing it if needed)."""
+        leaves, key = signature_of(args, kwargs)
+        if len(leaves) > 1 and len({id(t) for t in leaves}) != len(leaves):
+            key = key + (_alias_key(leaves),)
+        for entry in self._cache.get(key, ()):
+            if entry.guard_ok():
+                return entry
+        return self._miss(args, kwargs, leaves, key)
+
+    def _miss(self, args, kwargs, leaves, key) -> Entry:
+        with self._lock:
+            check_arity(self.fn, args, kwargs, self.name)
+            names = self._input_names(args, kwargs)
+            bucket = self._cache.get(key)
+            if self._latest is not None:
+                if bucket is None:
+                    old = self._latest.key
+                    reasons = explain_change(old, key, argument_names(self.fn, max(len(old), len(key))))
+                    if self.strict:
+                        arg_names = argument_names(self.fn, len(key))
+                        raise SignatureError(
+                            f"{self.name} was traced for {format_signature(old, arg_names)} and strict=True, but "
+                            f"was called with {format_signature(key, arg_names)}: {'; '.join(reasons)}. Call it "
+                            "with the traced signature, or trace with strict=False to retrace automatically.")
+                    why = "; ".join(reasons) or "new signature"
+                else:
+                    why = "; ".join(bucket[0].guard_failures()) or "state changed"
+                self.retrace_count += 1
+                logger.info("retracing %s (retrace #%d): %s", self.name, self.retrace_count, why)
+            entries = self._trace(args, kwargs, leaves, key, names)
+            self._insert(key, entries)
+            return entries[0]
+
+    def _insert(self, key, entries: list[Entry]) -> None:
+        bucket = self._cache.setdefault(key, [])
+        for e in reversed(entries):
+            bucket.insert(0, e)
+        del bucket[self.cache_size:]
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            evicted, _ = self._cache.popitem(last=False)
+            logger.info("%s: trace cache full (%d signatures): dropped %s", self.name, self.cache_size,
+                        format_signature(evicted, argument_names(self.fn, len(evicted))))
+        self._latest = entries[-1]
+
+    def _input_names(self, args, kwargs) -> list[str]:
+        names: list[str] = []
+        leaves: list = []
+        for name, a in zip(argument_names(self.fn, len(args)), args):
+            flatten(a, leaves, names, name)
+        for k in sorted(kwargs):
+            flatten(kwargs[k], leaves, names, k)
+        return names
+
+    # ------------------------------------------------------------ tracing
+    def _trace(self, args, kwargs, leaves, key, names) -> list[Entry]:
+        world = World.discover(self.fn, args, self._extra_params)
+        snap = world.snapshot(leaves)
+        try:
+            first = self._record(world, snap, args, kwargs, leaves, key, names, steady=False)
+            first.exe = self.lower(first.graph)
+            entries = [first]
+            if any(layout_of(slot.get()) != layout for slot, layout in first.plan.guard):
+                # the run changed the state's layout: record the program later calls will run
+                for t in leaves:
+                    saved = snap.tensors.get(id(t))
+                    if saved is not None:
+                        t._data, t._version = saved[1], saved[2]
+                world2 = World.discover(self.fn, args, self._extra_params)
+                snap2 = world2.snapshot(leaves)
+                steady = self._record(world2, snap2, args, kwargs, leaves, key, names, steady=True)
+                same = steady.graph.fingerprint() == first.graph.fingerprint()
+                steady.exe = first.exe if same else self.lower(steady.graph)  # one lowering per distinct program
+                entries.append(steady)
+        finally:
+            snap.restore()
+        return entries
+
+    def _record(self, world: World, snap, args, kwargs, leaves, key, names, steady: bool) -> Entry:
+        t0 = time.perf_counter()
+        watched = world.watched_slots() + world.module_tensor_attrs()
+        pre_slots = {s.name: (s, s.get()) for s in watched}
+        py_before = world.python_state()
+        known_before = {tid: v[:4] for tid, v in snap.tensors.items()}
+        rec = Recorder(leaves, known_before)
+        with add_recorder(rec):
+            result = self.fn(*args, **kwargs)
+        plan = build(RunRecord(rec, world, result, pre_slots, names, snap.tensors))
+        py_after = world.python_state()
+        py_guard = []
+        for name, ps in py_before.items():
+            now = py_after.get(name)
+            if now is not None and type(now.value) is type(ps.value) and now.value == ps.value:
+                py_guard.append((name, ps.container, ps.key, ps.value))
+            elif now is not None:
+                where = python_state_site(ps.owner, ps.key) if ps.owner is not None else None
+                self.ledger.add_python_state(name, ps.value, now.value, where)
+        for esc, node in plan.escapes:
+            self.ledger.add_escape(esc, node)
+        return Entry(key, plan, None, time.perf_counter() - t0, py_guard, names, steady)
+
+    # ------------------------------------------------------------ inspection
+    @property
+    def graph(self) -> Graph:
+        """The graph of the most recently traced signature (its steady-state program)."""
+        return self._latest.graph
+
+    @property
+    def graphs(self) -> list[Graph]:
+        """Every cached graph, in the order traced (a step that creates state has two: first and steady)."""
+        return [e.graph for e in self.entries]
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Every cached program, in the order traced."""
+        return sorted((e for bucket in self._cache.values() for e in bucket), key=lambda e: e.order)
+
+    @property
+    def executable(self):
+        return self._latest.exe
+
+    @property
+    def code(self) -> str:
+        """The latest graph as generated Python source (what the static executor runs)."""
+        from tracer.codegen import python_source
+        return python_source(self.graph)
+
+    @property
+    def assumptions(self) -> list[Assumption]:
+        """Every frozen site found while tracing (escapes and Python state), in the order first seen."""
+        return list(self.ledger)
+
+    @property
+    def trace_seconds(self) -> float:
+        return self._latest.trace_seconds
+
+    @property
+    def signature(self) -> str:
+        key = self._latest.key
+        return format_signature(key, argument_names(self.fn, len(key)))
+
+    def check(self, *args, rtol: float | None = None, atol: float | None = None, **kwargs):
+        """Run eager and traced on these inputs and report where they diverge (see ``tracer.check``)."""
+        from tracer.check import check
+        return check(self, args, kwargs, rtol=rtol, atol=atol)
+
+    def save(self, path) -> None:
+        """Save the latest graph with its parameters and state (see ``tracer.serialization``)."""
+        from tracer.serialization import save
+        save(self, path)
+
+    def __repr__(self) -> str:
+        n = len(self.entries)
+        return (f"<Traced {self.name}: {n} cached program{'s' if n != 1 else ''}, "
+                f"{self.retrace_count} retraces, {len(self.ledger)} assumptions>")
+
+
+def _alias_key(leaves) -> tuple:
+    first: dict[int, int] = {}
+    return ("alias", tuple(first.setdefault(id(t), i) for i, t in enumerate(leaves)))
+
+
+def trace(fn, *example_inputs, strict: bool = False, lower=None, cache_size: int = 8, **example_kwargs) -> Traced:
+    """Trace ``fn`` (a function or a Module) on example inputs; returns a callable ``Traced``.
+
+    ``strict=True`` refuses a call with another signature (``SignatureError``) instead of retracing;
+    ``lower(graph) -> executable`` (with ``executable.run(arrays) -> arrays``) replaces the static executor;
+    ``cache_size`` bounds the number of signatures kept (least recently traced dropped first).
+
+        >>> import eager
+        >>> from eager import nn
+        >>> model = nn.Linear(3, 2)
+        >>> traced = trace(model, eager.ones(4, 3))
+        >>> [n.name for n in traced.graph.placeholders]
+        ['input', 'weight', 'bias']
+    """
+    traced = Traced(fn, strict=strict, lower=lower, cache_size=cache_size)
+    traced.entry_for(*example_inputs, **example_kwargs)
+    return traced
+
+
+__all__ = ["Entry", "Traced", "trace", "SignatureError"]
