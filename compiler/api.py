@@ -1,0 +1,161 @@
+"""``compiler.compile``: trace, optimise, fuse and lower a function to native kernels.
+
+    >>> import eager, compiler
+    >>> f = compiler.compile(lambda x: (x * 2).exp().sum(), eager.ones(4))
+    >>> round(float(f(eager.zeros(4))), 3)
+    4.0
+    >>> len(f.kernels)
+    1
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from compiler import debug
+from compiler.passes import optimize
+from compiler.program import Program, build
+from tracer.ir import Graph
+
+BACKENDS = ("c", "numpy", "cuda", "xla")
+
+
+@dataclass
+class Lowered:
+    """What the lowering returns to the tracer: ``run(arrays) -> outputs + new state``, plus everything the
+    report shows (graph before/after passes, program, kernels, timings)."""
+
+    source_graph: Graph
+    graph: Graph
+    program: Program | None
+    executable: object
+    backend: str
+    device: str
+    kernels: list = field(default_factory=list)
+    pass_seconds: float = 0.0
+    build_seconds: float = 0.0
+    compilations: int = 0
+
+    example: list | None = None
+
+    def run(self, arrays: list) -> list:
+        if self.example is None:  # kept (copied) for the report's timings; later inputs are not held
+            self.example = [a.copy() for a in arrays]
+        return self.executable.run(arrays)
+
+    __call__ = run
+
+
+def _default_backend(device: str) -> str:
+    return "cuda" if device == "cuda" else "c"
+
+
+def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, fuel: int | None = -1) -> Lowered:
+    """The lowering ``L(graph) -> executable`` handed to ``tracer.trace``: passes, fusion, codegen, build."""
+    from compiler.runtime import cache
+    device = str(device)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"compile: unknown device {device!r}; use 'cpu' or 'cuda'")
+    backend = backend or _default_backend(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"compile: unknown backend {backend!r}; choose one of {BACKENDS}")
+    start = time.perf_counter()
+    optimized = optimize(graph)
+    passes = time.perf_counter() - start
+    before = cache.STATS.compilations
+    start = time.perf_counter()
+    program = build(optimized, fuel)
+    if backend == "xla":
+        from compiler.xla import build_xla
+        ex = build_xla(optimized, device)
+        kernels = []
+    elif backend == "cuda" or device == "cuda":
+        from compiler.runtime.cuda import build_cuda
+        ex = build_cuda(program)
+        kernels = ex.kernels
+    elif backend == "numpy":
+        from compiler.runtime.cpu import generate
+        from compiler.runtime.executor import Executable
+        ex = Executable(program, None, "numpy")
+        kernels = ex.kernels = generate(program)
+    else:
+        from compiler.runtime.cpu import build_executable
+        ex = build_executable(program)
+        kernels = ex.kernels
+    lowered = Lowered(graph, optimized, program, ex, getattr(ex, "backend", backend), device, kernels, passes,
+                      time.perf_counter() - start, cache.STATS.compilations - before)
+    debug.show(program, kernels)
+    return lowered
+
+
+class Compiled:
+    """A traced function whose graphs run as fused native kernels. Call it like the original function.
+
+    Signature cache, retracing and state write-back are the tracer's (``tracer.Traced``); this object adds
+    ``.graph`` (after passes), ``.kernels`` (with generated ``.source``), ``.lowered`` and ``.report()``.
+    """
+
+    def __init__(self, fn, example_inputs: tuple, example_kwargs: dict, device: str, backend: str | None,
+                 strict: bool, fuel: int | None):
+        import tracer
+        self.device, self.requested_backend, self.fuel = str(device), backend, fuel
+        self.lowerings: list[Lowered] = []
+
+        def lower(graph: Graph) -> Lowered:
+            lowered = lower_graph(graph, self.device, backend, fuel)
+            self.lowerings.append(lowered)
+            return lowered
+
+        if isinstance(fn, tracer.Traced):
+            fn = fn.fn
+        start = time.perf_counter()
+        self.traced = tracer.trace(fn, *example_inputs, strict=strict, lower=lower, **example_kwargs)
+        total = time.perf_counter() - start
+        self.compile_seconds = sum(lw.pass_seconds + lw.build_seconds for lw in self.lowerings)
+        self.trace_seconds = total - self.compile_seconds
+
+    def __call__(self, *args, **kwargs):
+        return self.traced(*args, **kwargs)
+
+    @property
+    def lowered(self) -> Lowered:
+        """The lowering of the latest traced signature (its steady-state program)."""
+        return self.traced.executable
+
+    @property
+    def graph(self) -> Graph:
+        return self.lowered.graph
+
+    @property
+    def kernels(self) -> list:
+        return self.lowered.kernels
+
+    @property
+    def backend(self) -> str:
+        return self.lowered.backend
+
+    def report(self, repeat: int = 5, show: bool = True):
+        """Per-kernel table (ops fused, source lines, bytes, time, GB/s, % of copy bandwidth) plus totals."""
+        from compiler.report import report
+        return report(self, repeat=repeat, show=show)
+
+    def __getattr__(self, name):  # assumptions, check, save, code, retrace_count, ... come from the trace
+        if name == "traced":
+            raise AttributeError(name)
+        return getattr(self.traced, name)
+
+    def __repr__(self) -> str:
+        return (f"<Compiled {self.traced.name} on {self.device} ({self.backend}): {len(self.kernels)} kernels "
+                f"for {len(self.lowered.source_graph.calls)} traced ops>")
+
+
+def compile(fn, *example_inputs, device: str = "cpu", backend: str | None = None, strict: bool = False,  # noqa: A001
+            fuel: int | None = -1, **example_kwargs) -> Compiled:
+    """Trace ``fn`` (function, Module, or ``tracer.Traced``) on example inputs and compile its graph.
+
+    ``device``: 'cpu' or 'cuda'. ``backend``: None (C on cpu, CUDA on cuda), 'c', 'numpy' (fallback), 'cuda' or
+    'xla' (jax.jit on the same optimised graph). ``fuel``: fusion budget (-1 reads ``GRAPHDUEL_FUSION_FUEL``;
+    None is unlimited). Training steps work as with ``tracer.trace``: new state is written back each call.
+    """
+    return Compiled(fn, example_inputs, example_kwargs, device, backend, strict, fuel)

@@ -1,0 +1,181 @@
+"""CPU backend: C source for one kernel, an OpenMP-parallel loop nest built by the system C compiler.
+
+Elementwise kernels are one ``#pragma omp parallel for simd`` loop (or rows x ``omp simd`` when the domain
+does not flatten); row kernels run one loop per reduction over each row, then the elementwise tail. Small
+kernels stay on one thread (``if(...)``): waking the thread team costs more than they do.
+
+    >>> from compiler.passes.testing import dup_graph
+    >>> from compiler.fusion import fuse
+    >>> from compiler.kernel import lower
+    >>> k = lower(fuse(dup_graph()).groups[0])
+    >>> print(render(k, "k0", {n.id: i for i, n in enumerate(k.buffers + [s.node for s in k.stores])}))
+    ... # doctest: +ELLIPSIS
+    #include <stdint.h>
+    ...
+    void k0(void** restrict args) {
+    ...
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import functools
+import math
+
+from compiler.codegen.dialect import C
+from compiler.codegen.emit import Emitter
+from compiler.kernel import Expr, KernelIR
+
+PARALLEL_WORK = 1 << 15  # loop iterations (x phases) below which a kernel runs on one thread
+DOUBLE_ACC_LENGTH = 1 << 13  # float32 sums longer than this accumulate in double
+_VECTOR_FUNCS = ("exp", "log", "sin", "cos", "tanh", "erf", "pow")
+
+
+@functools.cache
+def vector_math_prelude() -> str:
+    """``declare simd`` prototypes for the libm functions glibc's libmvec vectorises on this machine, so
+    ``tanh``/``exp``/``erf`` inside an ``omp simd`` loop become vector calls (without -ffast-math)."""
+    name = ctypes.util.find_library("mvec")
+    if name is None:
+        return ""
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return ""
+    lines = []
+    for f in _VECTOR_FUNCS:
+        arity = "vv" if f == "pow" else "v"
+        for suffix, ctype, lanes in (("f", "float", 8), ("", "double", 4)):
+            if hasattr(lib, f"_ZGVdN{lanes}{arity}_{f}{suffix}"):
+                params = ", ".join([ctype] * len(arity))
+                lines += ["#pragma omp declare simd notinbranch", f"extern {ctype} {f}{suffix}({params});"]
+    return "\n".join(lines)
+
+
+def needs_mvec() -> bool:
+    return bool(vector_math_prelude())
+
+
+def _decompose(var: str, sizes: list[int], names: list[str]) -> list[str]:
+    """Split a flat loop index into per-dim indices (row-major)."""
+    out, stride = [], 1
+    for size, name in reversed(list(zip(sizes, names))):
+        out.append(f"const int64_t {name} = ({var} / {stride}LL) % {size}LL;")
+        stride *= size
+    return list(reversed(out))
+
+
+class _CKernel:
+    def __init__(self, k: KernelIR, name: str, arg_of: dict[int, int]):
+        self.k, self.name, self.arg_of = k, name, arg_of
+        self.outer_idx = [f"i{j}" for j in range(k.n_outer)]
+        self.inner_idx = ["r"] if len(k.inner) == 1 else [f"r{j}" for j in range(len(k.inner))]
+        self.em = Emitter(C, self.load_text)
+
+    def index(self, form) -> str:
+        terms = [f"{c}LL*{v}" if c != 1 else v for c, v in zip(form, self.outer_idx + self.inner_idx) if c]
+        return " + ".join(terms) or "0"
+
+    def load_text(self, e: Expr) -> str:
+        return f"p{self.arg_of[e.buffer.id]}[{self.index(e.form)}]"
+
+    def inner_loop(self, body: list[str], reduction: str = "") -> list[str]:
+        k = self.k
+        count = math.prod(k.inner)
+        if self.parallel_outer or count <= PARALLEL_WORK:
+            pragma = f"#pragma omp simd{reduction}"
+        else:
+            pragma = f"#pragma omp parallel for simd{reduction}"
+        head = _decompose("r", k.inner, self.inner_idx) if len(self.inner_idx) > 1 else []
+        return [pragma, f"for (int64_t r = 0; r < {count}LL; r++) {{"] + ["  " + s for s in head + body] + ["}"]
+
+    def phase(self, e: Expr) -> list[str]:
+        em = self.em
+        em.new_loop()
+        value = em.ref(e.args[0])
+        j = em.fresh("acc")
+        ctype = C.ctype(e.dtype)
+        length = math.prod(self.k.inner)
+        if e.op == "sum":
+            acc_t = "double" if e.dtype.kind == "f" and length > DOUBLE_ACC_LENGTH else ctype
+            head = [f"{acc_t} {j} = 0;"]
+            body = em.inner + [f"{j} += {value};"]
+            loop = self.inner_loop(body, f" reduction(+:{j})")
+            result = f"({ctype}){j}"
+        else:
+            floating = e.dtype.kind == "f"
+            init = {"f": "(-INFINITY)", "b": "0"}.get(e.dtype.kind, "INT64_MIN" if e.dtype.itemsize == 8
+                                                       else "INT32_MIN")
+            head = [f"{ctype} {j} = {init};"] + ([f"int {j}_nan = 0;"] if floating else [])
+            body = em.inner + [f"{j} = ({value} > {j}) ? {value} : {j};"]
+            red = f" reduction(max:{j})"
+            if floating:  # max(NaN, x) is NaN in NumPy: tracked on the side so the max itself vectorises
+                body.append(f"{j}_nan |= ({value} != {value});")
+                red += f" reduction(|:{j}_nan)"
+            loop = self.inner_loop(body, red)
+            result = f"({j}_nan ? NAN : {j})" if floating else j
+        name = em.fresh("red")
+        em.bind(e, name)
+        return head + loop + [f"const {ctype} {name} = {result};"]
+
+    def render(self) -> str:
+        k, em = self.k, self.em
+        total = math.prod(s for s, _ in k.loops)
+        phases = len(k.reductions)
+        n_outer = math.prod(k.outer)
+        self.parallel_outer = n_outer >= 8 or (n_outer > 1 and math.prod(k.inner) < PARALLEL_WORK)
+        outer_lines = em.outer
+        for e in k.reductions:
+            lines = self.phase(e)
+            outer_lines.extend(lines)
+        scalar_stores = [s for s in k.stores if not any(s.form)]
+        inner_stores = [s for s in k.stores if s not in scalar_stores and (not k.is_row_kernel or
+                                                                            any(s.form[k.n_outer:]))]
+        row_stores = [s for s in k.stores if s not in inner_stores and s not in scalar_stores]
+        if inner_stores:
+            em.new_loop()
+            body = [f"p{self.arg_of[s.node.id]}[{self.index(s.form)}] = {em.ref(s.expr)};" for s in inner_stores]
+            outer_lines.extend(self.inner_loop(em.inner + body))
+        for s in row_stores:
+            outer_lines.append(f"p{self.arg_of[s.node.id]}[{self.index(s.form)}] = {em.ref(s.expr)};")
+        for s in scalar_stores:  # the same value in every row: written once
+            guard = "if (o == 0) " if k.n_outer else ""
+            outer_lines.append(f"{guard}p{self.arg_of[s.node.id]}[0] = {em.ref(s.expr)};")
+        decl = self.declarations()
+        if k.n_outer:
+            pragma = ("#pragma omp parallel for schedule(static)"
+                      if self.parallel_outer and total * (phases + 1) > PARALLEL_WORK else "")
+            head = _decompose("o", k.outer, self.outer_idx)
+            body = [pragma] if pragma else []
+            body += [f"for (int64_t o = 0; o < {n_outer}LL; o++) {{"] + ["  " + s for s in head + outer_lines] + ["}"]
+        else:
+            body = outer_lines
+        lines = [f"void {self.name}(void** restrict args) {{"] + ["  " + s for s in decl + body] + ["}", ""]
+        return "\n".join(lines)
+
+    def declarations(self) -> list[str]:
+        written = {self.arg_of[s.node.id] for s in self.k.stores}
+        seen, out = set(), []
+        for n in self.k.buffers + [s.node for s in self.k.stores]:
+            a = self.arg_of[n.id]
+            if a in seen:
+                continue
+            seen.add(a)
+            const = "" if a in written else "const "
+            ctype = C.ctype(n.dtype)
+            out.append(f"{const}{ctype}* restrict p{a} = ({const}{ctype}*)args[{a}];")
+        return out
+
+
+def header() -> str:
+    return "\n".join(["#include <stdint.h>", "#include <math.h>", vector_math_prelude(), "#include <tgmath.h>", ""])
+
+
+def render_function(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:
+    """The C function ``void name(void** args)``; args[i] is the buffer that ``arg_of`` maps to i."""
+    return _CKernel(k, name, arg_of).render()
+
+
+def render(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:
+    """A complete C translation unit for one kernel (header + function)."""
+    return header() + "\n" + render_function(k, name, arg_of)

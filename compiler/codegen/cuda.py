@@ -1,0 +1,217 @@
+"""CUDA backend: CUDA C source for one kernel (``cupy.RawModule``/NVRTC, or ``nvcc`` in tests).
+
+Shares the expression renderer and the statement emitter with the C backend; only the loop skeleton and a
+few dialect entries differ:
+
+- elementwise kernels: a grid-stride loop over the flat domain; when every access is contiguous or a scalar
+  and the size is a multiple of 4 (float32), each thread moves ``float4`` vectors;
+- row kernels: one block per row (grid-stride over rows), threads stride along the row, each reduction
+  combined with warp shuffles and one shared-memory step; the row's scalars are then seen by every thread.
+
+    >>> from compiler.passes.testing import dup_graph
+    >>> from compiler.fusion import fuse
+    >>> from compiler.kernel import lower
+    >>> k = lower(fuse(dup_graph()).groups[0])
+    >>> "__global__" in render(k, "k0", {n.id: i for i, n in enumerate(k.buffers + [s.node for s in k.stores])})
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+from compiler.codegen.dialect import CUDA
+from compiler.codegen.emit import Emitter
+from compiler.kernel import Expr, KernelIR
+
+BLOCK = 256
+
+HEADER = r"""
+#define GD_WARP_SUM(T) \
+  __device__ __forceinline__ T gd_warp_sum(T v) { \
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }
+#define GD_WARP_MAX(T) \
+  __device__ __forceinline__ T gd_warp_max(T v) { \
+    for (int o = 16; o > 0; o >>= 1) { T w = __shfl_xor_sync(0xffffffffu, v, o); v = (w != w || w > v) ? w : v; } \
+    return v; }
+GD_WARP_SUM(float) GD_WARP_SUM(double) GD_WARP_SUM(long long) GD_WARP_SUM(int)
+GD_WARP_MAX(float) GD_WARP_MAX(double) GD_WARP_MAX(long long) GD_WARP_MAX(int)
+
+/* Reduce one value per thread across the block; every thread gets the result. */
+template <typename T, bool IS_MAX>
+__device__ __forceinline__ T gd_block_reduce(T v, T identity) {
+  __shared__ unsigned long long gd_raw[32];
+  T* sh = reinterpret_cast<T*>(gd_raw);
+  v = IS_MAX ? gd_warp_max(v) : gd_warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = (lane < (int)((blockDim.x + 31) >> 5)) ? sh[lane] : identity;
+    v = IS_MAX ? gd_warp_max(v) : gd_warp_sum(v);
+    if (lane == 0) sh[0] = v;
+  }
+  __syncthreads();
+  return sh[0];
+}
+"""
+
+
+def header() -> str:
+    return HEADER
+
+
+def _decompose(var: str, sizes, names) -> list[str]:
+    out, stride = [], 1
+    for size, name in reversed(list(zip(sizes, names))):
+        out.append(f"const long long {name} = ({var} / {stride}LL) % {size}LL;")
+        stride *= size
+    return list(reversed(out))
+
+
+class _CudaKernel:
+    def __init__(self, k: KernelIR, name: str, arg_of: dict[int, int]):
+        self.k, self.name, self.arg_of = k, name, arg_of
+        self.em = Emitter(CUDA, self.load_text)
+        self.lane = None
+
+    def params(self) -> str:
+        written = {self.arg_of[s.node.id] for s in self.k.stores}
+        seen, out = {}, []
+        for n in self.k.buffers + [s.node for s in self.k.stores]:
+            a = self.arg_of[n.id]
+            if a not in seen:
+                seen[a] = n
+        for a in sorted(seen):
+            const = "" if a in written else "const "
+            out.append(f"{const}{CUDA.ctype(seen[a].dtype)}* __restrict__ p{a}")
+        return ", ".join(out)
+
+    def index(self, form, names) -> str:
+        terms = [f"{c}LL*{v}" if c != 1 else v for c, v in zip(form, names) if c]
+        return " + ".join(terms) or "0"
+
+    def load_text(self, e: Expr) -> str:
+        if self.lane is not None and e.form and e.form[-1] == 1:
+            return f"q{self.arg_of[e.buffer.id]}.{'xyzw'[self.lane]}"
+        return f"p{self.arg_of[e.buffer.id]}[{self.index(e.form, self.names)}]"
+
+    # ------------------------------------------------------------ elementwise
+    def vectorizable(self) -> bool:
+        k = self.k
+        if any(not any(s.form) for s in k.stores):
+            return False
+        forms = [e.form for e in k.order if e.op == "load"] + [s.form for s in k.stores]
+        dtypes = {e.dtype for e in k.order if e.op == "load"} | {s.node.dtype for s in k.stores}
+        return (len(k.loops) == 1 and k.loops[0][0] % 4 == 0 and all(f[-1] in (0, 1) for f in forms)
+                and all(str(d) == "float32" for d in dtypes) and all(s.form[-1] == 1 for s in k.stores))
+
+    def elementwise(self) -> list[str]:
+        k, em = self.k, self.em
+        total = math.prod(s for s, _ in k.loops)
+        loop_idx = [f"i{j}" for j in range(len(k.loops))]
+        self.names = loop_idx
+        grid = "for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < {n}LL; " \
+               "t += (long long)gridDim.x * blockDim.x) {{"
+        if self.vectorizable():
+            self.names = ["t"]
+            pre = []
+            for b in k.buffers:
+                forms = {e.form for e in k.order if e.op == "load" and e.buffer.id == b.id}
+                if (1,) in forms:
+                    a = self.arg_of[b.id]
+                    pre.append(f"const float4 q{a} = reinterpret_cast<const float4*>(p{a})[t];")
+            body = []
+            lanes = {s.node.id: [] for s in k.stores}
+            for lane in range(4):
+                self.lane = lane
+                em.new_loop()
+                vals = [(s, em.ref(s.expr)) for s in k.stores]
+                body += em.inner
+                for s, v in vals:
+                    lanes[s.node.id].append(v)
+            self.lane = None
+            for s in k.stores:
+                a = self.arg_of[s.node.id]
+                body.append(f"reinterpret_cast<float4*>(p{a})[t] = make_float4({', '.join(lanes[s.node.id])});")
+            head = em.outer
+            return head + [grid.format(n=total // 4)] + ["  " + s for s in pre + body] + ["}"]
+        em.new_loop()
+        stores = [("if (t == 0) " if not any(s.form) else "") +
+                  f"p{self.arg_of[s.node.id]}[{self.index(s.form, loop_idx)}] = {em.ref(s.expr)};"
+                  for s in k.stores]
+        # every loop dim is inside the grid-stride loop here, so "per row" values are per thread too
+        body = _decompose("t", [s for s, _ in k.loops], loop_idx) + em.outer + em.inner + stores
+        return [grid.format(n=total)] + ["  " + s for s in body] + ["}"]
+
+    # ------------------------------------------------------------ row kernels
+    def row(self) -> list[str]:
+        k, em = self.k, self.em
+        outer_idx = [f"i{j}" for j in range(k.n_outer)]
+        inner_idx = [f"r{j}" for j in range(len(k.inner))]
+        self.names = outer_idx + inner_idx
+        n_inner = math.prod(k.inner)
+        lines = em.outer
+
+        def loop(body):
+            head = _decompose("r", k.inner, inner_idx)
+            return [f"for (long long r = threadIdx.x; r < {n_inner}LL; r += blockDim.x) {{"] + \
+                   ["  " + s for s in head + body] + ["}"]
+
+        for e in k.reductions:
+            em.new_loop()
+            v = em.ref(e.args[0])
+            ctype = CUDA.ctype(e.dtype)
+            acc_t = "long long" if ctype == "bool" else ctype
+            j = em.fresh("acc")
+            if e.op == "sum":
+                ident = "0"
+                update = f"{j} += {v};"
+            else:
+                ident = {"f": f"(-{CUDA.inf})" if ctype == "float" else f"(-(double){CUDA.inf})"}.get(
+                    e.dtype.kind, "(-9223372036854775807LL - 1)" if ctype == "long long" else "(-2147483647 - 1)")
+                ident = "0" if ctype == "bool" else ident
+                update = f"{j} = ({v} != {v} || {v} > {j}) ? {v} : {j};"
+            is_max = "true" if e.op == "max" else "false"
+            lines += [f"{acc_t} {j} = ({acc_t}){ident};"] + loop(em.inner + [update])
+            red = em.fresh("red")
+            lines.append(f"const {ctype} {red} = ({ctype})gd_block_reduce<{acc_t}, {is_max}>({j}, ({acc_t}){ident});")
+            em.bind(e, red)
+        inner_stores = [s for s in k.stores if any(s.form[k.n_outer:])]
+        row_stores = [s for s in k.stores if s not in inner_stores]
+        if inner_stores:
+            em.new_loop()
+            body = [f"p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}] = {em.ref(s.expr)};"
+                    for s in inner_stores]
+            lines += loop(em.inner + body)
+        for s in row_stores:
+            v = em.ref(s.expr)
+            once = " && o == 0" if not any(s.form) else ""
+            target = f"p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}]"
+            lines.append(f"if (threadIdx.x == 0{once}) {target} = {v};")
+        n_outer = math.prod(k.outer)
+        head = _decompose("o", k.outer, outer_idx)
+        return [f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"] + \
+               ["  " + s for s in head + lines] + ["}"]
+
+    def render(self) -> str:
+        body = self.row() if self.k.is_row_kernel else self.elementwise()
+        return "\n".join([f'extern "C" __global__ void {self.name}({self.params()}) {{'] +
+                         ["  " + s for s in body] + ["}", ""])
+
+
+def render_function(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:
+    return _CudaKernel(k, name, arg_of).render()
+
+
+def render(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:
+    return header() + "\n" + render_function(k, name, arg_of)
+
+
+def launch_config(k: KernelIR) -> tuple[int, int]:
+    """(grid, block): one block per row for row kernels; enough blocks to cover the domain otherwise."""
+    if k.is_row_kernel:
+        return max(1, min(math.prod(k.outer), 65535 * 32)), BLOCK
+    total = math.prod(s for s, _ in k.loops)
+    return max(1, min(-(-total // BLOCK), 65535 * 32)), BLOCK

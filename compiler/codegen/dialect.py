@@ -1,0 +1,86 @@
+"""The one expression renderer: a fused kernel's C expression, built from the op table's ``c_expr`` entries.
+
+A backend is a ``Dialect``: its C type names, how it spells literals, and a few ``overrides`` of table
+entries (tinygrad style: ``{**base, op: template}``). Nothing else differs between the C and CUDA generators.
+
+    >>> C.ctype(np.dtype("float32"))
+    'float'
+    >>> C.render("mul", np.dtype("float32"), ["a", C.literal(0.5, np.dtype("float32"))])
+    '(a * ((float)0.5))'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eager.primitives import PRIMITIVES
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    ctypes: dict
+    overrides: dict = field(default_factory=dict)
+    nan: str = "NAN"
+    inf: str = "INFINITY"
+
+    def ctype(self, dtype) -> str:
+        try:
+            return self.ctypes[np.dtype(dtype)]
+        except KeyError:
+            raise TypeError(f"{self.name} codegen: dtype {dtype} has no C type") from None
+
+    def literal(self, value, dtype) -> str:
+        """A literal of the kernel's type: ``((float)0.1)`` rounds exactly as NumPy's weak scalar does."""
+        dtype = np.dtype(dtype)
+        if dtype.kind == "b":
+            return "1" if value else "0"
+        if dtype.kind in "iu":
+            v = int(value)
+            return f"{v}LL" if dtype.itemsize == 8 else str(v)
+        v = float(value)
+        if math.isnan(v):
+            text = self.nan
+        elif math.isinf(v):
+            text = self.inf if v > 0 else f"(-{self.inf})"
+        else:
+            text = repr(v)
+        return f"(({self.ctype(dtype)}){text})"
+
+    def template(self, op: str) -> str:
+        if op in self.overrides:
+            return self.overrides[op]
+        expr = PRIMITIVES[op].c_expr
+        if expr is None:
+            raise NotImplementedError(f"{self.name} codegen: primitive {op!r} has no c_expr in the op table")
+        return expr
+
+    def render(self, op: str, dtype, args: list[str]) -> str:
+        return self.template(op).format(*args, ctype=self.ctype(dtype))
+
+
+_F32, _F64 = np.dtype("float32"), np.dtype("float64")
+_I64, _I32, _BOOL = np.dtype("int64"), np.dtype("int32"), np.dtype("bool")
+
+# Shared corrections to the table (reported upstream): sign(NaN) is NaN in NumPy, 0 in the table's expression.
+_BASE = {"sign": "(({0}) != ({0}) ? ({0}) : (({0}) > 0) - (({0}) < 0))"}
+
+C = Dialect("c", {_F32: "float", _F64: "double", _I64: "int64_t", _I32: "int32_t", _BOOL: "_Bool"}, dict(_BASE))
+
+CUDA = Dialect(
+    "cuda", {_F32: "float", _F64: "double", _I64: "long long", _I32: "int", _BOOL: "bool"},
+    overrides={
+        **_BASE,
+        # fabs has no integer overloads in CUDA C++; this form is exact for every type (and keeps NaN)
+        "abs": "(({0}) < 0 ? -({0}) : ({0}))",
+    },
+    nan="__int_as_float(0x7fc00000)", inf="__int_as_float(0x7f800000)",
+)
+
+
+def full_template_table(dialect: Dialect) -> dict[str, str]:
+    """Every elementwise op's template in this dialect (a table-driven test checks none is missing)."""
+    return {name: dialect.template(name) for name, p in PRIMITIVES.items() if p.c_expr is not None}

@@ -1,0 +1,54 @@
+"""Statement emission shared by the C and CUDA generators: one local per value, at the loop level it
+varies at (once per row, or inside the innermost loop), with loads spelled by a backend-provided indexer.
+
+    >>> from compiler.codegen.dialect import C
+    >>> e = Emitter(C, lambda load: f"x[{load.form}]")
+"""
+
+from __future__ import annotations
+
+from compiler.codegen.dialect import Dialect
+from compiler.kernel import Expr
+
+
+class Emitter:
+    """``ref(expr)`` returns a C expression for ``expr``, declaring locals into ``self.outer`` (per row)
+    or ``self.inner`` (per iteration of the current innermost loop)."""
+
+    def __init__(self, dialect: Dialect, load_text):
+        self.d = dialect
+        self.load_text = load_text
+        self.outer: list[str] = []
+        self.inner: list[str] = []
+        self._outer_names: dict[int, str] = {}
+        self._inner_names: dict[int, str] = {}
+        self._count = 0
+
+    def new_loop(self) -> None:
+        """Start a new innermost loop: values local to the previous one are out of scope."""
+        self.inner = []
+        self._inner_names = {}
+
+    def bind(self, e: Expr, name: str) -> None:
+        self._outer_names[id(e)] = name
+
+    def fresh(self, prefix: str = "v") -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def ref(self, e: Expr) -> str:
+        if e.op == "literal":
+            return self.d.literal(e.value, e.dtype)
+        names = self._inner_names if e.inner else self._outer_names
+        if id(e) in names:
+            return names[id(e)]
+        if e.is_reduction:
+            raise RuntimeError(f"reduction {e.node.ref} read before its phase ran")
+        if e.op == "load":
+            text = self.load_text(e)
+        else:
+            text = self.d.render(e.op, e.dtype, [self.ref(a) for a in e.args])
+        name = self.fresh()
+        (self.inner if e.inner else self.outer).append(f"const {self.d.ctype(e.dtype)} {name} = {text};")
+        names[id(e)] = name
+        return name

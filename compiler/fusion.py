@@ -1,0 +1,285 @@
+"""Fusion: partition the optimised graph into kernels, library calls and host steps.
+
+Nodes are visited consumers-first (reverse topological order). A node joins the group of its consumers when
+*all* of them sit in one group and the group can read it through an affine view (``compiler.views``):
+
+- elementwise ops (with broadcasting) and ``full`` join any group;
+- a reduction (``sum``/``max``) joins a group whose domain is its input shape (same reduced axes for every
+  reduction of the group), or a group of its output shape, whose domain then grows to the input shape: the
+  group becomes a *row kernel* (one loop per reduction over each row, then the elementwise tail);
+- movement ops (reshape, permute, broadcast_to) are never grouped: they only change views;
+- matmul stays a library call (BLAS); everything else runs on the host with NumPy.
+
+A member that is also needed outside its group (an output, or read by a host/library step) is stored by the
+group: at the group's full domain, or once per row for row kernels. Each successful join spends one unit of
+*fuel* (``GRAPHDUEL_FUSION_FUEL=N``: only the first N joins happen), so a wrong result can be bisected to the
+join that caused it (``Schedule.log`` names it).
+
+    >>> from compiler.passes.testing import tiny_graph
+    >>> [len(k.members) for k in fuse(tiny_graph()).groups]
+    [1]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from compiler import views as V
+from eager.primitives import ELEMENTWISE, PRIMITIVES
+from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
+
+ELEMENTWISE_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.kind == ELEMENTWISE and p.c_expr) | {"full"}
+REDUCE_OPS = frozenset({"sum", "max"})
+VIEW_OPS = frozenset({"reshape", "broadcast_to", "permute"})
+LIBRARY_OPS = frozenset({"matmul"})
+MAX_VIEWS = 4  # distinct views of one value inside a kernel (each is a recomputation)
+
+
+@dataclass(eq=False)
+class Group:
+    """One future kernel: members evaluated over ``domain``; ``reduced`` axes for row kernels."""
+
+    id: int
+    domain: tuple[int, ...]
+    reduced: tuple[int, ...] | None
+    members: list[Node] = field(default_factory=list)
+    views: dict[int, set] = field(default_factory=dict)
+    stores: dict[int, V.View] = field(default_factory=dict)
+
+    @property
+    def ndom(self) -> int:
+        return len(self.domain)
+
+    def remap(self, inner: V.View) -> None:
+        self.views = {k: {V.compose(v, inner, len(self.domain)) for v in vs} for k, vs in self.views.items()}
+        self.stores = {k: V.compose(v, inner, len(self.domain)) for k, v in self.stores.items()}
+
+    def __repr__(self) -> str:
+        ops = ",".join(n.op for n in self.members)
+        red = f" reduce{list(self.reduced)}" if self.reduced else ""
+        return f"<Group {self.id} {list(self.domain)}{red}: {ops}>"
+
+
+@dataclass
+class Join:
+    """One fusion decision (the log that fuel bisects)."""
+
+    index: int
+    node: Node
+    group: int
+
+    def __str__(self) -> str:
+        where = f"    # {self.node.source}" if self.node.source else ""
+        return f"fusion {self.index}: {self.node.ref} {self.node.op} into kernel {self.group}{where}"
+
+
+@dataclass
+class Step:
+    kind: str  # "kernel" | "library" | "host"
+    node: Node | None = None
+    group: Group | None = None
+
+    @property
+    def writes(self) -> list[Node]:
+        if self.kind == "kernel":
+            return [n for n in self.group.members if n.id in self.group.stores]
+        return [self.node]
+
+
+@dataclass
+class Schedule:
+    graph: Graph
+    steps: list[Step]
+    groups: list[Group]
+    log: list[Join]
+
+
+def fusion_fuel() -> int | None:
+    value = os.environ.get("GRAPHDUEL_FUSION_FUEL")
+    return None if value in (None, "") else int(value)
+
+
+def reduce_axes(n: Node) -> tuple[int, ...]:
+    ndim = len(n.args[0].shape)
+    return tuple(sorted({a % ndim for a in n.params["axes"]})) if ndim else ()
+
+
+def _kept_shapes(domain, axes) -> tuple:
+    keep = tuple(1 if d in axes else s for d, s in enumerate(domain))
+    drop = tuple(s for d, s in enumerate(domain) if d not in axes)
+    return keep, drop
+
+
+class _Fuser:
+    def __init__(self, graph: Graph, fuel: int | None):
+        self.graph = graph
+        self.fuel = fuel
+        self.users = graph.users()
+        self.external = {n.id for n in graph.outputs} | {v.id for _, v in graph.updates}
+        self.group_of: dict[int, Group] = {}
+        self.groups: list[Group] = []
+        self.log: list[Join] = []
+
+    def consumers(self, n: Node, path=()) -> list[tuple[Node, tuple]]:
+        """Non-movement readers of n, each with the movement nodes between (in order from n)."""
+        out = []
+        for u in self.users[n.id]:
+            if u.op in VIEW_OPS:
+                out += self.consumers(u, path + (u,))
+            else:
+                out.append((u, path))
+        return out
+
+    def arg_view(self, u: Node, view, arg: Node, group: Group):
+        if u.op in REDUCE_OPS:
+            return V.identity(group.ndom) if arg.shape == group.domain else None
+        return V.broadcast_source(view, u.shape, arg.shape, group.ndom)
+
+    def through(self, path, view, group: Group):
+        """View of the source of a movement chain, given the view of the chain's last node."""
+        for m in reversed(path):
+            src = m.args[0]
+            if m.op == "broadcast_to":
+                view = V.broadcast_source(view, m.shape, src.shape, group.ndom)
+            elif m.op == "permute":
+                view = V.permute_source(view, m.params["axes"])
+            else:
+                view = V.reshape_source(view, m.shape, src.shape, group.domain)
+                if view is None:
+                    return None
+        return view
+
+    def views_in(self, n: Node, cons, group: Group) -> set | None:
+        out = set()
+        for u, path in cons:
+            for vu in group.views[u.id]:
+                last = path[-1] if path else n
+                view = self.arg_view(u, vu, last, group)
+                view = None if view is None else self.through(path, view, group)
+                if view is None:
+                    return None
+                out.add(view)
+        return out if len(out) <= MAX_VIEWS else None
+
+    def store_view(self, n: Node, group: Group):
+        if math.prod(n.shape) == 1:  # a scalar (a step counter, a loss): stored once by the kernel
+            return V.zeros(len(n.shape), group.ndom)
+        if n.shape == group.domain:
+            return V.identity(group.ndom)
+        if group.reduced is not None and n.shape in _kept_shapes(group.domain, group.reduced):
+            return V.reduced_view(group.domain, group.reduced, n.shape)
+        return None
+
+    def is_external(self, n: Node, cons) -> bool:
+        if n.id in self.external or any(m.id in self.external for _, p in cons for m in p):
+            return True
+        return any(u.op not in ELEMENTWISE_OPS | REDUCE_OPS for u, _ in cons)
+
+    def try_join(self, n: Node) -> Group | None:
+        if self.fuel is not None and len(self.log) >= self.fuel:
+            return None
+        cons = self.consumers(n)
+        groups = {id(self.group_of.get(u.id)) for u, _ in cons}
+        if not cons or len(groups) != 1 or self.group_of.get(cons[0][0].id) is None:
+            return None
+        group = self.group_of[cons[0][0].id]
+        views = self.views_in(n, cons, group)
+        if views is None:
+            return None
+        if n.op in REDUCE_OPS:
+            accepted = self.join_reduction(n, views, group)
+            if accepted is None:
+                return None
+            views, remap = accepted
+        else:
+            remap = None
+        store = None
+        if self.is_external(n, cons):
+            store = self.store_view(n, group) if remap is None else V.reduced_view(remap[0], remap[1], n.shape)
+            if store is None:
+                return None
+        if remap is not None:  # the group grows from n's output shape to n's input domain
+            inner = V.reduced_view(remap[0], remap[1], group.domain)
+            group.domain, group.reduced = remap
+            group.remap(inner)
+        group.members.append(n)
+        group.views[n.id] = set(views) | ({store} if store is not None else set())
+        if store is not None:
+            group.stores[n.id] = store
+        self.group_of[n.id] = group
+        self.log.append(Join(len(self.log) + 1, n, group.id))
+        return group
+
+    def join_reduction(self, n: Node, views: set, group: Group):
+        axes, domain = reduce_axes(n), n.args[0].shape
+        canonical = V.reduced_view(domain, axes, n.shape)
+        if group.domain == domain and group.reduced in (None, axes):
+            if views == {canonical}:
+                group.reduced = axes
+                return views, None
+            return None
+        if group.reduced is None and group.domain == n.shape:
+            inner = V.reduced_view(domain, axes, n.shape)
+            remapped = {V.compose(v, inner, len(domain)) for v in views}
+            if remapped == {canonical}:
+                return remapped, (domain, axes)
+        return None
+
+    def new_group(self, n: Node) -> Group:
+        if n.op in REDUCE_OPS:
+            domain, axes = n.args[0].shape, reduce_axes(n)
+            view = V.reduced_view(domain, axes, n.shape)
+        else:
+            domain, axes, view = n.shape, None, V.identity(len(n.shape))
+        group = Group(len(self.groups), tuple(domain), axes, [n], {n.id: {view}}, {n.id: view})
+        self.groups.append(group)
+        self.group_of[n.id] = group
+        return group
+
+    def run(self) -> Schedule:
+        position = {n.id: i for i, n in enumerate(self.graph.nodes)}
+        anchors: list[tuple[int, Step]] = []
+        for n in reversed(self.graph.nodes):
+            if n.op in (PLACEHOLDER, CONSTANT) or n.op in VIEW_OPS:
+                continue
+            if not self.users[n.id] and n.id not in self.external:
+                continue  # dead (dce removes it; a schedule must not depend on that)
+            if n.op in ELEMENTWISE_OPS or n.op in REDUCE_OPS:
+                if self.try_join(n) is None:
+                    group = self.new_group(n)
+                    anchors.append((position[n.id], Step("kernel", group=group)))
+            else:
+                kind = "library" if n.op in LIBRARY_OPS else "host"
+                anchors.append((position[n.id], Step(kind, node=n)))
+        for g in self.groups:
+            g.members.sort(key=lambda m: position[m.id])
+        anchors.sort(key=lambda a: a[0])
+        return Schedule(self.graph, [s for _, s in anchors], self.groups, self.log)
+
+
+def fuse(graph: Graph, fuel: int | None = -1) -> Schedule:
+    """Partition ``graph`` into steps; ``fuel`` None = unlimited, -1 = read ``GRAPHDUEL_FUSION_FUEL``."""
+    return _Fuser(graph, fusion_fuel() if fuel == -1 else fuel).run()
+
+
+def bisect(make_program, is_good) -> Join | None:
+    """Find the fusion that breaks a result: ``make_program(fuel)`` builds and runs with that fuel and
+    ``is_good(result)`` judges it. Returns the first Join whose fuel turns good into bad (None if none does).
+
+    Assumes fuel 0 (no fusion) is good and full fusion is bad; binary search over the join log.
+    """
+    result, log = make_program(None)
+    if is_good(result):
+        return None
+    lo, hi = 0, len(log)          # good at lo, bad at hi
+    if not is_good(make_program(0)[0]):
+        raise ValueError("the result is wrong even without fusion: the bug is not in a fusion")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if is_good(make_program(mid)[0]):
+            lo = mid
+        else:
+            hi = mid
+    return log[hi - 1]

@@ -1,0 +1,200 @@
+"""The executable a backend builds from a Program: ``run(arrays) -> outputs + new state``.
+
+One environment list holds every materialised value; constants and slot buffers are placed once, graph
+inputs and returned values each call. Each step is a closure; only array calls run per step.
+
+    >>> from compiler.passes.testing import dup_graph
+    >>> from compiler.program import build
+    >>> import numpy as np
+    >>> ex = Executable(build(dup_graph()), kernel_step=None)
+    >>> ex.run([np.zeros(4, np.float32)])[0].tolist()
+    [2.0, 2.0, 2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from compiler.fusion import VIEW_OPS
+from compiler.runtime.blas import BlasThreads, threads_for
+from eager.primitives import PRIMITIVES
+from tracer.ir import CONSTANT, PLACEHOLDER
+
+_getrefcount = sys.getrefcount
+
+
+def _contiguous(xp, a):
+    """C-contiguous with the same shape (``ascontiguousarray`` turns 0-d arrays into 1-d ones)."""
+    return a if a.flags.c_contiguous else xp.ascontiguousarray(a).reshape(a.shape)
+
+
+class OutputPool:
+    """Arrays for one returned value. An array is reused only when the pool holds the last reference to it
+    (the caller dropped it, or replaced the state it held), so results are never overwritten under a user."""
+
+    __slots__ = ("shape", "dtype", "arrays", "pointers", "xp")
+
+    def __init__(self, shape, dtype, xp=np):
+        self.shape, self.dtype, self.arrays, self.pointers, self.xp = shape, dtype, [], [], xp
+
+    def take(self) -> np.ndarray:
+        return self.take_with_pointer()[0]
+
+    def take_with_pointer(self) -> tuple[np.ndarray, int]:
+        for j, a in enumerate(self.arrays):
+            if _getrefcount(a) == 3:  # the list, the loop variable, getrefcount's argument
+                return a, self.pointers[j]
+        a = self.xp.empty(self.shape, self.dtype)
+        if len(self.arrays) >= 3:
+            self.arrays.pop(0)
+            self.pointers.pop(0)
+        self.arrays.append(a)
+        self.pointers.append(a.ctypes.data if self.xp is np else a.data.ptr)
+        return a, self.pointers[-1]
+
+
+class Executable:
+    """Runs a Program. ``kernel_step(kernel_ir, step, arg_index, env_index) -> callable(env)`` comes from the
+    backend; None interprets each kernel with NumPy (the fallback backend)."""
+
+    def __init__(self, program, kernel_step=None, name: str = "numpy", xp=np):
+        self.program = program
+        self.xp = xp
+        self.graph = program.graph
+        self.backend = name
+        self.index = {n.id: i for i, n in enumerate(program.graph.nodes)}
+        self.env_template: list = [None] * len(program.graph.nodes)
+        self.slots = [xp.empty(b, np.uint8) for b in program.memory.slot_bytes]
+        self.placeholders = [self.index[p.id] for p in self.graph.placeholders]
+        self.pools: dict[int, OutputPool] = {}
+        self.step_seconds = [0.0] * len(program.steps)
+        kernel_reads = {b.id for k in program.kernels.values() for b in k.buffers}
+        self.contiguous_inputs = [p.id in kernel_reads for p in self.graph.placeholders]
+        for n in program.graph.nodes:
+            if n.op == CONSTANT:
+                self.env_template[self.index[n.id]] = _contiguous(xp, xp.asarray(n.value))
+            elif program.memory.kind.get(n.id) == "slot":
+                slot = self.slots[program.memory.slot_of[n.id]]
+                self.env_template[self.index[n.id]] = slot[:n.dtype.itemsize * int(np.prod(n.shape))].view(
+                    n.dtype).reshape(n.shape)
+            elif program.memory.kind.get(n.id) == "output":
+                self.pools[self.index[n.id]] = OutputPool(n.shape, n.dtype, xp)
+        self.steps = [self._step(s, kernel_step, kernel_reads) for s in program.steps]
+        self.returned = [self.index[n.id] for n in self.graph.outputs] + [self.index[v.id] for _, v in
+                                                                          self.graph.updates]
+        self.blas_threads = threads_for(program) if xp is np else None
+        owned = {self.index[n.id] for n in self.graph.nodes if program.memory.kind.get(n.id) == "output"}
+        self.copy_out = [i not in owned for i in self.returned]
+
+    # ------------------------------------------------------------ steps
+    def _step(self, step, kernel_step, kernel_reads):
+        if step.kind == "kernel":
+            k = self.program.kernels[step.group.id]
+            if kernel_step is None:
+                return self._numpy_kernel(step, k)
+            return kernel_step(k, step, self)
+        n = step.node
+        i, args = self.index[n.id], n.args
+        prim, params = PRIMITIVES[n.op], n.params
+        arg_index = [self.index[a.id] if hasattr(a, "id") else None for a in args]
+        scalars = [None if hasattr(a, "id") else a for a in args]
+        xp = self.xp
+        matmul = xp.matmul
+        if step.kind == "library":
+            a, b = arg_index
+            if i in self.pools:
+                pool = self.pools[i]
+
+                def run(env):
+                    out = pool.take()
+                    matmul(env[a], env[b], out=out)
+                    env[i] = out
+            else:
+                def run(env):
+                    matmul(env[a], env[b], out=env[i])
+            return run
+        contiguous = n.id in kernel_reads
+
+        def run(env):
+            vals = [env[j] if j is not None else s for j, s in zip(arg_index, scalars)]
+            out = xp.asarray(prim.impl(xp, *vals, **params))
+            if out.dtype != n.dtype:
+                out = out.astype(n.dtype)
+            env[i] = _contiguous(xp, out) if contiguous else out
+        return run
+
+    def _numpy_kernel(self, step, k):
+        """Fallback: evaluate the group's members with NumPy, writing stores into the planned buffers."""
+        group = step.group
+        members = {m.id for m in group.members}
+        index = self.index
+        pools = self.pools
+        xp = self.xp
+        stores = [(index[m.id], m.id) for m in group.members if m.id in group.stores]
+
+        def value(n, env, local):
+            if n.id in local:
+                return local[n.id]
+            if n.id in members or (n.op in VIEW_OPS and env[index[n.id]] is None):
+                vals = [value(a, env, local) if hasattr(a, "id") else a for a in n.args]
+                out = xp.asarray(PRIMITIVES[n.op].impl(xp, *vals, **n.params))
+                local[n.id] = out.astype(n.dtype, copy=False)
+                return local[n.id]
+            return env[index[n.id]]
+
+        def run(env):
+            local: dict = {}
+            for m in group.members:
+                value(m, env, local)
+            for i, mid in stores:
+                if i in pools:
+                    env[i] = pools[i].take()
+                xp.copyto(env[i], local[mid])
+        return run
+
+    # ------------------------------------------------------------ running
+    def run(self, arrays: list) -> list:
+        if self.blas_threads is None:
+            return self._run(arrays)
+        with BlasThreads(self.blas_threads):
+            return self._run(arrays)
+
+    def _run(self, arrays: list) -> list:
+        env = list(self.env_template)
+        for i, a, contiguous in zip(self.placeholders, arrays, self.contiguous_inputs):
+            env[i] = a if not contiguous or a.flags.c_contiguous else _contiguous(self.xp, a)
+        for step in self.steps:
+            step(env)
+        out, seen = [], set()
+        for i, copy in zip(self.returned, self.copy_out):
+            x = env[i]
+            if copy or i in seen:
+                x = self.xp.array(x, copy=True)
+            seen.add(i)
+            out.append(x)
+        return out
+
+    def run_timed(self, arrays: list, repeat: int = 1) -> list:
+        """Like ``run``, accumulating the wall time of each step into ``step_seconds`` (for the report)."""
+        with BlasThreads(self.blas_threads):
+            self._timed(arrays, repeat)
+        return self.run(arrays)
+
+    def _timed(self, arrays: list, repeat: int) -> None:
+        for _ in range(repeat):
+            env = list(self.env_template)
+            for i, a in zip(self.placeholders, arrays):
+                env[i] = _contiguous(self.xp, a)
+            for j, step in enumerate(self.steps):
+                t = time.perf_counter()
+                step(env)
+                self.step_seconds[j] += time.perf_counter() - t
+
+    __call__ = run
+
+    @property
+    def placeholder_ops(self) -> list[str]:
+        return [n.op for n in self.graph.nodes if n.op == PLACEHOLDER]

@@ -1,0 +1,160 @@
+"""Fusion structure, fuel, views and memory planning, each on small programs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import eager
+import eager.nn.functional as F
+from compiler import views as V
+from compiler.fusion import bisect, fuse
+from compiler.passes import optimize
+from compiler.program import build
+from compiler.runtime.cpu import build_executable
+from compiler.testing import capture, reference
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRAPHDUEL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "graphduel-cache"))
+    mp.delenv("GRAPHDUEL_FUSION_FUEL", raising=False)
+    yield
+    mp.undo()
+
+
+def _graph(fn, *arrays):
+    return optimize(capture(fn, *[eager.tensor(a) for a in arrays]))
+
+
+def _kernels(fn, *arrays, fuel=None):
+    program = build(_graph(fn, *arrays), fuel)
+    return [s for s in program.steps if s.kind == "kernel"], program
+
+
+def tanh_gelu(x):
+    return 0.5 * x * (1 + eager.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+X = RNG.standard_normal((8, 16)).astype(np.float32)
+W = RNG.standard_normal(16).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, fn, arrays, most", [
+    ("tanh-gelu", tanh_gelu, (X,), 1),
+    ("F.gelu tanh", lambda x: F.gelu(x, approximate="tanh"), (X,), 1),
+    ("softmax", lambda x: F.softmax(x, dim=-1), (X,), 2),
+    ("log_softmax", lambda x: F.log_softmax(x, dim=-1), (X,), 2),
+    ("layer_norm", lambda x, w, b: F.layer_norm(x, (16,), w, b), (X, W, W), 2),
+    ("mean of squares", lambda x: (x * x).mean(), (X,), 1),
+    ("rms norm", lambda x, w: x * eager.rsqrt((x * x).mean(dim=-1, keepdim=True) + 1e-6) * w, (X, W), 1),
+])
+def test_fusion_structure(name, fn, arrays, most):
+    kernels, program = _kernels(fn, *arrays)
+    assert len(kernels) <= most, f"{name}: {[s.group for s in kernels]}"
+    assert all(s.kind == "kernel" for s in program.steps), name
+
+
+def test_whole_softmax_and_layer_norm_are_one_row_kernel():
+    for fn, arrays in [(lambda x: F.softmax(x, dim=-1), (X,)),
+                       (lambda x, w, b: F.layer_norm(x, (16,), w, b), (X, W, W))]:
+        (k,), program = _kernels(fn, *arrays)
+        assert program.kernels[k.group.id].is_row_kernel and k.group.reduced == (1,)
+
+
+def test_matmul_stays_a_library_call_with_bias_and_activation_fused_after_it():
+    w = RNG.standard_normal((16, 4)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    _, program = _kernels(lambda x, w, b: F.relu(x @ w + b), X, w, b)
+    assert [s.kind for s in program.steps] == ["library", "kernel"]
+    assert {"add", "gt", "where"} <= {m.op for m in program.steps[1].group.members}
+
+
+def test_fuel_zero_means_one_kernel_per_op_and_more_fuel_never_adds_kernels():
+    g = _graph(lambda x, w, b: F.layer_norm(tanh_gelu(x), (16,), w, b), X, W, W)
+    counts = []
+    full = fuse(g, None)
+    for fuel in range(len(full.log) + 1):
+        program = build(g, fuel)
+        counts.append(sum(s.kind == "kernel" for s in program.steps))
+        out = build_executable(program).run([X, W, W]) if fuel in (0, len(full.log) // 2) else None
+        if out is not None:
+            np.testing.assert_allclose(out[0], reference(g, [X, W, W])[0], rtol=1e-4, atol=1e-5)
+    assert counts[0] == len(g.calls)
+    assert all(a >= b for a, b in zip(counts, counts[1:])) and counts[-1] == 1
+    assert [j.index for j in full.log] == list(range(1, len(full.log) + 1))
+
+
+def test_fuel_from_the_environment(monkeypatch):
+    g = _graph(tanh_gelu, X)
+    monkeypatch.setenv("GRAPHDUEL_FUSION_FUEL", "2")
+    assert len(fuse(g).log) == 2 and len(fuse(g).groups) == len(g.calls) - 2
+
+
+def test_bisect_names_the_fusion_that_breaks_a_result(monkeypatch):
+    """Inject a bug that only shows when exp is fused *inside* a kernel; bisect must find that join."""
+    import compiler.kernel as K
+    real = K._Lowerer._build
+
+    def buggy(self, n, view):
+        e = real(self, n, view)
+        if n.op == "exp" and n.id in self.members and n.id not in self.g.stores:
+            e.op = "log"  # wrong, and only for a fused (interior) exp
+        return e
+    monkeypatch.setattr(K._Lowerer, "_build", buggy)
+    fn = lambda x: (x.abs() + 1).exp() * 2 + 1  # noqa: E731
+    g = _graph(fn, X)
+    want = reference(g, [X])[0]
+
+    def run(fuel):
+        program = build(g, fuel)
+        return build_executable(program).run([X])[0], program.schedule.log
+    culprit = bisect(run, lambda out: np.allclose(out, want, rtol=1e-4))
+    assert culprit is not None and culprit.node.op == "exp", culprit
+    assert "exp into kernel" in str(culprit)
+
+
+def test_views_compose_through_movement_ops():
+    v = V.identity(2)
+    assert V.permute_source(v, (1, 0)) == ((0, 1), (1, 0))
+    assert V.broadcast_source(v, (4, 3), (3,), 2) == ((0, 1),)
+    assert V.broadcast_source(v, (4, 3), (4, 1), 2) == ((1, 0), (0, 0))
+    # [4,6] read as reshape of [24]: flat index 6*i0 + i1
+    assert V.reshape_source(v, (4, 6), (24,), (4, 6)) == ((6, 1),)
+    # [24] domain read as [4,6] is div/mod: not affine
+    assert V.reshape_source(V.identity(1), (24,), (4, 6), (24,)) is None
+    assert V.linear_form(((0, 1), (1, 0)), (3, 2), 2) == (1, 2)
+
+
+def test_memory_plan_reuses_slots_and_writes_in_place():
+    ws = [RNG.standard_normal((16, 16)).astype(np.float32) for _ in range(4)]
+
+    def chain(x, a, b, c, d):
+        for w in (a, b, c, d):
+            x = F.relu(x @ w)   # relu can overwrite the matmul result it reads last
+        return x
+    g = _graph(chain, X, *ws)
+    program = build(g)
+    plan = program.memory
+    assert plan.in_place, "relu(h) should be computed in place over h"
+    intermediates = [n for n, kind in plan.kind.items() if kind == "slot"]
+    assert len(plan.slot_bytes) < len(intermediates)
+    out = build_executable(program).run([X, *ws])
+    np.testing.assert_allclose(out[0], reference(g, [X, *ws])[0], rtol=1e-4, atol=1e-4)
+
+
+def test_returned_arrays_are_never_overwritten_by_a_later_call():
+    ex = build_executable(build(_graph(lambda x: x.exp(), X)))
+    first = ex.run([X])[0]
+    kept = first.copy()
+    second = ex.run([X + 1])[0]
+    np.testing.assert_array_equal(first, kept)
+    assert second is not first
+    del first
+    third = ex.run([X])[0]  # the pool may now reuse the dropped array
+    np.testing.assert_allclose(third, np.exp(X), rtol=1e-6)
