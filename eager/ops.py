@@ -20,7 +20,7 @@ import numpy as np
 
 from eager import backend
 from eager import primitives as P
-from eager.autograd.mode import MODE
+from eager.autograd.mode import MODE, no_grad
 from eager.dispatch import apply
 from eager.primitives import IndexSlot, ShapeError
 from eager.tensor import Tensor
@@ -33,10 +33,10 @@ MaxResult = namedtuple("MaxResult", ["values", "indices"])
 
 def _scalar(x):
     """A Python number for a Python or NumPy scalar; None for anything else."""
+    if isinstance(x, np.generic):  # first: np.float64 is also a float, but NumPy would not treat it as weak
+        return x.item()
     if isinstance(x, (bool, int, float)):
         return x
-    if isinstance(x, np.generic):
-        return x.item()
     return None
 
 
@@ -55,6 +55,8 @@ def _operands(a, b):
         da, db = a._data.dtype, b._data.dtype
         if da is not db and da != db:
             dt = backend.promote_types(da, db)
+            if (a._data.ndim == 0) != (b._data.ndim == 0) and da.kind == db.kind:
+                dt = db if a._data.ndim == 0 else da  # PyTorch: a 0-d tensor does not widen its own category
             a = a if da == dt else to(a, dt)
             b = b if db == dt else to(b, dt)
         return a, b
@@ -204,7 +206,11 @@ def to(x: Tensor, *args, **kwargs) -> Tensor:
     if dtype is not None:
         dtype = backend.canonical_dtype(dtype)
         if dtype != out._data.dtype:
-            out = apply(P.CAST, out, dtype=dtype)
+            if dtype.kind != "f" and out._requires_grad:  # integer/bool results carry no gradient (PyTorch)
+                with no_grad():
+                    out = apply(P.CAST, out, dtype=dtype)
+            else:
+                out = apply(P.CAST, out, dtype=dtype)
     if device is not None:
         device = backend.canonical_device(device)
         if device != out.device:
@@ -302,13 +308,29 @@ def argmin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     return argmax(neg(x), dim, keepdim)
 
 
+def _at_indices(x: Tensor, indices: Tensor, dim, keepdim: bool) -> Tensor:
+    """``x``'s values at ``indices`` (a keepdim index tensor) along ``dim``: the gradient reaches only those."""
+    from eager.creation import arange
+    ax = _axes(x, dim)[0]
+    positions = reshape(arange(x.shape[ax], device=x.device), tuple(-1 if i == ax else 1 for i in range(x.ndim)))
+    return sum(where(eq(positions, indices), x, 0), ax, keepdim)
+
+
+def _select(x: Tensor, dim, keepdim: bool, arg, extreme):
+    if x.ndim == 0 or x.dtype == backend.bool_:
+        return MaxResult(extreme(x, dim, keepdim), arg(x, dim, keepdim))
+    indices = arg(x, dim, True)
+    # PyTorch's max(dim) sends the gradient to the returned index only (amax shares it between ties)
+    return MaxResult(_at_indices(x, indices, dim, keepdim), indices if keepdim else squeeze(indices, dim))
+
+
 def max(x: Tensor, dim=None, keepdim: bool = False):
     """``max(x)``: the largest value; ``max(x, dim)``: (values, indices); ``max(x, other)``: maximum."""
     if isinstance(dim, Tensor):
         return maximum(x, dim)
     if dim is None:
         return amax(x)
-    return MaxResult(amax(x, dim, keepdim), argmax(x, dim, keepdim))
+    return _select(x, dim, keepdim, argmax, amax)
 
 
 def min(x: Tensor, dim=None, keepdim: bool = False):
@@ -316,7 +338,7 @@ def min(x: Tensor, dim=None, keepdim: bool = False):
         return minimum(x, dim)
     if dim is None:
         return amin(x)
-    return MaxResult(amin(x, dim, keepdim), argmin(x, dim, keepdim))
+    return _select(x, dim, keepdim, argmin, amin)
 
 
 def all(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
@@ -525,16 +547,38 @@ def getitem(x: Tensor, key) -> Tensor:
     return apply(P.GETITEM, x, *index_tensors, key=static)
 
 
+def _last_writes(x: Tensor, static, index_tensors):
+    """For ``x[key] = v`` with index tensors: a bool mask over the written region keeping, where indices repeat,
+    only the last write to each element (NumPy's and, in practice, PyTorch's result); None when none repeat."""
+    xp = x._xp()
+    key = P.build_key(static, [t._data for t in index_tensors])
+    flat = 0
+    for i, d in enumerate(x.shape):  # flat position of each written element; the grids are broadcast views
+        grid = xp.broadcast_to(xp.arange(d).reshape((-1,) + (1,) * (x.ndim - i - 1)), x.shape)
+        flat = flat * d + grid[key]
+    flat = xp.asarray(flat).reshape(-1)
+    _, last_from_end = xp.unique(flat[::-1], return_index=True)
+    if last_from_end.size == flat.size:
+        return None
+    keep = xp.zeros(flat.size, dtype=bool)
+    keep[flat.size - 1 - last_from_end] = True
+    return Tensor._make(keep.reshape(xp.asarray(grid[key]).shape), False, None)
+
+
 def setitem(x: Tensor, key, value) -> None:
     """``x[key] = value`` as an in-place op: differentiable in both x and value."""
     static, index_tensors = _index_key(x, key)
+    keep = _last_writes(x, static, index_tensors) if index_tensors else None
 
     def put(base, v):
         region = apply(P.GETITEM, base, *index_tensors, key=static)
         v = to(as_tensor(v, like=base), base.dtype) if not isinstance(v, Number) else full_like_of(region, v)
         if v.shape != region.shape:
             v = expand(v, *region.shape)
-        return apply(P.INDEX_ADD, base, sub(v, region), *index_tensors, key=static)
+        delta = sub(v, region)
+        if keep is not None:  # index_add accumulates: repeated positions must add only their last write
+            delta = where(keep, delta, 0)
+        return apply(P.INDEX_ADD, base, delta, *index_tensors, key=static)
 
     inplace(x, put, value)
 

@@ -352,13 +352,24 @@ DIV = _reg("div", ELEMENTWISE, lambda xp, a, b: a / b, _elementwise_rule("div"),
                                  unbroadcast(-(g * a) / (b * b), b) if _needs(b) else None), "({0} / {1})")
 
 
+def _log_base(a):
+    """log(a) for d(a**b)/db: 0 where a == 0 (then a**b is 0 or inf, as PyTorch masks it), NaN where a < 0."""
+    if not hasattr(a, "shape"):  # a Python scalar base, as in 2 ** x
+        return math.log(a) if a > 0 else (0.0 if a == 0 else math.nan)
+    return _where(a < 0, math.nan, _where(a > 0, a, 1).log())
+
+
 def _pow_vjp(g, out, a, b):
-    ga = unbroadcast(g * b * a ** (b - 1), a) if _needs(a) else None
-    gb = unbroadcast(g * out * _where(a > 0, a, 1).log(), b) if _needs(b) else None
+    ga = gb = None
+    if _needs(a):  # x ** 0 has gradient 0 everywhere, not 0 * inf at x == 0
+        ga = unbroadcast(g * 0 if not hasattr(b, "shape") and b == 0 else g * b * a ** (b - 1), a)
+    if _needs(b):
+        gb = unbroadcast(g * out * _log_base(a), b)
     return ga, gb
 
 
-POW = _reg("pow", ELEMENTWISE, lambda xp, a, b: a ** b, _elementwise_rule("pow"), _pow_vjp, "pow({0}, {1})")
+POW = _reg("pow", ELEMENTWISE, lambda xp, a, b: a ** b, _elementwise_rule("pow"), _pow_vjp, "pow({0}, {1})",
+           saves_out=True)
 
 
 def _select_vjp(first_wins):
