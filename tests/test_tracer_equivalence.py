@@ -242,3 +242,92 @@ def test_traced_train_step_on_gpu_equals_eager():
         return [f(x, y).item() for _ in range(20)]
 
     np.testing.assert_allclose(run(True), run(False), rtol=1e-5, atol=1e-6)
+
+
+class CustomSigmoid(eager.autograd.Function):
+    """The seeds' custom sigmoid: one node in eager autograd, its primitives in the trace."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = 1 / (1 + (-x).exp())
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y * (1 - y)
+
+
+def gan_step():
+    eager.manual_seed(0)
+    G = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    D = nn.Sequential(nn.Linear(2, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+    opt_g, opt_d = optim.Adam(G.parameters(), lr=1e-3), optim.Adam(D.parameters(), lr=1e-3)
+
+    def step(z, real):
+        fake = G(z)
+        opt_d.zero_grad()
+        ones, zeros = eager.ones(real.shape[0], 1), eager.zeros(real.shape[0], 1)
+        loss_d = F.binary_cross_entropy_with_logits(D(real), ones) + \
+            F.binary_cross_entropy_with_logits(D(fake.detach()), zeros)
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        loss_g = F.binary_cross_entropy_with_logits(D(fake), ones)
+        loss_g.backward()
+        opt_g.step()
+        return loss_d, loss_g
+
+    def data(i):
+        r = np.random.default_rng(i)
+        return (eager.tensor(r.standard_normal((5, 4)), dtype=eager.float32),
+                eager.tensor(r.standard_normal((5, 2)) + 2, dtype=eager.float32))
+    return step, data
+
+
+def custom_function_step():
+    eager.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = optim.SGD(model.parameters(), lr=0.5)
+
+    def step(x):
+        opt.zero_grad()
+        loss = CustomSigmoid.apply(model(x)).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, lambda i: (eager.full((2, 3), 0.1 * i),)
+
+
+def embedding_classifier_step():
+    eager.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 6), nn.Flatten(), nn.Linear(18, 5))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(idx, target):
+        opt.zero_grad(set_to_none=False)
+        loss = F.cross_entropy(model(idx), target)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        opt.step()
+        return loss
+
+    def data(i):
+        r = np.random.default_rng(i)
+        return eager.tensor(r.integers(0, 10, (4, 3))), eager.tensor(r.integers(0, 5, 4))
+    return step, data
+
+
+@pytest.mark.parametrize("make", [gan_step, custom_function_step, embedding_classifier_step],
+                         ids=["gan_with_detach", "custom_autograd_function", "embedding_clip_grad_momentum"])
+def test_seed_style_training_programs_trace_like_eager(make):
+    results = []
+    for traced in (False, True):
+        step, data = make()
+        run = tracer.trace(step, *data(0)) if traced else step
+        out = [run(*data(i)) for i in range(6)]
+        results.append([[t.item() for t in o] if isinstance(o, tuple) else [o.item()] for o in out])
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+    assert run.retrace_count == 0

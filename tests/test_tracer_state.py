@@ -227,3 +227,36 @@ def test_a_traced_function_called_inside_another_trace_is_inlined():
     outer = tracer.trace(lambda x: inner(x) * 3, eager.ones(2))
     assert [n.op for n in outer.graph.calls] == ["exp", "mul"]
     np.testing.assert_allclose(outer(eager.zeros(2)).numpy(), [3.0, 3.0])
+
+
+def test_check_on_a_training_step_compares_and_applies_the_step_once():
+    eager_model, _, eager_step = make(optim.Adam, lr=0.1)
+    traced_model, _, traced_step = make(optim.Adam, lr=0.1)
+    traced = tracer.trace(traced_step, *data(0))
+    for i in range(3):
+        eager.manual_seed(i)
+        eager_step(*data(i))
+        eager.manual_seed(i)
+        report = traced.check(*data(i))
+        assert report.ok, str(report)
+    for p, q in zip(eager_model.parameters(), traced_model.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_two_threads_trace_at_once_without_mixing_their_recordings():
+    import threading
+
+    results = {}
+
+    def work(k):
+        fn = (lambda x: x * 2 + 1) if k == 0 else (lambda x: (x - 3).exp())
+        traced = tracer.trace(fn, eager.ones(3))
+        results[k] = ([n.op for n in traced.graph.calls], traced(eager.zeros(3)).tolist())
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == (["mul", "add"], [1.0, 1.0, 1.0])
+    assert results[1][0] == ["sub", "exp"]

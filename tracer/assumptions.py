@@ -65,7 +65,9 @@ class Assumption:
         value = self.value
         if isinstance(value, list) and len(repr(value)) > 60:
             value = f"<list of {len(value)}>"
-        return _WHAT.get(self.kind, "{value!r}").format(value=value)
+        default = f"a tensor value left the graph ({self.kind}) while tracing" + " ({value!r}); what Python did with " \
+            "it is frozen"
+        return _WHAT.get(self.kind, default).format(value=value)
 
     def __repr__(self) -> str:
         return f"<Assumption {self}>"

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eager.primitives import Aval
 from eager.tensor import Tensor
 from tracer.ir import Graph, Node
 from tracer.pytree import LEAF
@@ -36,6 +35,7 @@ class Plan:
     graph: Graph
     n_inputs: int                                        # placeholders 0..n-1 are the flattened tensor args
     readers: list[Slot]                                  # one per param/state placeholder, in order
+    reader_layouts: list[tuple]                          # (shape, dtype, array type) each reader must hold
     out_spec: Any                                        # pytree spec of the result (LEAF per user output)
     conversions: list[str | None]                        # per user output: None (a Tensor) or "item", ...
     extra_slots: list[Slot] = field(default_factory=list)       # graph.outputs[n_user:] are assigned here
@@ -176,6 +176,7 @@ def build(run: RunRecord) -> Plan:
         seen_inputs.add(leaf.input_index)
         node_of[leaf.vid] = g.placeholder(run.input_names[leaf.input_index], rec.aval(leaf.vid), "input")
     readers: list[Slot] = []
+    reader_layouts: list[tuple] = []
     names_used = {n.name for n in g.placeholders}
     param_order = {id(k.tensor): i for i, k in enumerate(world.known.values())}
     for role in ("param", "state"):
@@ -187,6 +188,8 @@ def build(run: RunRecord) -> Plan:
             name = _unique(name, names_used)
             node_of[vid] = g.placeholder(name, rec.aval(vid), role)
             readers.append(slot)
+            a = tape.arrays[vid]
+            reader_layouts.append((a.shape, a.dtype, type(a)))
     for vid, (role, _, _) in roles.items():
         if role == "constant" and vid in live and vid not in node_of:
             node_of[vid] = g.constant(tape.arrays[vid])
@@ -202,7 +205,8 @@ def build(run: RunRecord) -> Plan:
     guard = [(slot, layout_of(before)) for slot, before in touched.values()
              if not (slot.steps == () and isinstance(slot.root, Tensor))]
     escapes = [(e, node_of[e.vid].ref if e.vid in node_of else None) for e in tape.escapes]
-    return Plan(graph=g, n_inputs=len(seen_inputs), readers=readers, out_spec=out_spec, conversions=conversions,
+    return Plan(graph=g, n_inputs=len(seen_inputs), readers=readers, reader_layouts=reader_layouts,
+                out_spec=out_spec, conversions=conversions,
                 extra_slots=[s for s, _ in extra], update_targets=[u[2] for u in updates],
                 static_writes=static_writes, guard=guard, escapes=escapes,
                 node_vids={n.id: vid for vid, n in node_of.items()})
@@ -242,7 +246,3 @@ def _flatten_result(obj, rec: Recorder, out_vids: list[int], conversions: list):
         keys = tuple(obj)
         return ("dict", keys, tuple(_flatten_result(obj[k], rec, out_vids, conversions) for k in keys))
     return ("const", obj)
-
-
-def aval_of_array(a) -> Aval:
-    return Aval(tuple(a.shape), a.dtype)

@@ -132,6 +132,9 @@ def check(traced, args: tuple, kwargs: dict, rtol: float | None = None, atol: fl
     # ---- the traced run (for real: state updates are applied once)
     rng = _rng_state()
     arrays = entry.gather(leaves)
+    if arrays is None:
+        raise RuntimeError(f"check: the state {traced.name} reads no longer has the traced types after the eager "
+                           "run; call the traced function once, then check again.")
     results = entry.exe.run(arrays)
     traced_result = entry.finish(leaves, results)
     traced_state = _state_values(entry, leaves)

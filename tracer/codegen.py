@@ -32,10 +32,12 @@ import re
 import numpy as np
 from numpy import dtype  # noqa: F401  (name used by generated code)
 
+from eager.backend import namespace, namespace_of  # noqa: F401  (used by code for graphs on two devices)
 from eager.primitives import PRIMITIVES, IndexSlot  # noqa: F401  (IndexSlot: name used by generated code)
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
 
-RESERVED = {"xp", "constants", "P", "IndexSlot", "dtype", "np", "forward"}
+RESERVED = {"xp", "constants", "P", "IndexSlot", "dtype", "np", "forward", "namespace", "namespace_of", "slice",
+            "float"}
 
 
 class _Primitives:
@@ -111,6 +113,7 @@ def python_source(graph: Graph, constants: dict | None = None) -> str:
     for n in graph.nodes:
         if n.op not in (PLACEHOLDER,) and n.id not in keep and n.id in last:
             dying.setdefault(last[n.id], []).append(n.id)
+    mixed = any(n.op == "to_device" for n in graph.nodes)  # arrays on two devices: pick xp per call, as eager does
     for n in graph.nodes:
         if n.op == PLACEHOLDER:
             continue
@@ -120,13 +123,18 @@ def python_source(graph: Graph, constants: dict | None = None) -> str:
             body.append(f"c{n.id} = constants[{n.id}]  # {n.aval} constant")
         else:
             var[n.id] = f"v{n.id}"
-            args = ["xp"] + [var[a.id] if isinstance(a, Node) else literal(a, constants, f"n{n.id}_arg{i}")
+            xp = "xp"
+            if mixed:
+                first = next((a for a in n.args if isinstance(a, Node)), None)
+                xp = f"namespace_of({var[first.id]})" if first is not None else \
+                    f"namespace({str(n.params.get('device', 'cpu'))!r})"
+            args = [xp] + [var[a.id] if isinstance(a, Node) else literal(a, constants, f"n{n.id}_arg{i}")
                              for i, a in enumerate(n.args)]
             args += [f"{k}={literal(v, constants, f'n{n.id}_{k}')}" for k, v in n.params.items()]
             note = f"  {n.source}" if n.source else ""
             call = f"P.{n.op}({', '.join(args)})"
             if n.shape == ():  # NumPy hands back scalars from 0-d ops; keep arrays, as eager does
-                call = f"xp.asarray({call})"
+                call = f"{xp}.asarray({call})"
             body.append(f"v{n.id} = {call}  # {n.aval}{note}")
         dead = [var[i] for i in dying.get(index[n.id], ()) if i in var and not i == n.id]
         if dead:
@@ -137,7 +145,7 @@ def python_source(graph: Graph, constants: dict | None = None) -> str:
     head = [f"# graphduel traced graph: {_count(len(graph.calls), 'call')}, {_count(len(ph), 'placeholder')}, "
             f"{_count(sum(n.op == CONSTANT for n in graph.nodes), 'constant')}",
             "# every call is a primitive of eager.primitives on arrays: P.<name>(xp, *arrays, **params)",
-            "from tracer.codegen import P, IndexSlot, dtype, np",
+            "from tracer.codegen import P, IndexSlot, dtype, np" + (", namespace, namespace_of" if mixed else ""),
             "",
             f"def forward({', '.join(['xp', 'constants'] + [names[n.id] for n in ph])}):"]
     return "\n".join(head + ["    " + line for line in body]) + "\n"
@@ -151,6 +159,6 @@ def compile_source(source: str, tag: str):
     """Compile generated source into its ``forward`` function (registered with linecache for tracebacks)."""
     filename = f"<graphduel graph {tag}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict = {}
-    exec(compile(source, filename, "exec"), namespace)
-    return namespace["forward"]
+    scope: dict = {}
+    exec(compile(source, filename, "exec"), scope)
+    return scope["forward"]

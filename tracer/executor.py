@@ -26,12 +26,16 @@ Two interpreters of the same graph:
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
-from eager.backend import namespace_of
+from eager.backend import namespace, namespace_of
 from eager.primitives import PRIMITIVES
 from tracer.codegen import compile_source, python_source
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
+
+_COUNTER = itertools.count()
 
 
 class ExecutionError(RuntimeError):
@@ -71,6 +75,7 @@ class Interpreter:
             args = tuple((True, slot[a.id]) if isinstance(a, Node) else (False, a) for a in n.args)
             self.instructions.append((PRIMITIVES[n.op].impl, None, args, n.params, i, frees.get(i, ()), n))
         self.result_slots = [slot[n.id] for n in graph.outputs] + [slot[v.id] for _, v in graph.updates]
+        self.mixed = any(n.op == "to_device" for n in nodes)  # two devices: xp per call from its inputs
 
     def run(self, arrays: list, keep: bool = False):
         """Outputs + update values; with ``keep=True`` a pair (results, {node id: value})."""
@@ -88,6 +93,9 @@ class Interpreter:
                 env[out] = value
             else:
                 try:
+                    if self.mixed:
+                        first = next((env[x] for is_ref, x in args if is_ref), None)
+                        xp = namespace_of(first) if first is not None else namespace(params.get("device", "cpu"))
                     env[out] = impl(xp, *[env[x] if is_ref else x for is_ref, x in args], **params)
                 except Exception as e:
                     raise ExecutionError(_failure(node, args, env, e)) from e
@@ -117,7 +125,7 @@ class StaticExecutor:
         self.graph = graph
         self.constants: dict = {}
         self.source = python_source(graph, self.constants)
-        self._forward = compile_source(self.source, graph.fingerprint()[:10])
+        self._forward = compile_source(self.source, f"{next(_COUNTER)} ({len(graph.calls)} calls)")
         self._interpreter = None
 
     @property

@@ -243,24 +243,23 @@ class Graph:
         """
         defined: set[int] = set()
         for n in self.nodes:
-            where = f"{n.format()}"
             if n.id in defined:
-                raise GraphError(f"node {n.ref} is defined twice: {where}")
+                raise GraphError(f"node {n.ref} is defined twice: {n.format()}")
             for a in n.inputs:
                 if a.id not in defined:
-                    raise GraphError(f"node {n.ref} reads {a.ref} before it is defined: {where}")
+                    raise GraphError(f"node {n.ref} reads {a.ref} before it is defined: {n.format()}")
             if n.op not in (PLACEHOLDER, CONSTANT):
                 prim = PRIMITIVES.get(n.op)
                 if prim is None:
-                    raise GraphError(f"node {n.ref} calls unknown primitive {n.op!r}: {where}")
+                    raise GraphError(f"node {n.ref} calls unknown primitive {n.op!r}: {n.format()}")
                 avals = [a.aval if isinstance(a, Node) else a for a in n.args]
                 try:
                     expected = prim.shape_rule(*avals, **n.params)
                 except ShapeError as e:
-                    raise GraphError(f"node {n.ref} is ill-typed ({e}): {where}") from None
+                    raise GraphError(f"node {n.ref} is ill-typed ({e}): {n.format()}") from None
                 if tuple(expected.shape) != tuple(n.shape) or expected.dtype != n.dtype:
                     raise GraphError(f"node {n.ref} records {n.aval} but {n.op} gives {Aval(*expected)} for "
-                                     f"these inputs: {where}")
+                                     f"these inputs: {n.format()}")
             defined.add(n.id)
         for n in self.outputs:
             if n.id not in defined:

@@ -272,7 +272,7 @@ def _dumps(doc: dict) -> str:
 def _current_entry(traced):
     latest = traced._latest
     for e in traced._cache.get(latest.key, ()):
-        if e.guard_ok():
+        if e.guard_ok() and all(isinstance(slot.get(), Tensor) for slot in e.plan.readers):
             return e
     return latest
 

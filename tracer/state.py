@@ -18,9 +18,11 @@ puts every tensor, ``.grad``, optimizer state, Python attribute and random gener
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from eager.tensor import Tensor
@@ -32,16 +34,31 @@ PY_SCALARS = (bool, int, float)
 class Slot:
     """A location: ``root`` followed by steps ``("attr", name)``, ``("item", key)`` or ``("grad", None)``."""
 
-    __slots__ = ("name", "root", "steps")
+    __slots__ = ("name", "root", "steps", "_get", "_read")
 
     def __init__(self, name: str, root: Any, steps: tuple = ()):
         self.name, self.root, self.steps = name, root, tuple(steps)
+        # a path of attributes only resolves with one C-level attrgetter (the hot path of every call)
+        names: list[str] | None = []
+        for kind, key in self.steps:
+            attr = {"attr": key, "grad": "_grad", "cell": "cell_contents"}.get(kind)
+            if not isinstance(attr, str) or "." in attr:
+                names = None
+                break
+            names.append(attr)
+        self._get = attrgetter(".".join(names)) if names else None
+        self._read = attrgetter(".".join(names + ["_data"])) if names is not None else attrgetter("_data")
 
     def child(self, name: str, kind: str, key=None) -> Slot:
         return Slot(name, self.root, self.steps + ((kind, key),))
 
     def get(self):
         """The object at this location, or ``MISSING``."""
+        if self._get is not None:
+            try:
+                return self._get(self.root)
+            except (AttributeError, ValueError):
+                return MISSING
         obj = self.root
         for kind, key in self.steps:
             obj = _step(obj, kind, key)
@@ -50,7 +67,9 @@ class Slot:
         return obj
 
     def read(self):
-        """The array held at this location (the caller checked it holds a tensor)."""
+        """The array held at this location (AttributeError when it holds no tensor)."""
+        if self._get is not None or not self.steps:
+            return self._read(self.root)
         return self.get()._data
 
     def rebind(self, array) -> None:
@@ -443,6 +462,13 @@ def _function_roots(fn, roots: list, depth: int, seen: set) -> None:
         else:
             _object_roots("self", owner, roots, depth, seen)
         fn = fn.__func__
+    if isinstance(fn, functools.partial):
+        for i, value in enumerate(fn.args):
+            _consider(f"partial_arg{i}", value, None, roots, depth, seen)
+        for key, value in fn.keywords.items():
+            _consider(key, value, None, roots, depth, seen)
+        _function_roots(fn.func, roots, depth + 1, seen)
+        return
     if not isinstance(fn, types.FunctionType):
         call = type(fn).__dict__.get("__call__") if not isinstance(fn, type) else None
         if isinstance(call, types.FunctionType):  # a callable object: its attributes and its __call__

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -65,7 +67,11 @@ class Entry:
         self.py_guard = py_guard       # [(name, dict, key, value)]: Python state the run did not change
         self.names = names
         self.steady = steady           # traced from the state a previous run left (see module docstring)
-        self._fast = not py_guard and not plan.guard
+        read = {slot.name for slot in plan.readers}
+        # layouts of slots the call reads are checked while gathering; the others here
+        self.layout_guard = [(slot, layout) for slot, layout in plan.guard if slot.name not in read]
+        self.reader_layouts = plan.reader_layouts
+        self._fast = not py_guard and not self.layout_guard
         self.order = next(_ORDER)
 
     def guard_ok(self) -> bool:
@@ -75,7 +81,7 @@ class Entry:
             x = d.get(k, MISSING)
             if x is not v and (type(x) is not type(v) or x != v):
                 return False
-        for slot, layout in self.plan.guard:
+        for slot, layout in self.layout_guard:
             if layout_of(slot.get()) != layout:
                 return False
         return True
@@ -92,10 +98,21 @@ class Entry:
                 out.append(f"{slot.name}: {describe_layout(layout)} -> {describe_layout(now)}")
         return out
 
-    def gather(self, leaves: list) -> list:
+    def matches(self, leaves: list) -> bool:
+        """Whether a call with these (signature-matching) arguments may run this program now."""
+        return self.guard_ok() and self.gather(leaves) is not None
+
+    def gather(self, leaves: list) -> list | None:
+        """One array per placeholder; None when a param/state location no longer holds the traced type."""
         arrays = [t._data for t in leaves]
-        for slot in self.plan.readers:
-            arrays.append(slot.read())
+        for slot, (shape, dtype, array_type) in zip(self.plan.readers, self.reader_layouts):
+            try:
+                a = slot.read()
+            except AttributeError:
+                return None
+            if a.shape != shape or a.dtype != dtype or type(a) is not array_type:
+                return None
+            arrays.append(a)
         return arrays
 
     def finish(self, leaves: list, results: list):
@@ -121,8 +138,8 @@ class Entry:
                 for a, c in zip(results, plan.conversions)]
         return unflatten(plan.out_spec, outs)
 
-    def run(self, leaves: list):
-        return self.finish(leaves, self.exe.run(self.gather(leaves)))
+    def run(self, leaves: list, arrays: list):
+        return self.finish(leaves, self.exe.run(arrays))
 
 
 def _convert(array, kind: str):
@@ -163,8 +180,16 @@ class Traced:
         if bucket is not None:
             for entry in bucket:
                 if entry.guard_ok():
-                    return entry.run(leaves)
-        return self._miss(args, kwargs, leaves, key).run(leaves)
+                    arrays = entry.gather(leaves)
+                    if arrays is not None:
+                        return entry.run(leaves, arrays)
+        entry = self._miss(args, kwargs, leaves, key)
+        arrays = entry.gather(leaves)
+        if arrays is None:
+            raise RuntimeError(f"tracer: the program just traced for {self.name} does not fit the current state "
+                               f"({'; '.join(entry.guard_failures()) or 'a param/state location changed type'}); "
+                               "was the state changed from another thread while tracing?")
+        return entry.run(leaves, arrays)
 
     def entry_for(self, *args, **kwargs) -> Entry:
         """The cache entry a call with these arguments would run (tracing it if needed)."""
@@ -172,7 +197,7 @@ class Traced:
         if len(leaves) > 1 and len({id(t) for t in leaves}) != len(leaves):
             key = key + (_alias_key(leaves),)
         for entry in self._cache.get(key, ()):
-            if entry.guard_ok():
+            if entry.matches(leaves):
                 return entry
         return self._miss(args, kwargs, leaves, key)
 
@@ -193,7 +218,8 @@ class Traced:
                             "with the traced signature, or trace with strict=False to retrace automatically.")
                     why = "; ".join(reasons) or "new signature"
                 else:
-                    why = "; ".join(bucket[0].guard_failures()) or "state changed"
+                    closest = min((e.guard_failures() for e in bucket), key=len)
+                    why = "; ".join(closest) or "state changed"
                 self.retrace_count += 1
                 logger.info("retracing %s (retrace #%d): %s", self.name, self.retrace_count, why)
             entries = self._trace(args, kwargs, leaves, key, names)
@@ -243,6 +269,7 @@ class Traced:
                 entries.append(steady)
         finally:
             snap.restore()
+        _debug(self, entries)
         return entries
 
     def _record(self, world: World, snap, args, kwargs, leaves, key, names, steady: bool) -> Entry:
@@ -322,6 +349,25 @@ class Traced:
         n = len(self.entries)
         return (f"<Traced {self.name}: {n} cached program{'s' if n != 1 else ''}, "
                 f"{self.retrace_count} retraces, {len(self.ledger)} assumptions>")
+
+
+def _debug(traced: Traced, entries: list[Entry]) -> None:
+    """``GRAPHDUEL_DEBUG=1``: one line per trace; 2: the traced graphs; 3: the static executor's source too."""
+    try:
+        level = int(os.environ.get("GRAPHDUEL_DEBUG", "0") or 0)
+    except ValueError:
+        return
+    if level <= 0:
+        return
+    e = entries[-1]
+    print(f"[graphduel] traced {traced.name}{format_signature(e.key, e.names)}: "
+          f"{' + '.join(str(len(x.graph.calls)) for x in entries)} calls, "
+          f"{sum(x.trace_seconds for x in entries) * 1e3:.1f} ms, {len(traced.ledger)} assumptions", file=sys.stderr)
+    for x in entries if level >= 2 else ():
+        print(x.graph, file=sys.stderr)
+        source = getattr(x.exe, "source", None)
+        if level >= 3 and isinstance(source, str):
+            print(source, file=sys.stderr)
 
 
 def _alias_key(leaves) -> tuple:
