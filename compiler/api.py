@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,11 +39,16 @@ class Lowered:
     compilations: int = 0
 
     example: list | None = None
+    replay: object = None  # a CUDA graph runner when compiled with cuda_graph=True
+    lock: object = field(default_factory=threading.Lock)  # buffers are planned once: one run at a time
 
     def run(self, arrays: list) -> list:
         if self.example is None:  # kept (copied) for the report's timings; later inputs are not held
             self.example = [a.copy() for a in arrays]
-        return self.executable.run(arrays)
+        with self.lock:
+            if self.replay is not None:
+                return self.replay.run(arrays)
+            return self.executable.run(arrays)
 
     __call__ = run
 
@@ -51,7 +57,8 @@ def _default_backend(device: str) -> str:
     return "cuda" if device == "cuda" else "c"
 
 
-def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, fuel: int | None = -1) -> Lowered:
+def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, fuel: int | None = -1,
+                cuda_graph: bool = False) -> Lowered:
     """The lowering ``L(graph) -> executable`` handed to ``tracer.trace``: passes, fusion, codegen, build."""
     from compiler.runtime import cache
     device = str(device)
@@ -85,6 +92,8 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
         kernels = ex.kernels
     lowered = Lowered(graph, optimized, program, ex, getattr(ex, "backend", backend), device, kernels, passes,
                       time.perf_counter() - start, cache.STATS.compilations - before)
+    if cuda_graph and hasattr(ex, "graph_replay"):
+        lowered.replay = ex.graph_replay
     debug.show(program, kernels)
     return lowered
 
@@ -97,13 +106,13 @@ class Compiled:
     """
 
     def __init__(self, fn, example_inputs: tuple, example_kwargs: dict, device: str, backend: str | None,
-                 strict: bool, fuel: int | None):
+                 strict: bool, fuel: int | None, cuda_graph: bool = False):
         import tracer
         self.device, self.requested_backend, self.fuel = str(device), backend, fuel
         self.lowerings: list[Lowered] = []
 
         def lower(graph: Graph) -> Lowered:
-            lowered = lower_graph(graph, self.device, backend, fuel)
+            lowered = lower_graph(graph, self.device, backend, fuel, cuda_graph)
             self.lowerings.append(lowered)
             return lowered
 
@@ -151,11 +160,13 @@ class Compiled:
 
 
 def compile(fn, *example_inputs, device: str = "cpu", backend: str | None = None, strict: bool = False,  # noqa: A001
-            fuel: int | None = -1, **example_kwargs) -> Compiled:
+            fuel: int | None = -1, cuda_graph: bool = False, **example_kwargs) -> Compiled:
     """Trace ``fn`` (function, Module, or ``tracer.Traced``) on example inputs and compile its graph.
 
     ``device``: 'cpu' or 'cuda'. ``backend``: None (C on cpu, CUDA on cuda), 'c', 'numpy' (fallback), 'cuda' or
     'xla' (jax.jit on the same optimised graph). ``fuel``: fusion budget (-1 reads ``GRAPHDUEL_FUSION_FUEL``;
-    None is unlimited). Training steps work as with ``tracer.trace``: new state is written back each call.
+    None is unlimited). ``cuda_graph``: on cuda, capture the whole step in a CUDA graph on the first call and
+    replay it (one launch per step). Training steps work as with ``tracer.trace``: new state is written back
+    each call.
     """
-    return Compiled(fn, example_inputs, example_kwargs, device, backend, strict, fuel)
+    return Compiled(fn, example_inputs, example_kwargs, device, backend, strict, fuel, cuda_graph)

@@ -48,6 +48,8 @@ def plan_memory(program) -> MemoryPlan:
     for i, s in enumerate(steps):
         for n in program.step_reads(s):
             last[n.id] = i
+    for n in returned:  # returned values (and whatever they view) are read after the last step
+        last[n] = len(steps)
     for i in reversed(range(len(steps))):  # a host result may be a view: its inputs live as long as it does
         s = steps[i]
         if s.kind == "host":

@@ -222,6 +222,27 @@ def test_cuda_backend_matches_cpu():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_new_signature_retraces_and_compiles_a_new_program():
+    f = _compile(lambda t: F.softmax(t * 2, dim=-1), eager.ones(4, 8))
+    out = f(eager.ones(6, 8))
+    assert out.shape == (6, 8) and f.retrace_count == 1
+    np.testing.assert_allclose(out.numpy(), np.full((6, 8), 1 / 8, np.float32), rtol=1e-6)
+
+
+def test_compile_accepts_a_traced_function():
+    import tracer
+    t = tracer.trace(lambda a: a.exp() + 1, eager.ones(3))
+    f = _compile(t, eager.ones(3))
+    assert f.backend == "cpu" and len(f.kernels) == 1
+    np.testing.assert_allclose(f(eager.zeros(3)).numpy(), [2, 2, 2])
+
+
+@pytest.mark.skipif(eager.cuda_available(), reason="checks the message shown when there is no GPU")
+def test_cuda_device_without_cupy_or_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="cuda"):
+        compiler.compile(lambda t: t * 2, eager.ones(2), device="cuda")
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA source not compiled")
 def test_every_compiled_program_has_cuda_source_that_nvcc_builds():
     from compiler.codegen.cuda import header

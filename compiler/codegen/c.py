@@ -18,7 +18,7 @@ kernels stay on one thread (``if(...)``): waking the thread team costs more than
 
 from __future__ import annotations
 
-import ctypes.util
+import ctypes
 import functools
 import math
 
@@ -35,11 +35,8 @@ _VECTOR_FUNCS = ("exp", "log", "sin", "cos", "tanh", "erf", "pow")
 def vector_math_prelude() -> str:
     """``declare simd`` prototypes for the libm functions glibc's libmvec vectorises on this machine, so
     ``tanh``/``exp``/``erf`` inside an ``omp simd`` loop become vector calls (without -ffast-math)."""
-    name = ctypes.util.find_library("mvec")
-    if name is None:
-        return ""
-    try:
-        lib = ctypes.CDLL(name)
+    try:  # by soname: dlopen is fast, ctypes.util.find_library would spawn ldconfig (tens of ms, every process)
+        lib = ctypes.CDLL("libmvec.so.1")
     except OSError:
         return ""
     lines = []

@@ -63,11 +63,14 @@ def c_compiler() -> str | None:
 
 @functools.cache
 def _compiler_identity(cc: str) -> str:
+    """The compiler binary's real path, size and mtime: changes with an upgrade, costs no subprocess (running
+    ``cc --version`` in every process was most of a warm start)."""
     try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    return out.splitlines()[0] if out else cc
+        real = os.path.realpath(cc)
+        st = os.stat(real)
+        return f"{real}:{st.st_size}:{int(st.st_mtime)}"
+    except OSError:
+        return cc
 
 
 def flags() -> list[str]:
