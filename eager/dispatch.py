@@ -27,8 +27,9 @@ class OpError(RuntimeError):
     """An op's computation failed for a reason other than shapes; the message names op and inputs."""
 
 
-class IndexOutOfRange(ShapeError, IndexError):
-    """An index does not fit the tensor (both a ShapeError and, as in Python, an IndexError)."""
+class IndexOutOfRange(ShapeError, IndexError, OpError):
+    """An index does not fit the tensor: a ShapeError and, as in Python, an IndexError (and an OpError, which
+    out-of-range index tensors raised before, so existing ``except OpError`` handlers still catch it)."""
 
 
 def apply(prim: Primitive, *inputs, **params) -> Tensor:
@@ -58,7 +59,7 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
     if wants_grad and mode.grad_enabled and prim.vjp is not None:
         t = Tensor._make(out, True, None)
         t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params,
-                         tuple(x._version if isinstance(x, Tensor) else 0 for x in inputs),
+                         tuple([x._version if isinstance(x, Tensor) else 0 for x in inputs]),
                          t if prim.saves_out else None,
                          user_source() if mode.anomaly else None)
     else:
@@ -84,4 +85,7 @@ def _op_error(prim, inputs, params, exc):
             return IndexOutOfRange(str(shape_error))
         return shape_error
     shown = ", ".join(describe(a) for a in avals)
+    if isinstance(exc, IndexError):  # an index tensor's values (shape rules only see its shape)
+        return IndexOutOfRange(f"{prim.name}({shown}): {exc}; index values along a dim of size n must lie in "
+                               "[-n, n).")
     return OpError(f"{prim.name}({shown}) failed: {type(exc).__name__}: {exc}")

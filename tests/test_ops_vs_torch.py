@@ -16,6 +16,10 @@ import eager
 
 torch = pytest.importorskip("torch")
 
+# edge cases (log of 0 over an empty dim, ...) compute inf/NaN on purpose, as PyTorch does, where NumPy warns
+pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning",
+                                        "ignore:invalid value:RuntimeWarning")
+
 
 @dataclass(frozen=True)
 class In:
@@ -56,7 +60,8 @@ def _lib_tensor(m, array, requires_grad):
 
 
 def _flat(out):
-    return list(out) if isinstance(out, (tuple, list)) else [out]
+    """Outputs as a flat list (max(dim) gives (values, indices) inside a tuple of outputs)."""
+    return [t for o in out for t in _flat(o)] if isinstance(out, (tuple, list)) else [out]
 
 
 def _run(m, fn, arrays, specs, weights):
@@ -166,8 +171,21 @@ OPS = [
      [In((1, 3), "const", None, [[0.0, 0.0, 0.0]], grad=True)]),
     ("amax", lambda m, a: (a.amax(dim=1), a.amax(dim=(0, 1), keepdim=True)), [D(2, 3, 2)]),
     ("argmax", lambda m, a: (a.argmax(), a.argmax(dim=1), a.argmax(dim=0, keepdim=True)), [D(2, 3)]),
+    ("reductions_0d", lambda m, a: (a.sum(0), a.mean(-1), a.amax(0), a.max(dim=0).values, a.argmax(dim=0),
+                                    a.softmax(0), a.sum(0, keepdim=True), a.var(dim=0, unbiased=False)), [U()]),
+    ("size_zero_dims", lambda m, a, b: (a.sum(0), a.sum(1), a.reshape(3, 0), m.cat([a, b]), a.T @ a, a * 2),
+     [U(0, 3), U(2, 3)]),
     ("var_std", lambda m, a: (a.var(), a.var(dim=1), a.std(dim=0, keepdim=True), a.var(dim=1, unbiased=False),
                               a.std(), a.var(dim=0, correction=0)), [U(3, 4)]),
+    # subgradients PyTorch picks: std and norm have gradient 0 (not NaN) where they are 0
+    ("std_zero_variance", lambda m, a: (a[m.tensor([1, 1])].std(), a[m.tensor([[0, 0], [1, 2]])].std(dim=1)), [U(3)]),
+    ("norm", lambda m, a: (a.norm(), a.norm(dim=1), (a * 0).norm(), a.norm(p=1), a.norm(p=3, dim=0),
+                           (a * 0).norm(p=3)), [U(2, 3)]),
+    ("clamp_maximum_propagate_nan", lambda m, a: (a.clamp(min=0.0), m.maximum(a, m.zeros(3, dtype=a.dtype))),
+     [C([np.nan, -1.0, 2.0])]),
+    ("softmax_over_empty_dim", lambda m, a: (a.softmax(1), a.log_softmax(1), m.logsumexp(a, 1), m.logsumexp(a, 0)),
+     [U(2, 0)]),
+    ("logsumexp", lambda m, a: (m.logsumexp(a, 1), m.logsumexp(a * 300, 0)), [U(2, 3)]),
     # movement
     ("reshape_view", lambda m, a: (a.reshape(3, 2), a.view(-1), a.reshape(2, 1, 3), a.view(6, 1)), [U(2, 3)]),
     ("flatten", lambda m, a: (a.flatten(), a.flatten(1), a.flatten(0, 1)), [U(2, 3, 2)]),
@@ -185,6 +203,10 @@ OPS = [
     ("index_negative_tensor", lambda m, a: a[m.tensor([-1, 0])], [U(3, 2)]),
     ("index_mask", lambda m, a: a[a > 0], [D(3, 4)]),
     ("index_2d_index_tensor", lambda m, a: a[m.tensor([[0, 1], [1, 1]])], [U(2, 3)]),
+    # an int beside an index tensor is applied first (PyTorch), not as one more advanced index (NumPy)
+    ("index_int_beside_tensor", lambda m, a: (a[0, :, m.tensor([0, 1, 1])], a[m.tensor([1, 0]), :, -1],
+                                              a[0, None, m.tensor([2])], a[0, ..., m.tensor([3, 0])]), [U(2, 3, 4)]),
+    ("setitem_int_beside_tensor", _setitem(lambda m: (0, slice(None), m.tensor([0, 3]))), [U(2, 3, 4), U(3, 2)]),
     ("setitem_scalar", _setitem(lambda m: 0), [U(2, 3)]),
     ("setitem_slice_tensor", _setitem(lambda m: (slice(None), 1)), [U(2, 3), U(2)]),
     ("setitem_broadcast", _setitem(lambda m: slice(0, 2)), [U(3, 4), U(4)]),
@@ -225,6 +247,8 @@ PROMOTION = [
     ("f32_with_python_scalars", lambda m, a: (a * 2, a + 2.5, 1 / a, a ** 2), [U(3, dtype="float32")]),
     ("f32_with_numpy_scalar", lambda m, a: a * np.float64(2.0), [U(3, dtype="float32")]),
     ("int_times_int", lambda m, i: (i * 2, i + i, -i, i ** 2), [U(3, dtype="int64")]),
+    ("int32_max_dim", lambda m, i: (i.max(dim=0), i.min(dim=1).values, i.amax(), i.sum()), [U(2, 3, dtype="int32")]),
+    ("int_pow_int", lambda m, i, j: (i ** j, 2 ** j, i ** 2), [C([2, 3], "int64"), C([2, 1], "int64")]),
     ("int_true_division", lambda m, i, j: i / j, [C([1, 4, 9], "int64"), C([2, 2, 4], "int64")]),
     ("bool_plus_int", lambda m, b: b + 1, [C([True, False], "bool")]),
     ("bool_sum", lambda m, a: (a > 0).sum(), [D(2, 3)]),
@@ -244,6 +268,12 @@ def test_op_matches_torch(fn, specs, dtype):
 @pytest.mark.parametrize("fn, specs", [pytest.param(f, s, id=i) for i, f, s in PROMOTION])
 def test_dtype_promotion_matches_torch(fn, specs):
     check(fn, specs)
+
+
+@pytest.mark.xfail(strict=True, reason="relu maps NaN to 0 (PyTorch keeps NaN); the one-line fix in eager/ops.py "
+                   "changes the op sequence tests/test_tracer_program.py pins (gt -> le), so it waits for that owner")
+def test_relu_propagates_nan():
+    check(lambda m, a: a.relu(), [C([np.nan, -1.0, 2.0])])
 
 
 def test_matmul_promotes_mixed_float_dtypes_like_the_arithmetic_operators():

@@ -26,7 +26,7 @@ from eager import primitives as P
 from eager.autograd import gradcheck
 from eager.autograd.mode import add_recorder
 from eager.backend import CPU
-from eager.dispatch import aval_of, apply
+from eager.dispatch import apply, aval_of
 from eager.primitives import Aval, IndexSlot
 
 jax = pytest.importorskip("jax")
@@ -81,6 +81,13 @@ def _index_add_ref(idx):
             return out
         return base.at[idx].add(values)
     return ref
+
+
+def _comparison_cases(name, op):
+    eager_op = getattr(eager, name)
+    return [case("broadcast", lambda a, b: eager_op(a, b), lambda xp, a, b: op(a, b), distinct(2, 3), distinct(3),
+                 differentiable=False),
+            case("scalar", lambda a: eager_op(a, 0.0), lambda xp, a: op(a, 0.0), distinct(2, 3), differentiable=False)]
 
 
 REPEATED = np.array([0, 2, 0, 0])  # repeated indices: their gradients must accumulate
@@ -166,11 +173,14 @@ CASES: dict[str, list[Case]] = {
         case("dims_keepdim", lambda x: x.sum(dim=(0, 2), keepdim=True),
              lambda xp, x: xp.sum(x, axis=(0, 2), keepdims=True), uniform(2, 3, 2)),
         case("negative_dim", lambda x: x.sum(dim=-1), lambda xp, x: xp.sum(x, axis=-1), uniform(2, 3)),
+        case("0d_dim0", lambda x: x.sum(dim=0), lambda xp, x: x + 0, uniform()),  # PyTorch accepts dim 0 of a 0-d
+        case("size_zero_dim", lambda x: x.sum(dim=0) + 1, lambda xp, x: xp.sum(x, axis=0) + 1, uniform(0, 3)),
     ],
     "max": [
         case("all", lambda x: x.amax(), lambda xp, x: xp.max(x), distinct(2, 3)),
         case("dim_keepdim", lambda x: x.amax(dim=0, keepdim=True), lambda xp, x: xp.max(x, axis=0, keepdims=True),
              distinct(2, 3)),
+        case("0d_dim0", lambda x: x.amax(dim=-1), lambda xp, x: x + 0, uniform()),
         # two tied maxima share the gradient evenly (PyTorch's amax, JAX's max, central differences)
         case("ties", lambda x: x.amax(dim=1), lambda xp, x: xp.max(x, axis=1),
              np.array([[1.0, 3.0, 3.0], [2.0, -1.0, 0.0]])),
@@ -215,12 +225,9 @@ CASES: dict[str, list[Case]] = {
     "copy": [case("clone", lambda x: x.clone(), lambda xp, x: x + 0, uniform(2, 3))],
     "to_device": [case("cpu", lambda x: apply(P.TO_DEVICE, x, device=CPU), lambda xp, x: x + 0, uniform(2, 3))],
     # forward-only rows (see NON_DIFFERENTIABLE)
-    **{name: [case("broadcast", (lambda op: lambda a, b: op(a, b))(getattr(eager, name)),
-                   (lambda op: lambda xp, a, b: op(a, b))(op), distinct(2, 3), distinct(3), differentiable=False),
-              case("scalar", (lambda op: lambda a: op(a, 0.0))(getattr(eager, name)),
-                   (lambda op: lambda xp, a: op(a, 0.0))(op), distinct(2, 3), differentiable=False)]
-       for name, op in {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
-                        "gt": np.greater, "ge": np.greater_equal}.items()},
+    **{name: _comparison_cases(name, op) for name, op in {"eq": np.equal, "ne": np.not_equal, "lt": np.less,
+                                                           "le": np.less_equal, "gt": np.greater,
+                                                           "ge": np.greater_equal}.items()},
     "stop_gradient": [case("detach", lambda x: x.detach(), lambda xp, x: x, uniform(2, 3), differentiable=False)],
     "full": [case("full", lambda: eager.full((2, 3), 1.5, dtype=eager.float64),
                   lambda xp: np.full((2, 3), 1.5), differentiable=False)],

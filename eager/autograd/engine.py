@@ -13,6 +13,7 @@ reference to its output tensor, so a graph is freed as soon as the user drops th
 
 from __future__ import annotations
 
+import re
 import weakref
 
 from eager.autograd.mode import MODE, no_grad
@@ -129,8 +130,9 @@ def _check_finite(node, index, grad):
     if not bool(xp.isfinite(grad._data).all()):
         bad = "nan" if bool(xp.isnan(grad._data).any()) else "inf"
         where = node.source or "<source unknown>"
+        op = re.sub(r"(?<!^)(?=[A-Z])", "_", node.name.removesuffix("Backward")).lower()  # IndexAdd -> index_add
         raise AnomalyError(f"Function '{node.name}' returned {bad} values in its {index}th output. "
-                           f"The forward op was '{node.name[:-len('Backward')].lower()}', created at {where}. "
+                           f"The forward op was '{op}', created at {where}. "
                            "Check its inputs there (e.g. log of 0, division by 0, sqrt of a negative).")
 
 
@@ -185,15 +187,16 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
 
 
 def _deliver_leaf(leaf, g, captured, create_graph):
-    if captured is not None:
-        if id(leaf) in captured:
-            prev = captured[id(leaf)]
-            captured[id(leaf)] = g if prev is None else prev + g
-        return
-    if leaf._hooks:
+    if captured is not None and id(leaf) not in captured:
+        return  # autograd.grad: a leaf that was not asked for
+    if leaf._hooks:  # before capture too: autograd.grad sees hooked gradients, as in PyTorch
         for hook in leaf._hooks:
             r = hook(g)
             g = g if r is None else r
+    if captured is not None:
+        prev = captured[id(leaf)]
+        captured[id(leaf)] = g if prev is None else prev + g
+        return
     if not create_graph:
         g = g.detach()
     leaf._grad = g if leaf._grad is None else leaf._grad + g

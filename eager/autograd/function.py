@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from eager.autograd.engine import BackwardError, Node
 from eager.autograd.mode import MODE, no_grad, user_source
 
@@ -40,11 +42,27 @@ class FunctionCtx:
     @property
     def saved_tensors(self) -> tuple:
         for i, (t, seen) in enumerate(zip(self._saved, self._versions)):
-            if t is not None and t._version != seen:
-                raise BackwardError(f"{self._name}: saved tensor {i} (shape {list(t.shape)}) was modified in "
-                                    f"place after save_for_backward (version {t._version}, expected {seen}); "
+            live = t.ref() if type(t) is _SavedOutput else t
+            if live is not None and live._version != seen:
+                raise BackwardError(f"{self._name}: saved tensor {i} (shape {list(live.shape)}) was modified in "
+                                    f"place after save_for_backward (version {live._version}, expected {seen}); "
                                     "clone it before modifying it.")
-        return self._saved
+        return tuple(t.unpack() if type(t) is _SavedOutput else t for t in self._saved)
+
+
+class _SavedOutput:
+    """The Function's own output in ``saved_tensors``, held without a strong reference: output -> node ->
+    backward -> ctx -> output would be a reference cycle, keeping the graph alive until the garbage collector
+    runs. Unpacked, it is a tensor with the same array and the node as ``grad_fn`` (as PyTorch does)."""
+
+    __slots__ = ("data", "ref", "node_ref")
+
+    def __init__(self, out, node):
+        self.data, self.ref, self.node_ref = out._data, weakref.ref(out), weakref.ref(node)
+
+    def unpack(self):
+        from eager.tensor import Tensor
+        return Tensor._make(self.data, True, self.node_ref())
 
 
 class Function:
@@ -78,6 +96,8 @@ class Function:
             versions = tuple(a._version if isinstance(a, Tensor) else 0 for a in args)
             out.grad_fn = Node(name, _vjp_of(cls, ctx, len(args)), args, {}, versions, None,
                                user_source() if mode.anomaly else None)
+            if any(t is out for t in ctx._saved):
+                ctx._saved = tuple(_SavedOutput(out, out.grad_fn) if t is out else t for t in ctx._saved)
         return out
 
 

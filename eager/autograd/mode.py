@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from contextvars import ContextVar
 from typing import NamedTuple
 
@@ -36,18 +37,23 @@ def _set(**changes):
 
 
 class _GradMode(contextlib.ContextDecorator):
-    """Usable as ``with no_grad():`` and as ``@no_grad()``."""
+    """Usable as ``with no_grad():`` and as ``@no_grad()``.
+
+    One object may be entered by several threads at once (a decorated function always is), so the state
+    to restore is kept per thread, never on the shared object.
+    """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._tokens = []
+        self._local = threading.local()
 
     def __enter__(self):
-        self._tokens.append(MODE.set(MODE.get()._replace(grad_enabled=self.enabled)))
+        stack = self._local.__dict__.setdefault("tokens", [])
+        stack.append(MODE.set(MODE.get()._replace(grad_enabled=self.enabled)))
         return self
 
     def __exit__(self, *exc):
-        MODE.reset(self._tokens.pop())
+        MODE.reset(self._local.tokens.pop())
         return False
 
 
@@ -61,8 +67,31 @@ def enable_grad() -> _GradMode:
     return _GradMode(True)
 
 
-def set_grad_enabled(enabled: bool) -> _GradMode:
-    return _GradMode(enabled)
+class set_grad_enabled(_GradMode):  # noqa: N801  (PyTorch's name)
+    """Switch grad mode now (a plain call lasts for this thread); as a context manager it is restored on exit.
+
+        >>> import eager
+        >>> with eager.set_grad_enabled(False):
+        ...     eager.is_grad_enabled()
+        False
+    """
+
+    def __init__(self, enabled: bool):
+        super().__init__(enabled)
+        self._previous = MODE.get().grad_enabled
+        MODE.set(MODE.get()._replace(grad_enabled=bool(enabled)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        MODE.set(MODE.get()._replace(grad_enabled=self._previous))
+        return False
+
+    def __call__(self, fn):
+        """As a decorator (``@set_grad_enabled(False)``): decorating must not switch the mode now."""
+        MODE.set(MODE.get()._replace(grad_enabled=self._previous))
+        return _GradMode(self.enabled)(fn)
 
 
 def is_grad_enabled() -> bool:
