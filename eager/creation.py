@@ -15,7 +15,7 @@ import numpy as np
 from eager import backend
 from eager import primitives as P
 from eager.dispatch import apply
-from eager.random import Generator, default_generator
+from eager.random import Generator
 from eager.tensor import Tensor
 
 
@@ -37,8 +37,8 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 
     Python floats become float32 and ints int64 (PyTorch's defaults); NumPy arrays keep their dtype.
     """
-    if isinstance(data, Tensor):
-        data = backend.to_numpy(data._data)
+    if isinstance(data, Tensor):  # the values leave the graph: a trace must be told, or it bakes them in
+        data = data._escape("tensor", backend.to_numpy(data._data))
     device = backend.canonical_device(device)
     if hasattr(data, "__cuda_array_interface__"):
         data = backend.to_numpy(data)
@@ -151,12 +151,14 @@ def randint(low, high=None, size=(), dtype=None, device=None, generator: Generat
     """Integers in [low, high); ``randint(high, size)`` as in PyTorch."""
     if high is None:
         low, high = 0, low
-    gen = generator or default_generator("cpu")
-    data = gen.integers(low, high, tuple(size)) if gen.device == backend.CPU else \
-        backend.to_numpy(gen.integers(low, high, tuple(size)))
-    return tensor(data, dtype=dtype or backend.int64, device=device)
+    dtype = backend.canonical_dtype(dtype) or backend.int64
+    if generator is None:  # a primitive: a trace records the draw, so each replay draws anew
+        return apply(P.RANDINT, low=int(low), high=int(high), shape=_size(tuple(size)), dtype=dtype,
+                     device=backend.canonical_device(device))
+    return tensor(backend.to_numpy(generator.integers(low, high, tuple(size))), dtype=dtype, device=device)
 
 
 def randperm(n: int, device=None, generator: Generator | None = None) -> Tensor:
-    gen = generator or default_generator("cpu")
-    return tensor(backend.to_numpy(gen._rng.permutation(n)).astype(np.int64), device=device)
+    if generator is None:
+        return apply(P.RANDPERM, n=int(n), device=backend.canonical_device(device))
+    return tensor(backend.to_numpy(generator.permutation(n)), device=device)

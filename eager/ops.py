@@ -149,9 +149,8 @@ def detach(x: Tensor) -> Tensor:
 
 
 def relu(x: Tensor) -> Tensor:
-    # gradient 0 at 0, as in PyTorch. Known gap: NaN becomes 0 (PyTorch keeps NaN); where(le(x, 0), 0, x) fixes
-    # it but changes the traced printout that tests/test_tracer_program.py pins, so it waits for that owner.
-    return where(gt(x, 0), x, 0)
+    # gradient 0 at 0 and NaN kept as NaN, as in PyTorch (where(x > 0, x, 0) would turn NaN into 0)
+    return where(le(x, 0), 0, x)
 
 
 def where(condition, x, y) -> Tensor:

@@ -53,6 +53,7 @@ class Primitive:
     vjp: Callable[..., tuple] | None = None
     c_expr: str | None = None
     saves_out: bool = False  # the VJP reads the output (so backward checks the output was not modified)
+    random: bool = False  # draws from the device's default generator: never merged, folded away or dropped
     backward_name: str = field(init=False)  # "IndexAddBackward": computed once, read on every recorded op
 
     def __post_init__(self):
@@ -66,8 +67,8 @@ class Primitive:
 PRIMITIVES: dict[str, Primitive] = {}
 
 
-def _register(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False) -> Primitive:
-    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out)
+def _register(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False, random=False) -> Primitive:
+    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random)
     PRIMITIVES[name] = prim
     return prim
 
@@ -505,17 +506,21 @@ def _full_impl(xp, *, shape, fill_value, dtype, device):
 
 
 def _random_impl(draw):
-    def impl(xp, *, shape, dtype, device):
+    def impl(xp, *, device, **params):
         from eager.random import default_generator
-        return draw(default_generator(device), shape, dtype)
+        return draw(default_generator(device), **params)
     return impl
 
 
 FULL = _reg("full", OTHER, _full_impl, _creation_rule)
 UNIFORM = _reg("uniform", OTHER, _random_impl(lambda gen, shape, dtype: gen.random(shape, dtype=dtype)),
-               _creation_rule)
+               _creation_rule, random=True)
 NORMAL = _reg("normal", OTHER, _random_impl(lambda gen, shape, dtype: gen.standard_normal(shape, dtype=dtype)),
-              _creation_rule)
+              _creation_rule, random=True)
+RANDINT = _reg("randint", OTHER, _random_impl(lambda gen, low, high, shape, dtype: gen.integers(low, high, shape)
+                                              .astype(dtype, copy=False)), _creation_rule, random=True)
+RANDPERM = _reg("randperm", OTHER, _random_impl(lambda gen, n: gen.permutation(n)),
+                lambda *, n, device: Aval((n,), int64), random=True)
 
 
 def _needs(x) -> bool:

@@ -36,6 +36,9 @@ class Generator:
     def integers(self, low, high, shape):
         return self._rng.integers(low, high, size=shape, dtype=np.int64)
 
+    def permutation(self, n: int):
+        return self._rng.permutation(n).astype(np.int64)
+
 
 def default_generator(device) -> Generator:
     device = backend.canonical_device(device)

@@ -202,7 +202,7 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         arr = backend.to_numpy(self._data)
-        return arr if dtype is None else arr.astype(dtype)
+        return self._escape("numpy", arr if dtype is None else arr.astype(dtype))
 
     def item(self):
         if self._data.size != 1:

@@ -270,8 +270,6 @@ def test_dtype_promotion_matches_torch(fn, specs):
     check(fn, specs)
 
 
-@pytest.mark.xfail(strict=True, reason="relu maps NaN to 0 (PyTorch keeps NaN); the one-line fix in eager/ops.py "
-                   "changes the op sequence tests/test_tracer_program.py pins (gt -> le), so it waits for that owner")
 def test_relu_propagates_nan():
     check(lambda m, a: a.relu(), [C([np.nan, -1.0, 2.0])])
 

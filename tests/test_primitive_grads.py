@@ -241,6 +241,8 @@ NON_DIFFERENTIABLE = {
     "full": "creation: no tensor inputs",
     "uniform": "random creation: no tensor inputs (checked in test_random_primitives_draw_the_right_distribution)",
     "normal": "random creation: no tensor inputs (checked in test_random_primitives_draw_the_right_distribution)",
+    "randint": "random integers: no tensor inputs (checked in test_random_primitives_draw_the_right_distribution)",
+    "randperm": "random permutation: no tensor inputs (see test_random_primitives_draw_the_right_distribution)",
 }
 
 
@@ -371,6 +373,9 @@ def test_random_primitives_draw_the_right_distribution():
     assert abs(u.mean().item() - 0.5) < 0.01 and abs(n.mean().item()) < 0.03 and abs(n.std().item() - 1) < 0.03
     eager.manual_seed(0)
     assert eager.rand(20000, dtype=eager.float64).tolist() == u.tolist()  # manual_seed makes draws repeat
+    k, p = eager.randint(3, 7, (20000,)), eager.randperm(50)
+    assert k.dtype == np.int64 and set(np.unique(k.numpy())) == {3, 4, 5, 6}
+    assert sorted(p.tolist()) == list(range(50)) and p.tolist() != list(range(50))
 
 
 # ---------------------------------------------------------------- gradients

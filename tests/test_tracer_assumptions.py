@@ -148,21 +148,17 @@ def test_tracer_warning_is_a_user_warning():
         tracer.trace(lambda x: x * float(x.sum()), eager.ones(2))
 
 
-# Known gaps in the eager core (reported): these values leave the graph without telling the recorder, so a trace
-# bakes them silently. strict xfail: when the eager core reports them, these start passing and must be un-marked.
-@pytest.mark.xfail(strict=True, reason="eager core: Tensor.__array__ (np.asarray(t)) reports no escape")
+# Values that leave the graph by the side doors (NumPy conversion, copying into a new tensor) and integer draws.
 def test_numpy_asarray_of_a_traced_value_is_an_assumption():
     with pytest.warns(tracer.TracerWarning):
         tracer.trace(lambda x: x * float(np.asarray(x).sum()), eager.ones(2))
 
 
-@pytest.mark.xfail(strict=True, reason="eager core: eager.tensor(t) copies t's values without reporting an escape")
 def test_eager_tensor_of_a_traced_value_is_an_assumption():
     with pytest.warns(tracer.TracerWarning):
         tracer.trace(lambda x: eager.tensor(x * 2) + 1, eager.ones(2))
 
 
-@pytest.mark.xfail(strict=True, reason="eager core: randint draws from the default generator but is not a primitive")
 def test_randint_inside_a_trace_draws_anew_each_call():
     traced = tracer.trace(lambda x: x + eager.randint(0, 1000, (8,)).float(), eager.zeros(8))
     assert traced(eager.zeros(8)).tolist() != traced(eager.zeros(8)).tolist()

@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eager.primitives import PRIMITIVES
 from eager.tensor import Tensor
 from tracer.ir import Graph, Node
 from tracer.pytree import LEAF
 from tracer.recorder import Recorder, Ref
 from tracer.state import MISSING, Slot, World, layout_of
 
-EFFECTFUL = frozenset({"uniform", "normal"})
 CONVERSIONS = {"item", "float", "int", "tolist", "bool"}
 
 
@@ -158,7 +158,7 @@ def build(run: RunRecord) -> Plan:
     live = set(out_vids) | {v for _, v in extra} | {u[1] for u in updates}
     kept_calls = []
     for call in reversed(tape.calls):
-        if call.out in live or call.op in EFFECTFUL:
+        if call.out in live or PRIMITIVES[call.op].random:
             kept_calls.append(call)
             live.update(a.vid for a in call.args if isinstance(a, Ref))
     kept_calls.reverse()

@@ -1,6 +1,6 @@
 """Common-subexpression elimination: two calls of the same op on the same args and params become one.
 
-Random draws (``uniform``, ``normal``) are never merged: each call is a fresh draw. Small constants with
+Random draws (ops marked ``random`` in the op table) are never merged: each call is a fresh draw. Small constants with
 equal bytes are merged too.
 
     >>> from compiler.passes.testing import dup_graph
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.rewrite import rebuild
+from eager.primitives import PRIMITIVES
 from tracer.ir import CONSTANT, Graph, Node
 
-IMPURE = frozenset({"uniform", "normal"})
 _CONSTANT_KEY_LIMIT = 1 << 12  # bytes: bigger constants are compared by identity only
 
 
@@ -40,7 +40,7 @@ def cse(graph: Graph) -> Graph:
             if value.nbytes > _CONSTANT_KEY_LIMIT:
                 return rb.copy(n)
             key = ("constant", value.dtype.str, value.shape, value.tobytes())
-        elif n.op in IMPURE:
+        elif n.op in PRIMITIVES and PRIMITIVES[n.op].random:
             return rb.copy(n)
         else:
             key = _key(n, rb.args(n))

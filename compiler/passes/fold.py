@@ -17,7 +17,6 @@ from compiler.rewrite import rebuild
 from eager.primitives import PRIMITIVES
 from tracer.ir import CONSTANT, Graph, Node
 
-UNFOLDABLE = frozenset({"uniform", "normal", "to_device"})
 FOLD_LIMIT = 1 << 16  # elements: a folded result bigger than this and than every input stays a call
 
 
@@ -29,7 +28,7 @@ def _evaluate(n: Node, args) -> np.ndarray:
 
 def fold_constants(graph: Graph) -> Graph:
     def visit(rb, n: Node):
-        if n.op == CONSTANT or n.op in UNFOLDABLE:
+        if n.op == CONSTANT or n.op == "to_device" or (n.op in PRIMITIVES and PRIMITIVES[n.op].random):
             return rb.copy(n)
         args = rb.args(n)
         nodes = [a for a in args if isinstance(a, Node)]
