@@ -74,7 +74,7 @@ def make_dot(output: Tensor | list[Tensor] | tuple[Tensor, ...], params: dict[st
     stack = []
     for i, out in enumerate(outputs):
         oid = f"out{i}"
-        lines.append(f"  {oid} [label={_quote((names.get(id(out), 'output') + chr(10) + _aval(out)))}, "
+        lines.append(f"  {oid} [label={_quote(names.get(id(out), 'output') + chr(10) + _aval(out))}, "
                      "fillcolor=darkolivegreen1]")
         if out.grad_fn is not None:
             lines.append(f"  {node_id(out.grad_fn)} -> {oid}")

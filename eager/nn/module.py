@@ -100,7 +100,8 @@ class Module:
             raise AttributeError(f"cannot assign {kind} '{name}' before Module.__init__() is called; call "
                                  "super().__init__() first in your __init__.")
         for other in ("_parameters", "_buffers", "_modules"):
-            d[other].pop(name, None)
+            if other != kind:  # reassigning within the same kind keeps its place (state_dict order)
+                d[other].pop(name, None)
         d[kind][name] = value
         d[name] = value
 
