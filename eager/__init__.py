@@ -37,6 +37,7 @@ from eager.creation import (
 from eager.dispatch import IndexOutOfRange, OpError, apply
 from eager.ops import (
     abs,
+    add,
     all,
     amax,
     amin,
@@ -110,5 +111,8 @@ class cuda:  # noqa: N801  (eager.cuda.is_available(), as torch.cuda)
     def is_available() -> "builtins.bool":  # noqa: F821
         return cuda_available()
 
+
+# the subpackages, so `import eager; eager.nn.Linear(...)` works as `torch.nn` does (imported last: they use eager)
+from eager import nn, optim, viz  # noqa: E402  isort: skip
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -365,6 +365,7 @@ class Tensor:
     def mul(self, other): return _ops.mul(self, other)
     def div(self, other): return _ops.div(self, other)
     def matmul(self, other): return _ops.matmul(self, other)
+    def mm(self, other): return _ops.matmul(self, other)
     def eq(self, other): return _ops.eq(self, other)
 
     def sum(self, dim=None, keepdim=False, dtype=None): return _ops.sum(self, dim, keepdim, dtype)

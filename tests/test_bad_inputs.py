@@ -1,8 +1,9 @@
-"""The bad-input catalogue (eager part): every mistake fails with the right exception type and a message that
+"""The bad-input catalogue: every mistake fails with the right exception type and a message that
 names the op, the offending shapes/dtypes/argument, and what to do.
 
 Each row: a function that makes the mistake, the exception type, and regexes that must ALL be found in the
-message: (what op), (which shapes/dtypes/argument), (what to do).
+message: (what op), (which shapes/dtypes/argument), (what to do). The compiler's "no C compiler" case warns and
+falls back instead of failing: tests/test_compiler_runtime.py proves it says so once and still computes.
 """
 
 from __future__ import annotations
@@ -49,6 +50,40 @@ def _setitem_out_of_range():
 def _inplace_dtype_change():
     x = eager.tensor([1, 2])
     x += 1.5
+
+
+def _state_dict_with(change):
+    import eager.nn as nn
+    model = nn.Linear(2, 3)
+    state = model.state_dict()
+    change(state)
+    model.load_state_dict(state)
+
+
+def _traced(**kwargs):
+    import tracer
+    return tracer.trace(lambda x: x * 2, eager.ones(2, 3), **kwargs)
+
+
+def _load_edited(tmp_edit):
+    """Save a traced graph, let ``tmp_edit(document)`` tamper with its graph.json, and load it back."""
+    import json
+    import tempfile
+
+    import tracer
+    path = tempfile.mkdtemp() + "/model"
+    _traced().save(path)
+    with open(path + "/graph.json") as f:
+        text = f.read()
+    with open(path + "/graph.json", "w") as f:
+        f.write(tmp_edit(text, json))
+    tracer.load(path)
+
+
+def _python_object_reference(text, json):
+    doc = json.loads(text)
+    doc["nodes"][-1]["params"] = {"evil": {"py/reduce": ["os.system", ["echo pwned"]]}}
+    return json.dumps(doc)
 
 
 def _function_wrong_gradient_count():
@@ -143,6 +178,30 @@ CATALOGUE = [
      [r"device='cuda'", r"CuPy|CUDA|GPU", r"device='cpu'"]),
     ("to_cuda_without_cupy", lambda: eager.ones(2).cuda(), RuntimeError, [r"device='cuda'", r"CuPy|GPU", r"'cpu'"]),
     ("unknown_device", lambda: eager.ones(2, device="tpu"), ValueError, [r"unknown device 'tpu'", r"tpu", r"'cpu'"]),
+    # nn and optim
+    ("optimizer_non_leaf", lambda: eager.optim.SGD([eager.ones(2, requires_grad=True) * 2], lr=0.1), ValueError,
+     [r"SGD", r"non-leaf.*shape \[2\].*MulBackward", r"Pass leaf tensors"]),
+    ("state_dict_missing_key", lambda: _state_dict_with(lambda s: s.pop("bias")), RuntimeError,
+     [r"load(ing)? state_dict for Linear", r'Missing.*"bias".*\[3\]', r"strict=False"]),
+    ("state_dict_unexpected_key", lambda: _state_dict_with(lambda s: s.update(extra=eager.ones(1))), RuntimeError,
+     [r"state_dict for Linear", r'Unexpected.*"extra".*\[1\]', r"strict=False"]),
+    ("state_dict_wrong_shape", lambda: _state_dict_with(lambda s: s.update(weight=eager.ones(3, 3))), RuntimeError,
+     [r"state_dict for Linear", r"weight.*\[3, 3\].*\[3, 2\]", r"same architecture"]),
+    # tracer
+    ("traced_new_signature_strict", lambda: _traced(strict=True)(eager.ones(4, 3)), TypeError,
+     [r"strict=True", r"argument x: f32\[2,3\] -> f32\[4,3\]", r"strict=False to retrace"]),
+    ("traced_wrong_argument_count", lambda: _traced()(eager.ones(2, 3), eager.ones(1)), TypeError,
+     [r"traced <lambda>\(x\)", r"2 positional argument", r"arguments the original function takes"]),
+    ("ir_file_corrupt", lambda: _load_edited(lambda text, json: text[:50]), ValueError,
+     [r"^load:", r"graph\.json is corrupt", r"traced\.save"]),
+    ("ir_file_newer_version", lambda: _load_edited(lambda t, json: t.replace('"version": 1', '"version": 99')),
+     ValueError, [r"^load:", r"newer graphduel \(format version 99\)", r"Upgrade graphduel"]),
+    ("ir_file_python_object", lambda: _load_edited(_python_object_reference), ValueError,
+     [r"reference a Python object", r"py/reduce", r"Refused.*never imports or calls"]),
+    # compiler
+    ("compile_for_cuda_without_gpu", lambda: __import__("compiler").compile(lambda x: x * 2, eager.ones(2),
+                                                                           device="cuda"), RuntimeError,
+     [r"device='cuda'", r"CuPy|GPU", r"device='cpu'"]),
 ]
 
 

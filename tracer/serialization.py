@@ -290,7 +290,8 @@ def load(path, device=None, lower=None) -> LoadedGraph:
         with open(graph_file, encoding="utf-8") as f:
             doc = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"load: {graph_file} is corrupt (not valid JSON: {e})") from None
+        raise FormatError(f"load: {graph_file} is corrupt (not valid JSON: {e}); save the traced function again "
+                          "with traced.save(path)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise FormatError(f"load: {graph_file} is not a graphduel graph (format {_get(doc, 'format')!r}, expected "
                           f"{FORMAT!r})")
@@ -306,7 +307,8 @@ def load(path, device=None, lower=None) -> LoadedGraph:
     except FileNotFoundError:
         raise FormatError(f"load: {array_file} is missing; a saved graph is graph.json plus arrays.npz") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise FormatError(f"load: {array_file} is corrupt or holds objects ({e})") from None
+        raise FormatError(f"load: {array_file} is corrupt or holds objects ({e}); save the traced function again "
+                          "with traced.save(path)") from None
     graph, values = _read_graph(doc, arrays, graph_file)
     return LoadedGraph(graph, values, doc, device=device, lower=lower)
 
