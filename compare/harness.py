@@ -154,14 +154,26 @@ def _correctness_rows(wl, size, mode, device, cell: _Cell, reference, eager_cell
     failing = [c for c in comparisons if not c[1].ok]
     bad_call, worst = failing[0] if failing else max(comparisons, key=lambda c: c[1].max_abs)
     detail = f"call {bad_call}: {worst.summary()}"
-    if not worst.ok and MODES[mode].family == "ours":
+    status = "pass" if worst.ok else "fail"
+    if _judged_by_reference(failing, cell, eager_cell, reference):
+        status = "pass"
+        detail += (" | both this mode and eager pass the float64 reference on this call: they differ by rounding "
+                   "(e.g. Adam turning a near-zero gradient into +-lr), not a wrong result")
+    elif not worst.ok and MODES[mode].family == "ours":
         detail += " | " + locate_divergence(wl, cell.runner, bad_call)
     elif not worst.ok and wl.expect_divergence:
         detail += f" | divergence: {wl.note}"
-    status = "pass" if worst.ok else "fail"
     rows.append(_row(wl, size, mode, device, "abs_err_vs_eager", worst.max_abs, "abs", status, detail))
     rows.append(_row(wl, size, mode, device, "rel_err_vs_eager", worst.max_rel, "rel", status, detail))
     return rows
+
+
+def _judged_by_reference(failing, cell: _Cell, eager_cell: _Cell, reference) -> bool:
+    """float64 is the judge: a disagreement with eager only on call 1, where both agree with the float64
+    reference within its tolerance, is rounding on both sides, not a wrong result."""
+    if reference is None or [call for call, _ in failing] != [1]:
+        return False
+    return compare_outputs(cell.calls[0], reference).ok and compare_outputs(eager_cell.calls[0], reference).ok
 
 
 def _bytes_moved(arrays: dict, outputs: dict) -> int:

@@ -180,3 +180,18 @@ def test_docstring_examples_run(module):
     import importlib
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0
+
+
+def test_a_vs_eager_difference_on_call_one_is_rounding_when_both_pass_the_float64_judge():
+    from compare.correctness import compare_outputs
+    from compare.harness import _Cell, _judged_by_reference
+    reference = {"w": np.array([0.5, 0.0])}
+    eager_cell, cell = _Cell(runner=None), _Cell(runner=None)
+    eager_cell.calls, cell.calls = [{"w": np.float32([0.5, 9e-5])}], [{"w": np.float32([0.5, -9e-5])}]
+    vs_eager = compare_outputs(cell.calls[0], eager_cell.calls[0])
+    assert not vs_eager.ok  # 1.8e-4 apart: beyond float32's atol between the two
+    assert _judged_by_reference([(1, vs_eager)], cell, eager_cell, reference)  # but each is 9e-5 from float64
+    cell.calls = [{"w": np.float32([0.5, 0.01])}]  # genuinely wrong: fails the judge
+    assert not _judged_by_reference([(1, vs_eager)], cell, eager_cell, reference)
+    cell.calls = [{"w": np.float32([0.5, -9e-5])}]
+    assert not _judged_by_reference([(2, vs_eager)], cell, eager_cell, reference)  # no judge for later calls

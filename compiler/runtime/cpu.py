@@ -57,7 +57,9 @@ def arg_map(k, memory) -> tuple[dict[int, int], list]:
     return arg_of, nodes
 
 
-def generate(program) -> list[CKernel]:
+def render_kernels(program, render_function, make) -> list:
+    """One generated kernel per fused group of ``program``, named after its ops (shared by the C and CUDA
+    backends, which differ only in ``render_function`` and the kernel class ``make``)."""
     kernels = []
     for step in program.steps:
         if step.kind != "kernel":
@@ -65,8 +67,12 @@ def generate(program) -> list[CKernel]:
         k = program.kernels[step.group.id]
         name = f"k{step.group.id}_" + "_".join(dict.fromkeys(m.op for m in step.group.members))[:48]
         arg_of, nodes = arg_map(k, program.memory)
-        kernels.append(CKernel(name, cgen.render_function(k, name, arg_of), k, nodes))
+        kernels.append(make(name, render_function(k, name, arg_of), k, nodes))
     return kernels
+
+
+def generate(program) -> list[CKernel]:
+    return render_kernels(program, cgen.render_function, CKernel)
 
 
 def module_source(kernels: list[CKernel]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compiler.codegen import cuda as cgen
-from compiler.runtime.cpu import arg_map
+from compiler.runtime.cpu import arg_map, render_kernels
 from compiler.runtime.executor import Executable
 from eager.backend import _cupy
 from tracer.ir import CONSTANT
@@ -29,15 +29,7 @@ class CudaKernel:
 
 
 def generate(program) -> list[CudaKernel]:
-    out = []
-    for step in program.steps:
-        if step.kind != "kernel":
-            continue
-        k = program.kernels[step.group.id]
-        name = f"k{step.group.id}_" + "_".join(dict.fromkeys(m.op for m in step.group.members))[:48]
-        arg_of, nodes = arg_map(k, program.memory)
-        out.append(CudaKernel(name, cgen.render_function(k, name, arg_of), k, nodes))
-    return out
+    return render_kernels(program, cgen.render_function, CudaKernel)
 
 
 def module_source(kernels) -> str:
