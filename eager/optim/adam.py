@@ -61,12 +61,7 @@ class Adam(Optimizer):
             for group in self.param_groups:
                 lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
                 weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
-                for p in group["params"]:
-                    g = p._grad
-                    if g is None:
-                        continue
-                    if group["maximize"]:
-                        g = -g
+                for p, g in self._params_with_grad(group):
                     state = self.state.get(p)
                     if state is None:
                         state = self.state[p] = self._init_state(p, amsgrad)

@@ -77,6 +77,14 @@ class Optimizer:
     def step(self, closure: Callable[[], Tensor] | None = None):
         raise NotImplementedError(f"{type(self).__name__} does not implement step().")
 
+    @staticmethod
+    def _params_with_grad(group: dict):
+        """(parameter, gradient to descend) for each parameter of ``group`` that has a gradient."""
+        for p in group["params"]:
+            g = p._grad
+            if g is not None:
+                yield p, (-g if group["maximize"] else g)
+
     def _closure_loss(self, closure):
         if closure is None:
             return None
