@@ -317,7 +317,7 @@ COS = _reg("cos", ELEMENTWISE, lambda xp, a: xp.cos(a), _float_rule("cos"),
 ABS = _reg("abs", ELEMENTWISE, lambda xp, a: xp.abs(a), lambda a: a,
            lambda g, out, a: (g * a.sign(),), "fabs({0})")
 SIGN = _reg("sign", ELEMENTWISE, lambda xp, a: xp.sign(a), lambda a: a,
-            lambda g, out, a: (g * 0,), "(({0} > 0) - ({0} < 0))")
+            lambda g, out, a: (g * 0,), "(({0}) != ({0}) ? ({0}) : (({0}) > 0) - (({0}) < 0))")  # NaN stays NaN
 
 
 def _sigmoid_impl(xp, a):

@@ -65,15 +65,11 @@ class Dialect:
 _F32, _F64 = np.dtype("float32"), np.dtype("float64")
 _I64, _I32, _BOOL = np.dtype("int64"), np.dtype("int32"), np.dtype("bool")
 
-# Shared corrections to the table (reported upstream): sign(NaN) is NaN in NumPy, 0 in the table's expression.
-_BASE = {"sign": "(({0}) != ({0}) ? ({0}) : (({0}) > 0) - (({0}) < 0))"}
-
-C = Dialect("c", {_F32: "float", _F64: "double", _I64: "int64_t", _I32: "int32_t", _BOOL: "_Bool"}, dict(_BASE))
+C = Dialect("c", {_F32: "float", _F64: "double", _I64: "int64_t", _I32: "int32_t", _BOOL: "_Bool"}, {})
 
 CUDA = Dialect(
     "cuda", {_F32: "float", _F64: "double", _I64: "long long", _I32: "int", _BOOL: "bool"},
     overrides={
-        **_BASE,
         # fabs has no integer overloads in CUDA C++; this form is exact for every type (and keeps NaN)
         "abs": "(({0}) < 0 ? -({0}) : ({0}))",
     },
