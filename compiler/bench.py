@@ -121,17 +121,10 @@ def bench_kernel(workload: str, repeat: int, torch_compile: bool) -> list[dict]:
 MLP_SCRIPT = r"""
 import time, sys
 t0 = time.perf_counter()
-import eager, eager.nn as nn, eager.nn.functional as F, eager.optim as optim, compiler
+import eager, compiler
+from compiler.bench import _mlp
 t1 = time.perf_counter()
-eager.manual_seed(0)
-model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-opt = optim.Adam(model.parameters(), lr=1e-3)
-def step(x, y):
-    opt.zero_grad()
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss
+step = _mlp()
 x, y = eager.randn(64, 784), eager.randint(0, 10, (64,))
 t2 = time.perf_counter()
 c = compiler.compile(step, x, y)
@@ -141,7 +134,7 @@ print("TIMES", (t3 - t2) * 1e3, compiler.cache_stats.compilations)
 """
 
 
-def _mlp(torch_peer: bool = True):
+def _mlp():
     import eager
     import eager.nn as nn
     import eager.nn.functional as F
@@ -224,22 +217,35 @@ def bench_mlp(repeat: int, torch_compile: bool) -> list[dict]:
     return rows
 
 
-def bench_compile_times() -> list[dict]:
-    """Cold (empty kernel cache) and warm (cache hit) trace+compile+first call, each in a fresh process."""
-    rows = []
+def _compile_probe(cache: str) -> tuple[float, int]:
+    """One fresh process: trace+compile+first call of the MLP step (ms) and how many kernels it compiled."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "GRAPHDUEL_CACHE_DIR": cache, "PYTHONPATH": root}
-        for label in ("cold", "warm"):
-            out = subprocess.run([sys.executable, "-c", MLP_SCRIPT], capture_output=True, text=True, env=env,
-                                 cwd=root)
-            words = out.stdout.split()
-            if "TIMES" not in words:
-                raise RuntimeError(f"compile-time probe failed:\n{out.stderr[-2000:]}")
-            i = words.index("TIMES")
-            rows.append({"workload": f"trace+compile {label}", "mode": "graphduel compiled",
-                         "median_ms": float(words[i + 1]), "iqr_ms": 0.0, "GB/s": None,
-                         "kernels": None, "compilations": int(words[i + 2])})
+    env = {**os.environ, "GRAPHDUEL_CACHE_DIR": cache, "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", MLP_SCRIPT], capture_output=True, text=True, env=env, cwd=root)
+    words = out.stdout.split()
+    if "TIMES" not in words:
+        raise RuntimeError(f"compile-time probe failed:\n{out.stderr[-2000:]}")
+    i = words.index("TIMES")
+    return float(words[i + 1]), int(words[i + 2])
+
+
+def bench_compile_times(cold_runs: int = 3, warm_runs: int = 7) -> list[dict]:
+    """Cold (each run with an empty kernel cache) and warm (cache hit) trace+compile+first call, each in a fresh
+    process; several processes each, since one process's time swings by tens of ms."""
+    samples = {"cold": [], "warm": []}
+    with tempfile.TemporaryDirectory() as warm_cache:
+        _compile_probe(warm_cache)  # fills the cache the warm runs read
+        for _ in range(cold_runs):
+            with tempfile.TemporaryDirectory() as cold_cache:
+                samples["cold"].append(_compile_probe(cold_cache))
+        samples["warm"] = [_compile_probe(warm_cache) for _ in range(warm_runs)]
+    rows = []
+    for label, runs in samples.items():
+        ms = np.array([t for t, _ in runs])
+        q1, med, q3 = np.percentile(ms, [25, 50, 75])
+        rows.append({"workload": f"trace+compile {label}", "mode": "graphduel compiled",
+                     "median_ms": float(med), "iqr_ms": float(q3 - q1), "GB/s": None, "kernels": None,
+                     "compilations": max(c for _, c in runs)})
     return rows
 
 
