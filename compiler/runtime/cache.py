@@ -123,8 +123,11 @@ def _compile(cc: str, source: str, lib: Path, build_flags: list[str]) -> None:
 
 def _quiet_openmp() -> None:
     """Idle OpenMP threads sleep instead of spinning: kernels alternate with BLAS calls (OpenBLAS has its own
-    threads), and spinning workers starve them (measured: MLP train step 8 ms spinning, 0.85 ms passive on
-    2 cores). Must be set before libgomp loads, i.e. before the first kernel library; a user's setting wins."""
+    threads) and share the machine with other processes, and spinning workers starve them (measured on 2 cores
+    with one busy elsewhere: a small layer_norm took 182-330 us spinning vs 21 us passive; on a loaded machine
+    the MLP train step took 8 ms spinning vs 0.85 ms passive). Waking sleepers costs ~50 us, which is why small
+    kernels stay on one thread (codegen.c.PARALLEL_WORK). Must be set before libgomp loads, i.e. before the
+    first kernel library; a user's setting wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
