@@ -30,12 +30,13 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when the working tree has changes; ``unknown`` outside git."""
+    """The checkout's commit, with ``+dirty`` when the measured code has uncommitted changes (reports/ does not
+    count: rewriting a committed report must not mark its own run dirty); ``unknown`` outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("+dirty" if dirty else "")) if head else "unknown"
