@@ -121,6 +121,7 @@ class _Fuser:
         self.group_of: dict[int, Group] = {}
         self.groups: list[Group] = []
         self.log: list[Join] = []
+        self.position = {n.id: i for i, n in enumerate(graph.nodes)}
 
     def consumers(self, n: Node, path=()) -> list[tuple[Node, tuple]]:
         """Non-movement readers of n, each with the movement nodes between (in order from n)."""
@@ -173,33 +174,45 @@ class _Fuser:
         return None
 
     def is_external(self, n: Node, cons) -> bool:
-        if n.id in self.external or any(m.id in self.external for _, p in cons for m in p):
-            return True
-        return any(u.op not in ELEMENTWISE_OPS | REDUCE_OPS for u, _ in cons)
+        return n.id in self.external or any(m.id in self.external for _, p in cons for m in p)
+
+    def candidates(self, cons) -> list[Group]:
+        """Groups that read n, most readers first: n joins one and is stored for every other reader."""
+        count: dict[int, int] = {}
+        for u, _ in cons:
+            g = self.group_of.get(u.id)
+            if g is not None and u.op in ELEMENTWISE_OPS | REDUCE_OPS:
+                count[g.id] = count.get(g.id, 0) + 1
+        return [self.groups[i] for i in sorted(count, key=lambda i: (-count[i], i))]
 
     def try_join(self, n: Node) -> Group | None:
         if self.fuel is not None and len(self.log) >= self.fuel:
             return None
         cons = self.consumers(n)
-        groups = {id(self.group_of.get(u.id)) for u, _ in cons}
-        if not cons or len(groups) != 1 or self.group_of.get(cons[0][0].id) is None:
-            return None
-        group = self.group_of[cons[0][0].id]
-        views = self.views_in(n, cons, group)
+        for group in self.candidates(cons):
+            inside = [(u, p) for u, p in cons if self.group_of.get(u.id) is group]
+            outside = len(inside) < len(cons)
+            if outside and self.reaches_indirectly(n, group):
+                continue  # another reader of n feeds this group: joining would make a cycle of steps
+            if self.join(n, inside, group, outside or self.is_external(n, cons)):
+                return group
+        return None
+
+    def join(self, n: Node, inside, group: Group, stored: bool) -> bool:
+        views = self.views_in(n, inside, group)
         if views is None:
-            return None
+            return False
+        remap = None
         if n.op in REDUCE_OPS:
             accepted = self.join_reduction(n, views, group)
             if accepted is None:
-                return None
+                return False
             views, remap = accepted
-        else:
-            remap = None
         store = None
-        if self.is_external(n, cons):
+        if stored:
             store = self.store_view(n, group) if remap is None else V.reduced_view(remap[0], remap[1], n.shape)
             if store is None:
-                return None
+                return False
         if remap is not None:  # the group grows from n's output shape to n's input domain
             inner = V.reduced_view(remap[0], remap[1], group.domain)
             group.domain, group.reduced = remap
@@ -210,7 +223,35 @@ class _Fuser:
             group.stores[n.id] = store
         self.group_of[n.id] = group
         self.log.append(Join(len(self.log) + 1, n, group.id))
-        return group
+        return True
+
+    def reaches_indirectly(self, n: Node, group: Group) -> bool:
+        """Whether a path leads from n into ``group`` through another step (not only through views).
+
+        Every member of ``group`` was visited before n, so lies downstream of it: the only cycle that joining
+        n can close runs from n through another step back into the group. A step that is a group is entered
+        as a whole (its members run together), so the walk goes on from all of its members; that is also why
+        positions cannot prune the walk (a group may reach back to a member early in the graph).
+        """
+        members = {m.id for m in group.members}
+        stack = [(u, True) for u in self.users[n.id]]
+        seen: set = set()
+        while stack:
+            x, direct = stack.pop()
+            if x.id in members:
+                if not direct:
+                    return True
+                continue
+            step = self.group_of.get(x.id)
+            key = (("group", step.id) if step is not None else ("node", x.id), direct)
+            if key in seen:
+                continue
+            seen.add(key)
+            if x.op in VIEW_OPS:
+                stack += [(u, direct) for u in self.users[x.id]]
+            else:
+                stack += [(u, False) for m in (step.members if step is not None else (x,)) for u in self.users[m.id]]
+        return False
 
     def join_reduction(self, n: Node, views: set, group: Group):
         axes, domain = reduce_axes(n), n.args[0].shape
@@ -220,8 +261,11 @@ class _Fuser:
                 group.reduced = axes
                 return views, None
             return None
-        if group.reduced is None and group.domain == n.shape:
-            inner = V.reduced_view(domain, axes, n.shape)
+        kept = tuple(s for d, s in enumerate(domain) if d not in axes)
+        # the group runs over n's result, with or without the reduced dims (keepdims then a reshape: the VJP of
+        # a broadcast, e.g. every bias gradient): it becomes a row kernel over n's input
+        if group.reduced is None and group.domain in (n.shape, kept):
+            inner = V.reduced_view(domain, axes, group.domain)
             remapped = {V.compose(v, inner, len(domain)) for v in views}
             if remapped == {canonical}:
                 return remapped, (domain, axes)
@@ -239,7 +283,7 @@ class _Fuser:
         return group
 
     def run(self) -> Schedule:
-        position = {n.id: i for i, n in enumerate(self.graph.nodes)}
+        position = self.position
         anchors: list[tuple[int, Step]] = []
         for n in reversed(self.graph.nodes):
             if n.op in (PLACEHOLDER, CONSTANT) or n.op in VIEW_OPS:

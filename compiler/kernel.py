@@ -38,6 +38,7 @@ class Expr:
     value: object = None          # for literals
     params: dict = field(default_factory=dict)
     inner: bool = False           # varies along the innermost loop(s): else computed once per row
+    invariant: bool = False       # varies along no loop (a scalar input, a step count): computed once per kernel
 
     @property
     def is_reduction(self) -> bool:
@@ -188,11 +189,13 @@ def lower(group: Group, is_literal=literal_value) -> KernelIR:
     for (n, _, e), f in zip(low.loads, forms):
         e.form = f
         e.inner = any(f[d] for d in inner_dims)
+        e.invariant = not any(f)
         if all(b.id != n.id for b in buffers):
             buffers.append(n)
     for e in low.order:
         if e.op not in ("load",) and not e.is_reduction:
             e.inner = any(isinstance(a, Expr) and a.inner for a in e.args)
+            e.invariant = all(a.invariant or a.op == "literal" for a in e.args if isinstance(a, Expr))
     out = [Store(n, f, e) for (n, _, e), f in zip(stores, forms[len(low.loads):])]
     return KernelIR(group, loops, low.order, low.reductions, out, buffers, low.materialize)
 

@@ -5,7 +5,8 @@
   when nothing but the pool still references it, so a caller never sees its results overwritten;
 - every other kernel/library result gets a *slot*: one preallocated array reused by liveness (a slot whose
   value was read for the last time is free for a later value of the same size), and a kernel may write
-  *in place* over an input it reads for the last time when it reads it only at the very index it writes;
+  *in place* over an input it reads for the last time when it reads it only at the very index it writes, and
+  writes it from the innermost loop (a per-row or scalar store may race with readers of other rows);
 - host steps (NumPy) allocate their own results, which may be views of their inputs: those inputs stay
   live as long as the view does.
 
@@ -94,6 +95,10 @@ def plan_memory(program) -> MemoryPlan:
 def _in_place_donor(program, step, n, plan, last, i, taken):
     k = program.kernels[step.group.id]
     store = next(s for s in k.stores if s.node.id == n.id)
+    if not any(store.form[k.n_outer:]):
+        # written once per row (or once per kernel) while other rows/threads may still read that element: in
+        # place is safe only where each iteration of the innermost loop reads and writes its own element
+        return None
     for b in k.buffers:
         if (b.op in (PLACEHOLDER, CONSTANT) or plan.kind.get(b.id) != "slot" or last.get(b.id) != i
                 or b.id in taken or b.dtype != n.dtype or _nbytes(b) != _nbytes(n)):

@@ -174,3 +174,102 @@ def test_a_returned_view_keeps_its_buffer_alive_to_the_end():
     got = build_executable(build(g)).run([X, w])
     for a, b in zip(got, reference(g, [X, w])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ values with readers in several steps
+def test_a_value_read_by_two_kernels_is_computed_in_one_and_stored_for_the_other():
+    def f(x):
+        h = x.exp()                              # read by both kernels below
+        return (h * 2).sum(dim=1), h + x         # a row kernel and an elementwise kernel
+    g = _graph(f, X)
+    kernels, program = _kernels(f, X)
+    assert len(kernels) == 2, [s.group for s in kernels]
+    host = next(s.group for s in kernels if "exp" in {m.op for m in s.group.members})
+    assert "exp" in {m.op for m in host.members if m.id in host.stores}
+    got = build_executable(program).run([X])
+    for a, b in zip(got, reference(g, [X])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_value_read_by_a_kernel_and_a_matmul_joins_the_kernel():
+    w = RNG.standard_normal((16, 16)).astype(np.float32)
+
+    def f(x, w):
+        h = F.relu(x)
+        return h @ w, h.sum(dim=0)               # relu feeds BLAS and a column sum
+    kernels, program = _kernels(f, X, w)
+    assert len(kernels) == 1 and {m.op for m in kernels[0].group.members} >= {"where", "sum"}
+    steps = [s.kind for s in program.steps]
+    assert steps.index("kernel") < steps.index("library"), "the kernel stores relu before matmul reads it"
+    got = build_executable(program).run([X, w])
+    for a, b in zip(got, reference(_graph(f, X, w), [X, w])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_joining_never_makes_a_cycle_of_steps():
+    """t feeds kernel A directly and through a matmul: A must not swallow t, or A would wait for itself."""
+    w = RNG.standard_normal((16, 16)).astype(np.float32)
+
+    def f(x, w):
+        t = x.tanh()
+        return t + (t @ w)
+    g = _graph(f, X, w)
+    program = build(g)
+    order = [s.kind for s in program.steps]
+    assert order == ["kernel", "library", "kernel"], [s.group or s.node for s in program.steps]
+    np.testing.assert_allclose(build_executable(program).run([X, w])[0], reference(g, [X, w])[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_bias_gradient_sum_keepdims_then_reshape_fuses_with_its_update():
+    """The VJP of a broadcast add is sum(keepdim=True) then reshape; the SGD update of the bias reads it."""
+    def f(g, b):
+        grad = g.sum(dim=0, keepdim=True).reshape(16)
+        return b - grad * 0.1, grad
+    kernels, program = _kernels(f, X, W)
+    assert len(kernels) == 1 and program.kernels[kernels[0].group.id].is_row_kernel
+    got = build_executable(program).run([X, W])
+    for a, b in zip(got, reference(_graph(f, X, W), [X, W])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_per_row_store_is_never_written_over_a_buffer_the_row_still_reads():
+    """Row kernel: s = column sums of x, stored per row because a matmul reads it, and vv (a slot of the
+    same size, read for the last time here) read after it. s may not take vv's buffer in place: the row
+    stores s before it reads vv (found by the GAN step's Adam update, where a bias-gradient sum shared a row
+    kernel with the second-moment update)."""
+    v0 = RNG.standard_normal((1, 16)).astype(np.float32)
+    w = RNG.standard_normal((16, 16)).astype(np.float32)
+
+    def f(x, v, w):
+        vv = v @ w                                  # a slot, read last by the row kernel
+        s = x.sum(dim=0, keepdim=True)
+        return (vv.abs() + s * s).sqrt(), s @ w
+    g = _graph(f, X, v0, w)
+    program = build(g)
+    for nid, donor in program.memory.in_place.items():
+        step = next(s for s in program.steps if s.kind == "kernel" and nid in s.group.stores)
+        k = program.kernels[step.group.id]
+        store = next(s for s in k.stores if s.node.id == nid)
+        assert any(store.form[k.n_outer:]), f"per-row store {nid} written in place over {donor}"
+    for a, b in zip(build_executable(program).run([X, v0, w]), reference(g, [X, v0, w])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_fallback_reads_a_full_as_a_literal_not_from_a_reused_slot():
+    """``full`` is a literal to kernels, so the planner may hand its slot to a later value; the NumPy
+    fallback must not read the slot (Adam's first step: zeros for m, read after the slot was reused)."""
+    from compiler.runtime.executor import Executable
+    w = RNG.standard_normal((16, 16)).astype(np.float32)
+
+    def f(x, w):
+        m = eager.zeros(8, 16)                  # read by a row kernel over rows and one over columns
+        a = (x - m).sum(dim=1)
+        h = x @ w                               # a slot of m's size, planned after m's
+        b = (x * m + h).sum(dim=0)
+        return a, b
+    g = _graph(f, X, w)
+    program = build(g)
+    got = Executable(program, None).run([X, w])
+    for a, b in zip(got, reference(g, [X, w])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -149,6 +149,7 @@ class _CKernel:
             body += [f"for (int64_t o = 0; o < {n_outer}LL; o++) {{"] + ["  " + s for s in head + outer_lines] + ["}"]
         else:
             body = outer_lines
+        body = em.hoisted + body  # loop-invariant values (a step count's powers): once, not once per row
         lines = [f"void {self.name}(void** restrict args) {{"] + ["  " + s for s in decl + body] + ["}", ""]
         return "\n".join(lines)
 

@@ -135,7 +135,7 @@ class _CudaKernel:
             for s in k.stores:
                 a = self.arg_of[s.node.id]
                 body.append(f"reinterpret_cast<float4*>(p{a})[t] = make_float4({', '.join(lanes[s.node.id])});")
-            head = em.outer
+            head = em.hoisted + em.outer
             return head + [grid.format(n=total // 4)] + ["  " + s for s in pre + body] + ["}"]
         em.new_loop()
         stores = [("if (t == 0) " if not any(s.form) else "") +
@@ -143,7 +143,7 @@ class _CudaKernel:
                   for s in k.stores]
         # every loop dim is inside the grid-stride loop here, so "per row" values are per thread too
         body = _decompose("t", [s for s, _ in k.loops], loop_idx) + em.outer + em.inner + stores
-        return [grid.format(n=total)] + ["  " + s for s in body] + ["}"]
+        return em.hoisted + [grid.format(n=total)] + ["  " + s for s in body] + ["}"]
 
     # ------------------------------------------------------------ row kernels
     def row(self) -> list[str]:
@@ -192,7 +192,7 @@ class _CudaKernel:
             lines.append(f"if (threadIdx.x == 0{once}) {target} = {v};")
         n_outer = math.prod(k.outer)
         head = _decompose("o", k.outer, outer_idx)
-        return [f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"] + \
+        return em.hoisted + [f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"] + \
                ["  " + s for s in head + lines] + ["}"]
 
     def render(self) -> str:

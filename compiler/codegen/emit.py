@@ -12,14 +12,17 @@ from compiler.kernel import Expr
 
 
 class Emitter:
-    """``ref(expr)`` returns a C expression for ``expr``, declaring locals into ``self.outer`` (per row)
-    or ``self.inner`` (per iteration of the current innermost loop)."""
+    """``ref(expr)`` returns a C expression for ``expr``, declaring locals into ``self.hoisted`` (once per
+    kernel, before any loop), ``self.outer`` (per row) or ``self.inner`` (per iteration of the current innermost
+    loop)."""
 
     def __init__(self, dialect: Dialect, load_text):
         self.d = dialect
         self.load_text = load_text
+        self.hoisted: list[str] = []
         self.outer: list[str] = []
         self.inner: list[str] = []
+        self._hoisted_names: dict[int, str] = {}
         self._outer_names: dict[int, str] = {}
         self._inner_names: dict[int, str] = {}
         self._count = 0
@@ -39,7 +42,8 @@ class Emitter:
     def ref(self, e: Expr) -> str:
         if e.op == "literal":
             return self.d.literal(e.value, e.dtype)
-        names = self._inner_names if e.inner else self._outer_names
+        level = "hoisted" if e.invariant else "inner" if e.inner else "outer"
+        names = getattr(self, f"_{level}_names")
         if id(e) in names:
             return names[id(e)]
         if e.is_reduction:
@@ -49,6 +53,6 @@ class Emitter:
         else:
             text = self.d.render(e.op, e.dtype, [self.ref(a) for a in e.args])
         name = self.fresh()
-        (self.inner if e.inner else self.outer).append(f"const {self.d.ctype(e.dtype)} {name} = {text};")
+        getattr(self, level).append(f"const {self.d.ctype(e.dtype)} {name} = {text};")
         names[id(e)] = name
         return name

@@ -138,7 +138,8 @@ class Executable:
         def value(n, env, local):
             if n.id in local:
                 return local[n.id]
-            if n.id in members or (n.op in VIEW_OPS and env[index[n.id]] is None):
+            # a ``full`` is a literal to the kernel (not a buffer it reads), so memory planning may reuse its slot
+            if n.id in members or n.op == "full" or (n.op in VIEW_OPS and env[index[n.id]] is None):
                 vals = [value(a, env, local) if hasattr(a, "id") else a for a in n.args]
                 out = xp.asarray(PRIMITIVES[n.op].impl(xp, *vals, **n.params))
                 local[n.id] = out.astype(n.dtype, copy=False)
