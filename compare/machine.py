@@ -43,12 +43,12 @@ def git_commit() -> str:
 
 
 def gpu_name() -> str | None:
-    try:
-        import cupy
-        props = cupy.cuda.runtime.getDeviceProperties(0)
-        return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    except Exception:  # noqa: BLE001  (no CuPy or no GPU: simply none)
+    from eager.backend import cuda_available
+    if not cuda_available():  # no CuPy, or no GPU it can see
         return None
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
 
 
 def describe(command: str | None = None, device: str = "cpu") -> dict[str, str]:

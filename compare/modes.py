@@ -204,10 +204,7 @@ def structure_of(handle) -> dict[str, Any]:
         out["fusion_groups"] = groups if isinstance(groups, int) else len(groups)
     code = getattr(handle, "code", None)
     if callable(code):
-        try:
-            code = code()
-        except Exception:  # noqa: BLE001  (structure is best effort; a failing getter must not fail the run)
-            code = None
+        code = code()
     if isinstance(code, str):
         out["source_hash"] = hashlib.sha256(code.encode()).hexdigest()[:12]
     return out

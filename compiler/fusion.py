@@ -1,19 +1,22 @@
 """Fusion: partition the optimised graph into kernels, library calls and host steps.
 
-Nodes are visited consumers-first (reverse topological order). A node joins the group of its consumers when
-*all* of them sit in one group and the group can read it through an affine view (``compiler.views``):
+Nodes are visited consumers-first (reverse topological order). A node joins a group that reads it when the
+group can read it through an affine view (``compiler.views``):
 
 - elementwise ops (with broadcasting) and ``full`` join any group;
 - a reduction (``sum``/``max``) joins a group whose domain is its input shape (same reduced axes for every
-  reduction of the group), or a group of its output shape, whose domain then grows to the input shape: the
-  group becomes a *row kernel* (one loop per reduction over each row, then the elementwise tail);
+  reduction of the group), or a group over its output shape (with or without the reduced dims), whose domain
+  then grows to the input shape: the group becomes a *row kernel* (one loop per reduction over each row,
+  then the elementwise tail);
 - movement ops (reshape, permute, broadcast_to) are never grouped: they only change views;
 - matmul stays a library call (BLAS); everything else runs on the host with NumPy.
 
-A member that is also needed outside its group (an output, or read by a host/library step) is stored by the
-group: at the group's full domain, or once per row for row kernels. Each successful join spends one unit of
-*fuel* (``GRAPHDUEL_FUSION_FUEL=N``: only the first N joins happen), so a wrong result can be bisected to the
-join that caused it (``Schedule.log`` names it).
+A node read by several steps (two kernels, a kernel and a matmul, ...) joins the group with the most readers
+and is *stored* there for the others, unless another of its readers feeds that group (the join would make
+a cycle of steps). Any member needed outside its group (an output, or read by another step) is stored: at
+the group's full domain, once per row for row kernels, or once for a scalar. Each successful join spends one
+unit of *fuel* (``GRAPHDUEL_FUSION_FUEL=N``: only the first N joins happen), so a wrong result can be bisected
+to the join that caused it (``Schedule.log`` names it).
 
     >>> from compiler.passes.testing import tiny_graph
     >>> [len(k.members) for k in fuse(tiny_graph()).groups]
