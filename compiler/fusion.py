@@ -109,6 +109,17 @@ def reduce_axes(n: Node) -> tuple[int, ...]:
     return tuple(sorted({a % ndim for a in n.params["axes"]})) if ndim else ()
 
 
+def _strided(group: Group, n: Node) -> bool:
+    """Whether ``group`` is a *column* kernel (its rows run across memory: the innermost dim of size > 1 is
+    kept, a reduced one is outside it) and n spans its whole domain. Such a kernel walks n with a stride, once
+    per phase; as a plain elementwise kernel n is computed and stored contiguously, once (measured on the
+    classifier's GELU backward, 2048x1024: 100 ms fused into the bias-gradient column sum, 3.5 ms alone)."""
+    if group.reduced is None or tuple(n.shape) != group.domain:
+        return False
+    big = [d for d, size in enumerate(group.domain) if size > 1]
+    return bool(big) and big[-1] not in group.reduced and any(d in group.reduced for d in big)
+
+
 def _kept_shapes(domain, axes) -> tuple:
     keep = tuple(1 if d in axes else s for d, s in enumerate(domain))
     drop = tuple(s for d, s in enumerate(domain) if d not in axes)
@@ -197,6 +208,8 @@ class _Fuser:
             outside = len(inside) < len(cons)
             if outside and self.reaches_indirectly(n, group):
                 continue  # another reader of n feeds this group: joining would make a cycle of steps
+            if outside and _strided(group, n):
+                continue  # a column kernel would compute and store n in a strided walk: n gets its own kernel
             if self.join(n, inside, group, outside or self.is_external(n, cons)):
                 return group
         return None

@@ -196,7 +196,7 @@ def test_a_value_read_by_a_kernel_and_a_matmul_joins_the_kernel():
 
     def f(x, w):
         h = F.relu(x)
-        return h @ w, h.sum(dim=0)               # relu feeds BLAS and a column sum
+        return h @ w, h.sum(dim=1)               # relu feeds BLAS and a row sum
     kernels, program = _kernels(f, X, w)
     assert len(kernels) == 1 and {m.op for m in kernels[0].group.members} >= {"where", "sum"}
     steps = [s.kind for s in program.steps]
@@ -273,3 +273,40 @@ def test_numpy_fallback_reads_a_full_as_a_literal_not_from_a_reused_slot():
     got = Executable(program, None).run([X, w])
     for a, b in zip(got, reference(g, [X, w])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_column_sum_does_not_take_a_full_size_value_another_step_reads():
+    """sum(dim=0) walks its rows across memory: relu, also read by a matmul, is better computed and stored
+    contiguously by its own kernel than in the column kernel's strided walk."""
+    w = RNG.standard_normal((16, 16)).astype(np.float32)
+    kernels, program = _kernels(lambda x, w: (F.relu(x) @ w, F.relu(x).sum(dim=0)), X, w)
+    assert len(kernels) == 2 and [m.op for m in kernels[-1].group.members] == ["sum"]
+
+
+@pytest.mark.parametrize("shape, dim", [((300, 1000), 0), ((7, 3, 130), 1), ((260, 2, 3), (0, 2))])
+def test_column_kernels_walk_rows_as_vector_lanes_and_match_numpy(shape, dim):
+    """Reductions over leading dims (bias gradients, variance over a batch) run as column kernels: a tile of
+    kept rows per vector, accumulators per row; tails of several tiles, with max, sum and a row-wise epilogue."""
+    from compiler.codegen.c import COLUMN_TILE, _CKernel
+    x = RNG.standard_normal(shape).astype(np.float32)
+
+    def f(x):
+        m = x.max(dim=dim, keepdim=True)
+        e = (x - m).exp()
+        return e / e.sum(dim=dim, keepdim=True), (x * x).mean(dim=dim)
+    g = _graph(f, x)
+    program = build(g)
+    kernels = [program.kernels[s.group.id] for s in program.steps if s.kind == "kernel"]
+    assert any(_CKernel(k, "k", {}).is_column_kernel() for k in kernels if k.is_row_kernel)
+    assert max(math.prod(k.outer) for k in kernels if k.is_row_kernel) > COLUMN_TILE or shape[0] == 7
+    for a, b in zip(build_executable(program).run([x]), reference(g, [x])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_column_max_propagates_nan_like_numpy():
+    x = RNG.standard_normal((200, 140)).astype(np.float32)
+    x[5, 3] = x[150, 139] = np.nan
+    g = _graph(lambda x: x.max(dim=0), x)
+    got = build_executable(build(g)).run([x])[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(axis=0)))
+    np.testing.assert_allclose(got, x.max(axis=0))

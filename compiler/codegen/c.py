@@ -30,6 +30,7 @@ from compiler.kernel import Expr, KernelIR
 # costs ~50 us, more than a 64x256 layer_norm takes alone (measured 46 us with the team vs 12 us without)
 PARALLEL_WORK = 1 << 18
 DOUBLE_ACC_LENGTH = 1 << 13  # float32 sums longer than this accumulate in double
+COLUMN_TILE = 128  # rows of a column kernel run together: one contiguous vector of this many lanes per load
 _VECTOR_FUNCS = ("exp", "log", "sin", "cos", "tanh", "erf", "pow")
 
 
@@ -117,7 +118,74 @@ class _CKernel:
         em.bind(e, name)
         return head + loop + [f"const {ctype} {name} = {result};"]
 
+    def is_column_kernel(self) -> bool:
+        """A row kernel whose rows run across memory (a sum over axis 0, every bias gradient): its reduced loop
+        walks with a stride while the kept loop is contiguous, so it is better run as a tile of rows at once."""
+        k = self.k
+        if not k.is_row_kernel or not k.n_outer or any(not any(s.form) and not s.expr.invariant for s in k.stores):
+            return False
+        forms = [e.form for e in k.order if e.op == "load"] + [s.form for s in k.stores]
+        last_outer, last_inner = k.n_outer - 1, len(k.loops) - 1
+        return sum(f[last_outer] == 1 for f in forms) > sum(f[last_inner] == 1 for f in forms)
+
+    def render_columns(self) -> str:
+        """Column kernel: rows are taken ``COLUMN_TILE`` at a time as the vector lane (``t``); each reduction
+        keeps one accumulator per row of the tile and walks the reduced dims outside the lane loop, so every load
+        is contiguous. Per-row values are recomputed in each loop rather than kept per row."""
+        k, em = self.k, self.em
+        em.flat = True
+        tile, n_outer, n_inner = COLUMN_TILE, math.prod(k.outer), math.prod(k.inner)
+        inner_head = _decompose("r", k.inner, self.inner_idx) if len(self.inner_idx) > 1 else []
+        outer_head = (_decompose("o", k.outer, self.outer_idx) if k.n_outer > 1
+                      else [f"const int64_t {self.outer_idx[0]} = o;"])
+
+        def lanes(body: list[str]) -> list[str]:
+            return ["#pragma omp simd", "for (int64_t t = 0; t < tn; t++) {", "  const int64_t o = ob + t;"] + \
+                   ["  " + s for s in outer_head + body] + ["}"]
+
+        def over_rows(body: list[str]) -> list[str]:
+            return [f"for (int64_t r = 0; r < {n_inner}LL; r++) {{"] + ["  " + s for s in inner_head + body] + ["}"]
+
+        lines = [f"const int64_t tn = ({n_outer}LL - ob) < {tile}LL ? ({n_outer}LL - ob) : {tile}LL;"]
+        for e in k.reductions:
+            em.new_loop()
+            value = em.ref(e.args[0])
+            ctype, j = C.ctype(e.dtype), em.fresh("acc")
+            if e.op == "sum":
+                acc_t = "double" if e.dtype.kind == "f" and n_inner > DOUBLE_ACC_LENGTH else ctype
+                init, update, result = "0", f"{j}[t] += {value};", f"({ctype}){j}[t]"
+            else:
+                acc_t = ctype
+                init = {"f": "(-INFINITY)", "b": "0"}.get(e.dtype.kind, "INT64_MIN" if e.dtype.itemsize == 8
+                                                           else "INT32_MIN")
+                # NaN wins, as in NumPy: once the accumulator is NaN no comparison replaces it
+                update = f"{j}[t] = ({value} > {j}[t] || {value} != {value}) ? {value} : {j}[t];"
+                result = f"{j}[t]"
+            red = em.fresh("red")
+            lines += [f"{acc_t} {j}[{tile}];", f"{ctype} {red}[{tile}];"] + lanes([f"{j}[t] = {init};"])
+            lines += over_rows(lanes(em.inner + [update])) + lanes([f"{red}[t] = {result};"])
+            em.bind(e, f"{red}[t]")
+        inner_stores = [s for s in k.stores if any(s.form[k.n_outer:])]
+        row_stores = [s for s in k.stores if s not in inner_stores and any(s.form)]
+        if inner_stores:
+            em.new_loop()
+            body = [f"p{self.arg_of[s.node.id]}[{self.index(s.form)}] = {em.ref(s.expr)};" for s in inner_stores]
+            lines += over_rows(lanes(em.inner + body))
+        if row_stores:
+            em.new_loop()
+            body = [f"p{self.arg_of[s.node.id]}[{self.index(s.form)}] = {em.ref(s.expr)};" for s in row_stores]
+            lines += lanes(em.inner + body)
+        scalar = [f"p{self.arg_of[s.node.id]}[0] = {em.ref(s.expr)};" for s in k.stores if not any(s.form)]
+        parallel = n_outer > tile and n_outer * n_inner * (len(k.reductions) + 1) > PARALLEL_WORK
+        loop = (["#pragma omp parallel for schedule(static)"] if parallel else []) + \
+               [f"for (int64_t ob = 0; ob < {n_outer}LL; ob += {tile}LL) {{"] + ["  " + s for s in lines] + ["}"]
+        body = em.hoisted + scalar + loop
+        return "\n".join([f"void {self.name}(void** restrict args) {{"] +
+                         ["  " + s for s in self.declarations() + body] + ["}", ""])
+
     def render(self) -> str:
+        if self.is_column_kernel():
+            return self.render_columns()
         k, em = self.k, self.em
         total = math.prod(s for s, _ in k.loops)
         phases = len(k.reductions)

@@ -26,6 +26,7 @@ class Emitter:
         self._outer_names: dict[int, str] = {}
         self._inner_names: dict[int, str] = {}
         self._count = 0
+        self.flat = False  # column kernels: per-row values are recomputed in each loop (rows are a vector lane)
 
     def new_loop(self) -> None:
         """Start a new innermost loop: values local to the previous one are out of scope."""
@@ -42,7 +43,7 @@ class Emitter:
     def ref(self, e: Expr) -> str:
         if e.op == "literal":
             return self.d.literal(e.value, e.dtype)
-        level = "hoisted" if e.invariant else "inner" if e.inner else "outer"
+        level = "hoisted" if e.invariant else "inner" if e.inner or (self.flat and not e.is_reduction) else "outer"
         names = getattr(self, f"_{level}_names")
         if id(e) in names:
             return names[id(e)]
