@@ -132,7 +132,7 @@ class _Fuser:
         self.fuel = fuel
         self.users = graph.users()
         self.external = {n.id for n in graph.outputs} | {v.id for _, v in graph.updates}
-        self.group_of: dict[int, Group] = {}
+        self.homes: dict[int, list[Group]] = {}  # the groups computing a node (several when recomputed)
         self.groups: list[Group] = []
         self.log: list[Join] = []
         self.position = {n.id: i for i, n in enumerate(graph.nodes)}
@@ -194,8 +194,7 @@ class _Fuser:
         """Groups that read n, most readers first: n joins one and is stored for every other reader."""
         count: dict[int, int] = {}
         for u, _ in cons:
-            g = self.group_of.get(u.id)
-            if g is not None and u.op in ELEMENTWISE_OPS | REDUCE_OPS:
+            for g in self.homes.get(u.id, ()):
                 count[g.id] = count.get(g.id, 0) + 1
         return [self.groups[i] for i in sorted(count, key=lambda i: (-count[i], i))]
 
@@ -203,9 +202,13 @@ class _Fuser:
         if self.fuel is not None and len(self.log) >= self.fuel:
             return None
         cons = self.consumers(n)
-        for group in self.candidates(cons):
-            inside = [(u, p) for u, p in cons if self.group_of.get(u.id) is group]
-            outside = len(inside) < len(cons)
+        groups = self.candidates(cons)
+        if len(groups) > 1 and self.recompute(n, cons, groups):
+            return groups[0]
+        for group in groups:
+            inside = [(u, p) for u, p in cons if group in self.homes.get(u.id, ())]
+            # read elsewhere too: by a step outside the group, or by a reader also recomputed in another group
+            outside = any(self.homes.get(u.id, [None]) != [group] for u, _ in cons)
             if outside and self.reaches_indirectly(n, group):
                 continue  # another reader of n feeds this group: joining would make a cycle of steps
             if outside and _strided(group, n):
@@ -213,6 +216,30 @@ class _Fuser:
             if self.join(n, inside, group, outside or self.is_external(n, cons)):
                 return group
         return None
+
+    def recompute(self, n: Node, cons, groups: list[Group]) -> bool:
+        """An elementwise value read only by kernels is computed again in each of them rather than stored by
+        one and loaded by the others: a forward activation recomputed in its backward kernel from the one
+        array it came from, instead of every intermediate written out and read back (rematerialisation).
+        Each copy spends one unit of fuel."""
+        if n.op not in ELEMENTWISE_OPS or self.is_external(n, cons):
+            return False
+        if any(not self.homes.get(u.id) for u, _ in cons):
+            return False  # a matmul or host step reads n: it must be stored anyway
+        if self.fuel is not None and len(self.log) + len(groups) > self.fuel:
+            return False
+        plans = []
+        for group in groups:
+            views = self.views_in(n, [(u, p) for u, p in cons if group in self.homes[u.id]], group)
+            if views is None:
+                return False
+            plans.append((group, views))
+        for group, views in plans:
+            group.members.append(n)
+            group.views[n.id] = set(views)
+            self.homes.setdefault(n.id, []).append(group)
+            self.log.append(Join(len(self.log) + 1, n, group.id))
+        return True
 
     def join(self, n: Node, inside, group: Group, stored: bool) -> bool:
         views = self.views_in(n, inside, group)
@@ -237,7 +264,7 @@ class _Fuser:
         group.views[n.id] = set(views) | ({store} if store is not None else set())
         if store is not None:
             group.stores[n.id] = store
-        self.group_of[n.id] = group
+        self.homes[n.id] = [group]
         self.log.append(Join(len(self.log) + 1, n, group.id))
         return True
 
@@ -257,16 +284,19 @@ class _Fuser:
             if x.id in members:
                 if not direct:
                     return True
-                continue
-            step = self.group_of.get(x.id)
-            key = (("group", step.id) if step is not None else ("node", x.id), direct)
-            if key in seen:
-                continue
-            seen.add(key)
+                if len(self.homes[x.id]) == 1:
+                    continue  # a direct read by the group itself; a recomputed x also runs in its other groups
             if x.op in VIEW_OPS:
-                stack += [(u, direct) for u in self.users[x.id]]
-            else:
-                stack += [(u, False) for m in (step.members if step is not None else (x,)) for u in self.users[m.id]]
+                if (x.id, direct) not in seen:
+                    seen.add((x.id, direct))
+                    stack += [(u, direct) for u in self.users[x.id]]
+                continue
+            for step in [h for h in self.homes.get(x.id, ()) if h is not group] or [None]:
+                key = ("group", step.id) if step is not None else ("node", x.id)
+                if key not in seen:
+                    seen.add(key)
+                    stack += [(u, False) for m in (step.members if step is not None else (x,))
+                              for u in self.users[m.id]]
         return False
 
     def join_reduction(self, n: Node, views: set, group: Group):
@@ -295,7 +325,7 @@ class _Fuser:
             domain, axes, view = n.shape, None, V.identity(len(n.shape))
         group = Group(len(self.groups), tuple(domain), axes, [n], {n.id: {view}}, {n.id: view})
         self.groups.append(group)
-        self.group_of[n.id] = group
+        self.homes[n.id] = [group]
         return group
 
     def run(self) -> Schedule:
