@@ -38,6 +38,7 @@ REDUCE_OPS = frozenset({"sum", "max"})
 VIEW_OPS = frozenset({"reshape", "broadcast_to", "permute"})
 LIBRARY_OPS = frozenset({"matmul"})
 MAX_VIEWS = 4  # distinct views of one value inside a kernel (each is a recomputation)
+MAX_RECOMPUTE = 3  # kernels that may each recompute one value (a forward and its backward are two)
 
 
 @dataclass(eq=False)
@@ -203,7 +204,7 @@ class _Fuser:
             return None
         cons = self.consumers(n)
         groups = self.candidates(cons)
-        if len(groups) > 1 and self.recompute(n, cons, groups):
+        if 1 < len(groups) <= MAX_RECOMPUTE and self.recompute(n, cons, groups):
             return groups[0]
         for group in groups:
             inside = [(u, p) for u, p in cons if group in self.homes.get(u.id, ())]
