@@ -274,7 +274,7 @@ class _Fuser:
 
         Every member of ``group`` was visited before n, so lies downstream of it: the only cycle that joining
         n can close runs from n through another step back into the group. A step that is a group is entered
-        as a whole (its members run together), so the walk goes on from all of its members; that is also why
+        as a whole (its members run together), so the walk goes on from everything it stores; that is also why
         positions cannot prune the walk (a group may reach back to a member early in the graph).
         """
         members = {m.id for m in group.members}
@@ -296,8 +296,10 @@ class _Fuser:
                 key = ("group", step.id) if step is not None else ("node", x.id)
                 if key not in seen:
                     seen.add(key)
-                    stack += [(u, False) for m in (step.members if step is not None else (x,))
-                              for u in self.users[m.id]]
+                    # a group's results leave it only through what it stores: a member it does not store is
+                    # read inside it, or recomputed by its other readers' own groups
+                    leaving = (x,) if step is None else [m for m in step.members if m.id in step.stores]
+                    stack += [(u, False) for m in leaving for u in self.users[m.id]]
         return False
 
     def join_reduction(self, n: Node, views: set, group: Group):

@@ -257,3 +257,15 @@ def test_every_compiled_program_has_cuda_source_that_nvcc_builds():
             bodies.append(body.replace('extern "C" __global__ void k', f'extern "C" __global__ void p{len(bodies)}_k'))
     error = nvcc_check([header()] + bodies)
     assert error is None, error
+
+
+def test_a_train_step_runs_as_few_kernels(trained):
+    """The MLP step (cross-entropy, ReLU, SGD-momentum or Adam) in at most 12 kernels: one per parameter update
+    (each with its bias-gradient sum), the ReLU forward and backward, and the loss. A value recomputed in
+    several kernels must not look like a path between them (it once kept log-softmax's max in a kernel of
+    its own: 13 kernels)."""
+    name, compiled, *_ = trained
+    steps = compiled.lowered.program.steps
+    kernels = [s for s in steps if s.kind == "kernel"]
+    assert len(kernels) <= 12, f"{name}: {[s.group for s in kernels]}"
+    assert not any({m.op for m in s.group.members} <= {"max", "add"} for s in kernels), name
