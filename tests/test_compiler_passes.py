@@ -70,6 +70,23 @@ def test_fold_constants_evaluates_constant_subgraphs_once():
     _same_results(g, out, [_x((4,))], rtol=1e-6)  # folded in the graph's float32, as the program would
 
 
+def test_a_folded_uniform_result_becomes_a_broadcast_scalar_that_kernels_read_as_a_literal():
+    """A mean's gradient folds to N equal values: kept as one scalar broadcast, not an array the kernel loads."""
+    from compiler.program import build
+    g = Graph()
+    x = g.placeholder("x", Aval((32, 10), F32))
+    c = g.constant(np.float32(1 / 320))
+    b = g.call("broadcast_to", (c,), {"shape": (32, 10)}, Aval((32, 10), F32))
+    e = g.call("mul", (b, 2.0), {}, Aval((32, 10), F32))
+    g.outputs.append(g.call("mul", (e, x), {}, Aval((32, 10), F32)))
+    out = dce(fold_constants(g))
+    consts = [n for n in out.nodes if n.op == "constant"]
+    assert len(consts) == 1 and np.asarray(consts[0].value).size == 1
+    (kernel,) = build(out).kernels.values()
+    assert [b.op for b in kernel.buffers] == ["placeholder"]
+    _same_results(g, out, [_x((32, 10))], rtol=1e-6)
+
+
 def test_fold_keeps_big_fills_as_calls_and_random_draws():
     g = Graph()
     big = g.call("full", (), {"shape": (512, 512), "fill_value": 1.0, "dtype": F32, "device": "cpu"},

@@ -1,7 +1,8 @@
 """Constant folding: a call whose tensor inputs are all constants is evaluated once, at compile time.
 
 Results much larger than their inputs (``full``, ``broadcast_to`` of a scalar) are not folded: baking a big
-array costs memory, while the fused kernel reads a scalar for free.
+array costs memory, while the fused kernel reads a scalar for free. For the same reason a folded result whose
+elements are all equal becomes a scalar constant broadcast to its shape.
 
     >>> from compiler.passes.testing import const_graph
     >>> g = const_graph()          # x * (2 + 3)
@@ -40,6 +41,10 @@ def fold_constants(graph: Graph) -> Graph:
         biggest = max((int(np.prod(a.shape)) for a in nodes), default=1)
         if size > FOLD_LIMIT and size > biggest:
             return rb.copy(n)
-        return rb.alias(n, rb.new.constant(_evaluate(n, args), n.source))
+        value = _evaluate(n, args)
+        if value.size > 1 and (value == value.flat[0]).all():  # uniform (a mean's gradient): a broadcast scalar,
+            scalar = rb.new.constant(value.flat[0:1].reshape(()), n.source)  # which kernels read as a literal
+            return rb.alias(n, rb.new.call("broadcast_to", (scalar,), {"shape": tuple(n.shape)}, n.aval, n.source))
+        return rb.alias(n, rb.new.constant(value, n.source))
 
     return rebuild(graph, visit)
