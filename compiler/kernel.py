@@ -20,6 +20,7 @@ import numpy as np
 
 from compiler import views as V
 from compiler.fusion import REDUCE_OPS, VIEW_OPS, Group, reduce_axes
+from eager.backend import to_numpy
 from tracer.ir import CONSTANT, Node
 
 COMPARISONS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
@@ -147,8 +148,8 @@ def literal_value(n: Node):
     """A ``full`` node or a one-element constant is read as a literal, never from memory."""
     if n.op == "full":
         return n.params["fill_value"]
-    if n.op == CONSTANT and np.asarray(n.value).size == 1:
-        return np.asarray(n.value).reshape(()).item()
+    if n.op == CONSTANT and n.value.size == 1:
+        return to_numpy(n.value).reshape(()).item()
     return None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from eager.backend import to_numpy
 from eager.primitives import PRIMITIVES, build_key
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
 
@@ -61,7 +62,7 @@ class XlaExecutable:
                 if n.op == PLACEHOLDER:
                     continue
                 if n.op == CONSTANT:
-                    env[n.id] = jnp.asarray(n.value)
+                    env[n.id] = jnp.asarray(to_numpy(n.value))
                     continue
                 impl = overrides.get(n.op) or PRIMITIVES[n.op].impl
                 vals = [env[a.id] if isinstance(a, Node) else a for a in n.args]

@@ -98,7 +98,10 @@ def to_device(array, device: Device):
 
 
 def to_numpy(array) -> np.ndarray:
-    return array if type(array) is np.ndarray else _cupy().asnumpy(array)
+    """A NumPy array of ``array``'s values (copied from the GPU for a CuPy array; NumPy values pass through)."""
+    if isinstance(array, (np.ndarray, np.generic, int, float, bool)):
+        return np.asarray(array)
+    return _cupy().asnumpy(array)
 
 
 def canonical_dtype(dtype) -> np.dtype:

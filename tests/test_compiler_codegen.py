@@ -150,3 +150,32 @@ def test_generated_cuda_source_compiles_with_nvcc():
                for i, b in enumerate(bodies)]
     error = nvcc_check([header()] + renamed)
     assert error is None, error
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32"])
+def test_integer_powers_are_exact_and_wrap_like_numpy(dtype):
+    """Through double, 40**13 would be off in its last digits; NumPy's integer power is exact and wraps."""
+    x = np.array([0, 1, 2, 3, -3, 7, 40, 1000003], dtype=dtype)
+    e = np.array([0, 5, 62, 3, 5, 20, 13, 3], dtype=dtype)
+    g = optimize(capture(lambda a, b: a ** b, eager.tensor(x), eager.tensor(e)))
+    program = build(g)
+    got = build_executable(program).run([x, e])[0]
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, x ** e)
+    if shutil.which("nvcc"):
+        assert nvcc_check([cuda_module_source(program)]) is None
+
+
+def test_cuda_float4_loop_runs_only_on_16_byte_aligned_pointers():
+    """x[1:] of a (9, 2) float32 array starts 8 bytes into its buffer: a float4 load there is a sticky
+    cudaErrorMisalignedAddress, so the kernel checks its pointers and otherwise takes the scalar loop."""
+    from compiler.runtime.cuda import generate
+    x = np.random.default_rng(0).standard_normal((9, 8)).astype(np.float32)
+    program = build(optimize(capture(lambda a: (a[1:] * 2 + 1).tanh(), eager.tensor(x))))
+    (kernel,) = generate(program)
+    src = kernel.source
+    assert "& 15ULL) == 0)" in src and "float4" in src
+    vector, scalar = src.split("} else {")
+    assert "reinterpret_cast<float4*>" in vector and "float4" not in scalar
+    if shutil.which("nvcc"):
+        assert nvcc_check([cuda_module_source(program)]) is None

@@ -142,3 +142,33 @@ def test_optimize_pipeline_validates_and_preserves_results():
     out = optimize(g)
     assert len(out.calls) < len(g.calls)
     _same_results(g, out, [x, w])
+
+
+def test_passes_read_device_constants_through_the_backend_not_numpy(monkeypatch):
+    """A CUDA trace holds CuPy constants, which refuse implicit conversion to NumPy: CSE, folding and the
+    literal reader must copy them with ``to_numpy`` (a stand-in device array plays CuPy here)."""
+    import eager.backend as backend
+
+    class DeviceArray:
+        def __init__(self, host):
+            self.host = host
+            self.shape, self.dtype, self.size, self.nbytes = host.shape, host.dtype, host.size, host.nbytes
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    class FakeCupy:
+        @staticmethod
+        def asnumpy(a):
+            return a.host
+    monkeypatch.setattr(backend, "_cupy", lambda: FakeCupy)
+    g = Graph()
+    x = g.placeholder("x", Aval((4,), F32))
+    two = g.constant(DeviceArray(np.full((), 2, np.float32)))
+    vec = g.constant(DeviceArray(np.arange(4, dtype=np.float32)))
+    e = g.call("exp", (vec,), {}, Aval((4,), F32))
+    g.outputs.append(g.call("mul", (g.call("mul", (x, two), {}, Aval((4,), F32)), e), {}, Aval((4,), F32)))
+    out = optimize(g)
+    from compiler.program import build
+    (kernel,) = build(out).kernels.values()
+    assert "placeholder" in [b.op for b in kernel.buffers]

@@ -235,8 +235,19 @@ class _CKernel:
         return out
 
 
+INT_POW = """static inline long long gd_ipow(long long b, long long e) {
+  /* NumPy refuses negative integer exponents; here: b**e truncated (0 unless |b| == 1) */
+  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
+  unsigned long long r = 1, x = (unsigned long long)b, k = (unsigned long long)e;
+  while (k) { if (k & 1) r *= x; x *= x; k >>= 1; }  /* unsigned: wraps like NumPy's int64 */
+  return (long long)r;
+}
+"""
+
+
 def header() -> str:
-    return "\n".join(["#include <stdint.h>", "#include <math.h>", vector_math_prelude(), "#include <tgmath.h>", ""])
+    return "\n".join(["#include <stdint.h>", "#include <math.h>", vector_math_prelude(), "#include <tgmath.h>", INT_POW,
+                      ""])
 
 
 def render_function(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:

@@ -27,6 +27,13 @@ from compiler.kernel import Expr, KernelIR
 BLOCK = 256
 
 HEADER = r"""
+__device__ __forceinline__ long long gd_ipow(long long b, long long e) {
+  /* NumPy refuses negative integer exponents; here: b**e truncated (0 unless |b| == 1) */
+  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
+  unsigned long long r = 1, x = (unsigned long long)b, k = (unsigned long long)e;
+  while (k) { if (k & 1) r *= x; x *= x; k >>= 1; }  /* unsigned: wraps like NumPy's int64 */
+  return (long long)r;
+}
 #define GD_WARP_SUM(T) \
   __device__ __forceinline__ T gd_warp_sum(T v) { \
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }
@@ -108,35 +115,27 @@ class _CudaKernel:
                 and all(str(d) == "float32" for d in dtypes) and all(s.form[-1] == 1 for s in k.stores))
 
     def elementwise(self) -> list[str]:
-        k, em = self.k, self.em
+        k = self.k
         total = math.prod(s for s, _ in k.loops)
-        loop_idx = [f"i{j}" for j in range(len(k.loops))]
-        self.names = loop_idx
         grid = "for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < {n}LL; " \
                "t += (long long)gridDim.x * blockDim.x) {{"
-        if self.vectorizable():
-            self.names = ["t"]
-            pre = []
-            for b in k.buffers:
-                forms = {e.form for e in k.order if e.op == "load" and e.buffer.id == b.id}
-                if (1,) in forms:
-                    a = self.arg_of[b.id]
-                    pre.append(f"const float4 q{a} = reinterpret_cast<const float4*>(p{a})[t];")
-            body = []
-            lanes = {s.node.id: [] for s in k.stores}
-            for lane in range(4):
-                self.lane = lane
-                em.new_loop()
-                vals = [(s, em.ref(s.expr)) for s in k.stores]
-                body += em.inner
-                for s, v in vals:
-                    lanes[s.node.id].append(v)
-            self.lane = None
-            for s in k.stores:
-                a = self.arg_of[s.node.id]
-                body.append(f"reinterpret_cast<float4*>(p{a})[t] = make_float4({', '.join(lanes[s.node.id])});")
-            head = em.hoisted + em.outer
-            return head + [grid.format(n=total // 4)] + ["  " + s for s in pre + body] + ["}"]
+        scalar = self.scalar_loop(grid, total)
+        if not self.vectorizable():
+            return scalar
+        # float4 loads need 16-byte aligned pointers, which a view (x[1:]) or a host step's result may not have:
+        # the kernel checks at run time and falls back to the scalar loop (a misaligned vector load would be a
+        # sticky cudaErrorMisalignedAddress)
+        self.em = Emitter(CUDA, self.load_text)
+        vector = self.vector_loop(grid, total)
+        pointers = " | ".join(f"(unsigned long long)p{a}" for a in sorted(set(self.arg_of[n.id] for n in
+                              k.buffers + [s.node for s in k.stores])))
+        return [f"if ((({pointers}) & 15ULL) == 0) {{"] + ["  " + s for s in vector] + ["} else {"] + \
+               ["  " + s for s in scalar] + ["}"]
+
+    def scalar_loop(self, grid: str, total: int) -> list[str]:
+        k, em = self.k, self.em
+        loop_idx = [f"i{j}" for j in range(len(k.loops))]
+        self.names = loop_idx
         em.new_loop()
         stores = [("if (t == 0) " if not any(s.form) else "") +
                   f"p{self.arg_of[s.node.id]}[{self.index(s.form, loop_idx)}] = {em.ref(s.expr)};"
@@ -144,6 +143,30 @@ class _CudaKernel:
         # every loop dim is inside the grid-stride loop here, so "per row" values are per thread too
         body = _decompose("t", [s for s, _ in k.loops], loop_idx) + em.outer + em.inner + stores
         return em.hoisted + [grid.format(n=total)] + ["  " + s for s in body] + ["}"]
+
+    def vector_loop(self, grid: str, total: int) -> list[str]:
+        k, em = self.k, self.em
+        self.names = ["t"]
+        pre = []
+        for b in k.buffers:
+            forms = {e.form for e in k.order if e.op == "load" and e.buffer.id == b.id}
+            if (1,) in forms:
+                a = self.arg_of[b.id]
+                pre.append(f"const float4 q{a} = reinterpret_cast<const float4*>(p{a})[t];")
+        body = []
+        lanes = {s.node.id: [] for s in k.stores}
+        for lane in range(4):
+            self.lane = lane
+            em.new_loop()
+            vals = [(s, em.ref(s.expr)) for s in k.stores]
+            body += em.inner
+            for s, v in vals:
+                lanes[s.node.id].append(v)
+        self.lane = None
+        for s in k.stores:
+            a = self.arg_of[s.node.id]
+            body.append(f"reinterpret_cast<float4*>(p{a})[t] = make_float4({', '.join(lanes[s.node.id])});")
+        return em.hoisted + em.outer + [grid.format(n=total // 4)] + ["  " + s for s in pre + body] + ["}"]
 
     # ------------------------------------------------------------ row kernels
     def row(self) -> list[str]:

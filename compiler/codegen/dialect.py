@@ -59,19 +59,27 @@ class Dialect:
         return expr
 
     def render(self, op: str, dtype, args: list[str]) -> str:
-        return self.template(op).format(*args, ctype=self.ctype(dtype))
+        integer = np.dtype(dtype).kind in "iu" and f"{op}:int" in self.overrides
+        template = self.overrides[f"{op}:int"] if integer else self.template(op)
+        return template.format(*args, ctype=self.ctype(dtype))
 
 
 _F32, _F64 = np.dtype("float32"), np.dtype("float64")
 _I64, _I32, _BOOL = np.dtype("int64"), np.dtype("int32"), np.dtype("bool")
 
-C = Dialect("c", {_F32: "float", _F64: "double", _I64: "int64_t", _I32: "int32_t", _BOOL: "_Bool"}, {})
+# Integer powers are exact and wrap on overflow as NumPy's do (math's pow goes through double: inexact past 2**53,
+# and NVRTC has no integer overload at all); ``gd_ipow`` is defined in each backend's kernel header.
+_INT_POW = "(({ctype})gd_ipow((long long)({0}), (long long)({1})))"
+
+C = Dialect("c", {_F32: "float", _F64: "double", _I64: "int64_t", _I32: "int32_t", _BOOL: "_Bool"},
+            {"pow:int": _INT_POW})
 
 CUDA = Dialect(
     "cuda", {_F32: "float", _F64: "double", _I64: "long long", _I32: "int", _BOOL: "bool"},
     overrides={
         # fabs has no integer overloads in CUDA C++; this form is exact for every type (and keeps NaN)
         "abs": "(({0}) < 0 ? -({0}) : ({0}))",
+        "pow:int": _INT_POW,
     },
     nan="__int_as_float(0x7fc00000)", inf="__int_as_float(0x7f800000)",
 )

@@ -11,9 +11,8 @@ equal bytes are merged too.
 
 from __future__ import annotations
 
-import numpy as np
-
 from compiler.rewrite import rebuild
+from eager.backend import to_numpy
 from eager.primitives import PRIMITIVES
 from tracer.ir import CONSTANT, Graph, Node
 
@@ -36,7 +35,7 @@ def cse(graph: Graph) -> Graph:
 
     def visit(rb, n: Node):
         if n.op == CONSTANT:
-            value = np.asarray(n.value)
+            value = to_numpy(n.value)  # a CUDA trace holds CuPy constants
             if value.nbytes > _CONSTANT_KEY_LIMIT:
                 return rb.copy(n)
             key = ("constant", value.dtype.str, value.shape, value.tobytes())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.rewrite import rebuild
+from eager.backend import to_numpy
 from eager.primitives import PRIMITIVES
 from tracer.ir import CONSTANT, Graph, Node
 
@@ -22,7 +23,7 @@ FOLD_LIMIT = 1 << 16  # elements: a folded result bigger than this and than ever
 
 
 def _evaluate(n: Node, args) -> np.ndarray:
-    values = [np.asarray(a.value) if isinstance(a, Node) else a for a in args]
+    values = [to_numpy(a.value) if isinstance(a, Node) else a for a in args]  # CuPy constants: folded on the host
     out = np.asarray(PRIMITIVES[n.op].impl(np, *values, **n.params))
     return np.array(out, dtype=n.dtype, order="C")  # a copy: never alias an input's array
 
