@@ -175,19 +175,23 @@ def prepare_compiled(wl: Workload, arrays: dict, device: str) -> Runner:
 
 @contextlib.contextmanager
 def _fresh_kernel_cache():
-    """Point the compiler's kernel cache (``$GRAPHDUEL_CACHE_DIR``) at an empty directory, so the first compile
-    is really cold and the second really cached; removed when the process exits."""
+    """Point the compiler's kernel cache (``$GRAPHDUEL_CACHE_DIR``) and CuPy's on-disk one (``$CUPY_CACHE_DIR``,
+    where NVRTC's results go) at an empty directory, so the first compile is really cold and the second really
+    cached; removed when the process exits."""
     path = tempfile.mkdtemp(prefix="graphduel-cold-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
-    old = os.environ.get("GRAPHDUEL_CACHE_DIR")
-    os.environ["GRAPHDUEL_CACHE_DIR"] = path
+    names = ("GRAPHDUEL_CACHE_DIR", "CUPY_CACHE_DIR")
+    old = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ[name] = os.path.join(path, name.lower())
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("GRAPHDUEL_CACHE_DIR", None)
-        else:
-            os.environ["GRAPHDUEL_CACHE_DIR"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def structure_of(handle) -> dict[str, Any]:

@@ -37,7 +37,10 @@ class Generator:
         return self._rng.integers(low, high, size=shape, dtype=np.int64)
 
     def permutation(self, n: int):
-        return self._rng.permutation(n).astype(np.int64)
+        if hasattr(self._rng, "permutation"):
+            return self._rng.permutation(n).astype(np.int64)
+        # CuPy's Generator has no permutation: the order that sorts n uniform draws is a uniform permutation
+        return self._rng.random(n).argsort().astype(np.int64)
 
 
 def default_generator(device) -> Generator:

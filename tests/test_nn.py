@@ -410,3 +410,21 @@ def test_clip_grad_norm_leaves_small_gradients_and_clip_value_clamps():
     w.grad = eager.tensor([float("nan"), 1.0])
     with pytest.raises(RuntimeError, match="error_if_nonfinite"):
         clip_grad_norm_([w], 1.0, error_if_nonfinite=True)
+
+
+def test_randperm_without_a_generator_permutation_is_still_a_uniform_permutation():
+    """CuPy's Generator has no ``permutation``: the fallback argsorts uniform draws."""
+    from eager.random import Generator
+
+    class NoPermutation:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def random(self, *args, **kwargs):
+            return self.rng.random(*args, **kwargs)
+    gen = Generator(seed=3)
+    gen._rng = NoPermutation(np.random.default_rng(3))
+    perms = [gen.permutation(6) for _ in range(600)]
+    assert all(sorted(p.tolist()) == list(range(6)) and p.dtype == np.int64 for p in perms)
+    first = np.bincount([p[0] for p in perms], minlength=6)
+    assert first.min() > 60  # each of 6 values leads about 100 times in 600 draws

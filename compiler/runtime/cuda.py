@@ -74,6 +74,7 @@ class CudaGraphReplay:
         self.graph = None
         self.static_inputs = None
         self.static_outputs = None
+        self.captured_env = None
 
     def run(self, arrays: list) -> list:
         cp = _cupy()
@@ -83,8 +84,12 @@ class CudaGraphReplay:
             stream = cp.cuda.Stream(non_blocking=True)
             with stream:
                 stream.begin_capture()
-                self.static_outputs = self.ex.run(self.static_inputs)
+                env = self.ex.execute(self.static_inputs)
+                self.static_outputs = self.ex.collect(env)
                 self.graph = stream.end_capture()
+            # every buffer the captured kernels touch (host steps' results too) must outlive the graph: freed,
+            # CuPy's pool would hand the memory to someone else while each replay still writes there
+            self.captured_env = env
         else:
             for dst, src in zip(self.static_inputs, arrays):
                 if dst is not src:

@@ -164,11 +164,19 @@ class Executable:
             return self._run(arrays)
 
     def _run(self, arrays: list) -> list:
+        return self.collect(self.execute(arrays))
+
+    def execute(self, arrays: list) -> list:
+        """Run every step; returns the environment (every value of the run, by node index)."""
         env = list(self.env_template)
         for i, a, contiguous in zip(self.placeholders, arrays, self.contiguous_inputs):
             env[i] = a if not contiguous or a.flags.c_contiguous else _contiguous(self.xp, a)
         for step in self.steps:
             step(env)
+        return env
+
+    def collect(self, env: list) -> list:
+        """The outputs and new state of a run, from its environment."""
         out, seen = [], set()
         for i, copy in zip(self.returned, self.copy_out):
             x = env[i]
@@ -185,13 +193,17 @@ class Executable:
         return self.run(arrays)
 
     def _timed(self, arrays: list, repeat: int) -> None:
+        # on a GPU a step only enqueues work: wait for it, or the time is the launch's, not the kernel's
+        sync = self.xp.cuda.Device().synchronize if self.xp is not np else (lambda: None)
         for _ in range(repeat):
             env = list(self.env_template)
             for i, a in zip(self.placeholders, arrays):
                 env[i] = _contiguous(self.xp, a)
+            sync()
             for j, step in enumerate(self.steps):
                 t = time.perf_counter()
                 step(env)
+                sync()
                 self.step_seconds[j] += time.perf_counter() - t
 
     __call__ = run
