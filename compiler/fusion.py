@@ -188,8 +188,12 @@ class _Fuser:
             return V.reduced_view(group.domain, group.reduced, n.shape)
         return None
 
-    def is_external(self, n: Node, cons) -> bool:
-        return n.id in self.external or any(m.id in self.external for _, p in cons for m in p)
+    def is_external(self, n: Node) -> bool:
+        """Whether n, or a view of it, is returned (an output or new state): then n must be stored."""
+        if n.id in self.external:
+            return True
+        # a view chain that is returned may have no reader at all, so it shows in no consumer's path
+        return any(u.op in VIEW_OPS and self.is_external(u) for u in self.users[n.id])
 
     def candidates(self, cons) -> list[Group]:
         """Groups that read n, most readers first: n joins one and is stored for every other reader."""
@@ -214,7 +218,7 @@ class _Fuser:
                 continue  # another reader of n feeds this group: joining would make a cycle of steps
             if outside and _strided(group, n):
                 continue  # a column kernel would compute and store n in a strided walk: n gets its own kernel
-            if self.join(n, inside, group, outside or self.is_external(n, cons)):
+            if self.join(n, inside, group, outside or self.is_external(n)):
                 return group
         return None
 
@@ -223,7 +227,7 @@ class _Fuser:
         one and loaded by the others: a forward activation recomputed in its backward kernel from the one
         array it came from, instead of every intermediate written out and read back (rematerialisation).
         Each copy spends one unit of fuel."""
-        if n.op not in ELEMENTWISE_OPS or self.is_external(n, cons):
+        if n.op not in ELEMENTWISE_OPS or self.is_external(n):
             return False
         if any(not self.homes.get(u.id) for u, _ in cons):
             return False  # a matmul or host step reads n: it must be stored anyway

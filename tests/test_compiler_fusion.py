@@ -329,3 +329,14 @@ def test_a_column_max_propagates_nan_like_numpy():
     got = build_executable(build(g)).run([x])[0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(axis=0)))
     np.testing.assert_allclose(got, x.max(axis=0))
+
+
+def test_a_value_returned_only_through_a_view_is_stored_by_its_kernel():
+    """m is returned as m.reshape(12) (a view nobody else reads) and read by a kernel: the kernel must store m
+    for the view, though the view is in no reader's path (found by an adversarial review; it crashed)."""
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for fn in (lambda a: ((a * 2).reshape(12), (a * 2) + 1),
+               lambda a: ((a * 2).permute(1, 0), (a * 2).sum(0))):
+        g = _graph(fn, a)
+        for got, want in zip(build_executable(build(g)).run([a]), reference(g, [a])):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
