@@ -99,11 +99,26 @@ def _in_place_donor(program, step, n, plan, last, i, taken):
         # written once per row (or once per kernel) while other rows/threads may still read that element: in
         # place is safe only where each iteration of the innermost loop reads and writes its own element
         return None
+    viewed = _viewed_through_host(k.buffers, plan)
     for b in k.buffers:
         if (b.op in (PLACEHOLDER, CONSTANT) or plan.kind.get(b.id) != "slot" or last.get(b.id) != i
-                or b.id in taken or b.dtype != n.dtype or _nbytes(b) != _nbytes(n)):
+                or b.id in taken or b.id in viewed or b.dtype != n.dtype or _nbytes(b) != _nbytes(n)):
             continue
         forms = {e.form for e in k.order if e.op == "load" and e.buffer.id == b.id}
         if forms == {store.form}:
             return b.id
     return None
+
+
+def _viewed_through_host(buffers, plan) -> set[int]:
+    """Values a kernel may also read through a host step's result (a NumPy view, e.g. a reshape that is not
+    affine): overwriting one in place would change what the kernel still reads through the view."""
+    out: set[int] = set()
+    stack = [b for b in buffers if plan.kind.get(b.id) == "host"]
+    while stack:
+        for a in stack.pop().inputs:
+            if a.id not in out:
+                out.add(a.id)
+                if plan.kind.get(a.id) == "host":
+                    stack.append(a)
+    return out

@@ -13,8 +13,6 @@ domain dim) is a ``View``. Movement ops never run inside a kernel; they only cha
 
 from __future__ import annotations
 
-import math
-
 View = tuple[tuple[int, ...], ...]
 
 
@@ -52,12 +50,13 @@ def reshape_source(view: View, out_shape, src_shape, domain) -> View | None:
     """``out = reshape(src)``; None when the source index is not affine in the domain index (then the caller
     materialises the reshape instead)."""
     cols = len(domain)
-    if math.prod(domain) == 0:
-        return zeros(len(src_shape), cols)
+    # an empty domain dim never varies, but the rest of the domain may (a row kernel whose reduced dim is empty
+    # still writes its kept elements): treat it as size 1
+    domain = tuple(max(d, 1) for d in domain)
     flat = [sum(s * row[d] for s, row in zip(contiguous_strides(out_shape), view)) for d in range(cols)]
     rows = []
     for stride, size in zip(contiguous_strides(src_shape), src_shape):
-        if size == 1:
+        if size <= 1:  # one element, or none (then no index is ever read)
             rows.append((0,) * cols)
             continue
         row, low, top = [0] * cols, 0, 0

@@ -340,3 +340,41 @@ def test_a_value_returned_only_through_a_view_is_stored_by_its_kernel():
         g = _graph(fn, a)
         for got, want in zip(build_executable(build(g)).run([a]), reference(g, [a])):
             np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_value_recomputed_in_two_kernels_rounds_the_same_in_both():
+    """y = a*b is recomputed by the max kernel and by the mask kernel: with fused multiply-adds one copy would
+    round and the other not, and (y - max(y)) >= 0 would miss the maximum in some rows."""
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((64, 37)).astype(np.float32) for _ in range(2))
+
+    def f(a, b):
+        y = a * b
+        return ((y - y.amax(1, keepdim=True)) >= 0).float().sum(1), y.amax(1)
+    count = build_executable(build(_graph(f, a, b))).run([a, b])[0]
+    np.testing.assert_array_equal(count, np.ones(64, np.float32))
+
+
+def test_no_in_place_write_over_a_buffer_the_kernel_also_reads_through_a_host_view():
+    """b.reshape(6, 4) is not affine over a [4, 6] domain, so it is a NumPy view of b's buffer made on the
+    host: the kernel reading b and that view must not write its result over b."""
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    w = RNG.standard_normal((6, 3)).astype(np.float32)
+
+    def f(x, w):
+        b = x.exp()
+        return (b + b.reshape(6, 4).permute(1, 0)) @ w
+    g = _graph(f, x, w)
+    np.testing.assert_allclose(build_executable(build(g)).run([x, w])[0], reference(g, [x, w])[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fn", [lambda x, b: x.sum(0) + b.reshape(5),
+                                lambda x, b: x.sum(0, keepdim=True) + b.reshape(1, 5),
+                                lambda x, b: (x.sum(0) + 1) * b.reshape(5).exp()])
+def test_an_empty_reduced_dim_still_reads_every_kept_element(fn):
+    """A row kernel over [0, 5] reduced on dim 0 writes 5 elements; a reshaped operand must be read at each."""
+    x = np.zeros((0, 5), np.float32)
+    b = np.arange(5, dtype=np.float32).reshape(5, 1)
+    g = _graph(fn, x, b)
+    np.testing.assert_allclose(build_executable(build(g)).run([x, b])[0], reference(g, [x, b])[0], rtol=1e-6)

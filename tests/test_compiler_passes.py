@@ -172,3 +172,13 @@ def test_passes_read_device_constants_through_the_backend_not_numpy(monkeypatch)
     from compiler.program import build
     (kernel,) = build(out).kernels.values()
     assert "placeholder" in [b.op for b in kernel.buffers]
+
+
+def test_folding_keeps_the_sign_of_zero():
+    g = Graph()
+    x = g.placeholder("x", Aval((2,), F32))
+    c = g.constant(np.array([-0.0, 0.0], np.float32))
+    g.outputs.append(g.call("div", (x, g.call("mul", (c, 2.0), {}, Aval((2,), F32))), {}, Aval((2,), F32)))
+    with np.errstate(divide="ignore"):
+        got = reference(optimize(g), [np.ones(2, np.float32)])[0]
+    np.testing.assert_array_equal(got, [-np.inf, np.inf])

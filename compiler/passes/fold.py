@@ -28,6 +28,12 @@ def _evaluate(n: Node, args) -> np.ndarray:
     return np.array(out, dtype=n.dtype, order="C")  # a copy: never alias an input's array
 
 
+def _uniform(value: np.ndarray) -> bool:
+    """Every element has the first one's bits (so -0.0 and 0.0 differ, and NaN is never uniform)."""
+    first = value.flat[0]
+    return bool((value == first).all() and (value.dtype.kind != "f" or (np.signbit(value) == np.signbit(first)).all()))
+
+
 def fold_constants(graph: Graph) -> Graph:
     def visit(rb, n: Node):
         if n.op == CONSTANT or n.op == "to_device" or (n.op in PRIMITIVES and PRIMITIVES[n.op].random):
@@ -43,7 +49,7 @@ def fold_constants(graph: Graph) -> Graph:
         if size > FOLD_LIMIT and size > biggest:
             return rb.copy(n)
         value = _evaluate(n, args)
-        if value.size > 1 and (value == value.flat[0]).all():  # uniform (a mean's gradient): a broadcast scalar,
+        if value.size > 1 and _uniform(value):  # all equal (a mean's gradient): a broadcast scalar,
             scalar = rb.new.constant(value.flat[0:1].reshape(()), n.source)  # which kernels read as a literal
             return rb.alias(n, rb.new.call("broadcast_to", (scalar,), {"shape": tuple(n.shape)}, n.aval, n.source))
         return rb.alias(n, rb.new.constant(value, n.source))

@@ -74,8 +74,10 @@ def _compiler_identity(cc: str) -> str:
 
 
 def flags() -> list[str]:
-    base = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=gnu11",
-            "-shared", "-fPIC"]
+    # -ffp-contract=off: no fused multiply-adds. A value recomputed in two kernels (or in two phases of one) must
+    # round the same way in both, or a mask like (y - max(y)) >= 0 misses the maximum it was computed from
+    base = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+            "-std=gnu11", "-shared", "-fPIC"]
     return base + (["-lmvec"] if needs_mvec() else []) + ["-lm"]
 
 
