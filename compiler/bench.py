@@ -211,7 +211,8 @@ def bench_mlp(repeat: int, torch_compile: bool) -> list[dict]:
     except ImportError:
         pass
     for peer, run in runs.items():
-        med, spread = timeit(run, repeat)
+        # 20 warm-up calls: our executable spends its first ~10 choosing its BLAS thread count
+        med, spread = timeit(run, repeat, warmup=20)
         rows.append({"workload": name, "mode": peer, "median_ms": med, "iqr_ms": spread, "GB/s": None,
                      "kernels": len(compiled.kernels) if "compiled" in peer else None})
     return rows

@@ -87,6 +87,7 @@ def report(compiled, repeat: int = 5, show: bool = True):
         "compile_cached_s": cached,
         "copy_bandwidth_GBs": bandwidth,
         "backend": lowered.backend,
+        "blas_threads": _blas_threads(ex),
         "total_time_us": float(np.nansum(df["time_us"])) if len(df) else 0.0,
         "median_step_us": statistics.median(df["time_us"]) if timed and len(df) else float("nan"),
     })
@@ -97,5 +98,18 @@ def report(compiled, repeat: int = 5, show: bool = True):
         print(f"{a['kernels']} kernels ({a['steps']} steps) for {a['eager_ops']} eager ops "
               f"({a['ops_after_passes']} after passes); trace {a['trace_s'] * 1e3:.1f} ms, compile cold "
               f"{a['compile_cold_s'] * 1e3:.1f} ms, cached {a['compile_cached_s'] * 1e3:.1f} ms; copy bandwidth "
-              f"{bandwidth:.1f} GB/s; backend {a['backend']}")
+              f"{bandwidth:.1f} GB/s; backend {a['backend']}; BLAS threads {a['blas_threads']}")
     return df
+
+
+def _blas_threads(ex) -> str:
+    """How the executable threads its BLAS calls, in words: "2 (tuned)", "1 (fixed)", "BLAS default"."""
+    from compiler.runtime.blas import _openblas
+    tuner = getattr(ex, "blas_tuner", None)
+    if tuner is not None:
+        if not tuner.decided:
+            return "tuning"
+        count = tuner.best or (_openblas()[1]() if _openblas() else "default")
+        return f"{count} (tuned)"
+    mode = getattr(ex, "blas_threads", None)
+    return "BLAS default" if mode is None else f"{mode} (fixed)"

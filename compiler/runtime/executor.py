@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from compiler.fusion import VIEW_OPS
-from compiler.runtime.blas import BlasThreads, threads_for
+from compiler.runtime.blas import BlasThreads, ThreadTuner, threads_for
 from eager.primitives import PRIMITIVES
 from tracer.ir import CONSTANT, PLACEHOLDER
 
@@ -86,6 +86,7 @@ class Executable:
         self.returned = [self.index[n.id] for n in self.graph.outputs] + [self.index[v.id] for _, v in
                                                                           self.graph.updates]
         self.blas_threads = threads_for(program) if xp is np else None
+        self.blas_tuner = ThreadTuner((1, None)) if self.blas_threads == "auto" else None
         owned = {self.index[n.id] for n in self.graph.nodes if program.memory.kind.get(n.id) == "output"}
         self.copy_out = [i not in owned for i in self.returned]
 
@@ -160,8 +161,15 @@ class Executable:
     def run(self, arrays: list) -> list:
         if self.blas_threads is None:
             return self._run(arrays)
-        with BlasThreads(self.blas_threads):
-            return self._run(arrays)
+        if self.blas_tuner is None:
+            with BlasThreads(self.blas_threads):
+                return self._run(arrays)
+        n = self.blas_tuner.choice()
+        t = time.perf_counter()
+        with BlasThreads(n):
+            out = self._run(arrays)
+        self.blas_tuner.record(n, time.perf_counter() - t)
+        return out
 
     def _run(self, arrays: list) -> list:
         return self.collect(self.execute(arrays))
@@ -188,7 +196,7 @@ class Executable:
 
     def run_timed(self, arrays: list, repeat: int = 1) -> list:
         """Like ``run``, accumulating the wall time of each step into ``step_seconds`` (for the report)."""
-        with BlasThreads(self.blas_threads):
+        with BlasThreads(self.blas_threads if self.blas_tuner is None else self.blas_tuner.choice()):
             self._timed(arrays, repeat)
         return self.run(arrays)
 
