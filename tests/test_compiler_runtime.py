@@ -102,3 +102,13 @@ def test_cache_location_follows_xdg_and_override(tmp_path, monkeypatch):
     assert cache.cache_dir() == tmp_path / "xdg" / "graphduel" / "kernels"
     monkeypatch.setenv("GRAPHDUEL_CACHE_DIR", str(tmp_path / "mine"))
     assert cache.cache_dir() == tmp_path / "mine" / "kernels"
+
+
+@pytest.mark.parametrize("make", [lambda: np.zeros(5, np.float32), lambda: np.zeros((4, 4))[1:],
+                                  lambda: np.zeros(0), lambda: np.ones(()), lambda: np.zeros(3)[::1]],
+                         ids=["plain", "offset-view", "empty", "0-d", "view"])
+def test_kernel_argument_address_is_the_arrays_data_pointer(make):
+    a = make()
+    assert cpu.address(a) == a.ctypes.data
+    a.setflags(write=False)  # no writable buffer to export: the slow path must give the same pointer
+    assert cpu.address(a) == a.ctypes.data

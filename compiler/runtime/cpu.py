@@ -24,6 +24,17 @@ from compiler.runtime.executor import Executable
 from tracer.ir import CONSTANT
 
 _warned_no_compiler = False
+_from_buffer, _addressof = ctypes.c_byte.from_buffer, ctypes.addressof
+
+
+def address(a) -> int:
+    """The data pointer of a C-contiguous array. Through the buffer protocol it costs 0.3 us against 0.9 us for
+    ``a.ctypes.data``, which adds up over the few arguments of each of a step's kernels; read-only and empty
+    arrays export no writable buffer and take the slow path."""
+    try:
+        return _addressof(_from_buffer(a))
+    except (TypeError, ValueError):
+        return a.ctypes.data
 
 
 @dataclass
@@ -125,7 +136,7 @@ def build_executable(program, fallback_ok: bool = True) -> Executable:
 
         def run(env):
             for pos, i in dynamic:
-                ptrs[pos] = env[i].ctypes.data
+                ptrs[pos] = address(env[i])
             for pos, i, pool in pooled:
                 env[i], ptrs[pos] = pool.take_with_pointer()
             call(ptrs)
