@@ -156,9 +156,12 @@ def test_returned_arrays_are_never_overwritten_by_a_later_call():
     second = ex.run([X + 1])[0]
     np.testing.assert_array_equal(first, kept)
     assert second is not first
+    first_buffer = first.ctypes.data
     del first
-    third = ex.run([X])[0]  # the pool may now reuse the dropped array
+    third = ex.run([X])[0]  # the pool reuses the dropped array, and only that one
     np.testing.assert_allclose(third, np.exp(X), rtol=1e-6)
+    assert third.ctypes.data == first_buffer
+    np.testing.assert_allclose(second, np.exp(X + 1), rtol=1e-6)
 
 
 def test_a_returned_view_keeps_its_buffer_alive_to_the_end():

@@ -44,9 +44,12 @@ class OutputPool:
         return self.take_with_pointer()[0]
 
     def take_with_pointer(self) -> tuple[np.ndarray, int]:
-        for j, a in enumerate(self.arrays):
-            if _getrefcount(a) == 3:  # the list, the loop variable, getrefcount's argument
-                return a, self.pointers[j]
+        arrays = self.arrays
+        for j in range(len(arrays)):
+            # held only by the list and getrefcount's argument: nobody outside sees it. (Not ``for a in``: the
+            # loop variable, and enumerate's reused tuple, would each add a reference and no array would qualify.)
+            if _getrefcount(arrays[j]) == 2:
+                return arrays[j], self.pointers[j]
         a = self.xp.empty(self.shape, self.dtype)
         if len(self.arrays) >= 3:
             self.arrays.pop(0)
