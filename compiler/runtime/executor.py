@@ -24,6 +24,7 @@ from eager.primitives import PRIMITIVES
 from tracer.ir import CONSTANT, PLACEHOLDER
 
 _getrefcount = sys.getrefcount
+_VIEW_METHODS = {"permute": "transpose", "reshape": "reshape"}
 
 
 def _contiguous(xp, a):
@@ -121,6 +122,9 @@ class Executable:
                     matmul(env[a], env[b], out=env[i])
             return run
         contiguous = n.id in kernel_reads
+        if n.op in _VIEW_METHODS and not contiguous and arg_index[0] is not None:
+            return self._view_step(i, arg_index[0], getattr(xp.ndarray, _VIEW_METHODS[n.op]),
+                                   params["axes" if n.op == "permute" else "shape"])
 
         def run(env):
             vals = [env[j] if j is not None else s for j, s in zip(arg_index, scalars)]
@@ -128,6 +132,14 @@ class Executable:
             if out.dtype != n.dtype:
                 out = out.astype(n.dtype)
             env[i] = _contiguous(xp, out) if contiguous else out
+        return run
+
+    @staticmethod
+    def _view_step(i, a, method, arg):
+        """A permute or reshape no kernel reads: one array method call (the generic host step's argument lists
+        and dtype checks cost more than the view itself, a few microseconds per call on small programs)."""
+        def run(env):
+            env[i] = method(env[a], arg)
         return run
 
     def _numpy_kernel(self, step, k):
