@@ -427,7 +427,8 @@ def _bitselect(c, x, y, dtype):
     """``np.where(c, x, y)`` in ``dtype``, computed as (x & mask) | (y & ~mask) on the bit patterns."""
     shape = np.broadcast_shapes(np.shape(c), np.shape(x), np.shape(y))
     bits = _BITS[np.dtype(dtype).itemsize]
-    mask = np.negative(c.astype(bits))
+    mask = np.asarray(c).astype(bits)
+    np.negative(mask, out=mask)  # with out=: a 0-d condition stays an array (np.negative would return a scalar)
     out = np.bitwise_and(np.broadcast_to(np.asarray(x, dtype).view(bits), shape), mask)
     np.invert(mask, out=mask)
     rest = np.bitwise_and(np.broadcast_to(np.asarray(y, dtype).view(bits), shape), mask,

@@ -84,3 +84,18 @@ def test_bad_thread_count_names_the_variable(monkeypatch):
     monkeypatch.setenv("GRAPHDUEL_BLAS_THREADS", "two")
     with pytest.raises(ValueError, match="GRAPHDUEL_BLAS_THREADS='two'"):
         compiler.compile(_small_matmul_step(), eager.randn(8, 32))
+
+
+@pytest.mark.skipif(_openblas() is None or _openblas()[1]() < 2, reason="needs OpenBLAS with 2+ threads")
+def test_report_timings_use_the_count_the_tuner_settled_on(monkeypatch):
+    import compiler.runtime.executor as executor
+    x = eager.randn(8, 32)
+    c = compiler.compile(_small_matmul_step(), x)
+    c(x)
+    tuner = c.lowered.executable.blas_tuner
+    tuner.decided, tuner.best, tuner.calls_since = True, 1, tuner.period  # settled on 1, a re-check due
+    used = []
+    real = executor.BlasThreads
+    monkeypatch.setattr(executor, "BlasThreads", lambda n: used.append(n) or real(n))
+    df = c.report(show=False)
+    assert used[0] == 1 and df.attrs["blas_threads"] == "1 (tuned)"

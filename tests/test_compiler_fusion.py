@@ -164,6 +164,27 @@ def test_returned_arrays_are_never_overwritten_by_a_later_call():
     np.testing.assert_allclose(second, np.exp(X + 1), rtol=1e-6)
 
 
+def test_what_a_caller_does_to_a_dropped_result_does_not_reach_later_results():
+    ex = build_executable(build(_graph(lambda x: x.exp(), X)))
+    for _ in range(3):
+        r = ex.run([X])[0]
+        r.shape = (r.size,)
+        r.flags.writeable = False
+        del r
+    out = ex.run([X])[0]
+    assert out.shape == X.shape and out.flags.writeable
+    np.testing.assert_allclose(out, np.exp(X), rtol=1e-6)
+
+
+def test_a_weakly_held_result_dies_instead_of_changing():
+    import weakref
+    ex = build_executable(build(_graph(lambda x: x.exp(), X)))
+    held = weakref.WeakValueDictionary()
+    held["first"] = ex.run([X])[0]
+    ex.run([X + 1])
+    assert "first" not in held
+
+
 def test_a_returned_view_keeps_its_buffer_alive_to_the_end():
     w = RNG.standard_normal((16, 16)).astype(np.float32)
 

@@ -36,7 +36,7 @@ def _same_bits(got, want):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shapes", [(BIG, BIG, BIG), (BIG, (128,), BIG), ((64, 1), BIG, (1, 128)),
-                                    ((1, 128), (64, 1), BIG)], ids=str)
+                                    ((1, 128), (64, 1), BIG), ((), BIG, BIG), ((), (), BIG)], ids=str)
 def test_large_where_equals_numpy_bit_for_bit(dtype, shapes):
     rng = np.random.default_rng(0)
     c = rng.random(shapes[0]) < 0.5
@@ -61,6 +61,12 @@ def test_where_matches_numpy_on_random_shapes_either_side_of_the_fast_path(rows,
     c = rng.random((rows, 1) if broadcast_c else (rows, cols)) < 0.5
     x, y = _values(rng, (rows, cols), np.float32), _values(rng, (cols,), np.float32)
     _same_bits(where(np, c, x, y), np.where(c, x, y))
+
+
+def test_a_0d_condition_selects_a_whole_large_tensor():
+    big = eager.randn(64, 64)
+    assert np.array_equal(big.masked_fill(eager.tensor(True), 0.0).numpy(), np.zeros((64, 64), np.float32))
+    assert eager.ops.logical_and(eager.tensor(True), big > 0).numpy().sum() == (big.numpy() > 0).sum()
 
 
 def test_relu_keeps_nan_and_gives_zero_gradient_at_zero_on_the_fast_path():

@@ -33,8 +33,11 @@ def _contiguous(xp, a):
 
 
 class OutputPool:
-    """Arrays for one returned value. An array is reused only when the pool holds the last reference to it
-    (the caller dropped it, or replaced the state it held), so results are never overwritten under a user."""
+    """Buffers for one returned value. A buffer is reused only when the pool holds the last reference to it
+    (the caller dropped the result, or replaced the state it held), so results are never overwritten under a
+    user. On NumPy each call hands out a fresh view of a private buffer: a caller who reshapes, retypes or
+    freezes a result changes only that view, and a weak reference to a dropped result dies with it (the view's
+    ``.base`` keeps the buffer referenced while any view of it lives)."""
 
     __slots__ = ("shape", "dtype", "arrays", "pointers", "xp")
 
@@ -50,14 +53,19 @@ class OutputPool:
             # held only by the list and getrefcount's argument: nobody outside sees it. (Not ``for a in``: the
             # loop variable, and enumerate's reused tuple, would each add a reference and no array would qualify.)
             if _getrefcount(arrays[j]) == 2:
-                return arrays[j], self.pointers[j]
+                return self._hand_out(arrays[j]), self.pointers[j]
         a = self.xp.empty(self.shape, self.dtype)
-        if len(self.arrays) >= 3:
-            self.arrays.pop(0)
+        if len(arrays) >= 3:
+            arrays.pop(0)
             self.pointers.pop(0)
-        self.arrays.append(a)
+        arrays.append(a)
         self.pointers.append(a.ctypes.data if self.xp is np else a.data.ptr)
-        return a, self.pointers[-1]
+        return self._hand_out(a), self.pointers[-1]
+
+    def _hand_out(self, a):
+        # CuPy arrays are handed out as they are: views there are not proven (no GPU run yet) to keep the
+        # buffer object referenced, which reuse depends on
+        return a.view() if self.xp is np else a
 
 
 class Executable:
@@ -211,7 +219,9 @@ class Executable:
 
     def run_timed(self, arrays: list, repeat: int = 1) -> list:
         """Like ``run``, accumulating the wall time of each step into ``step_seconds`` (for the report)."""
-        with BlasThreads(self.blas_threads if self.blas_tuner is None else self.blas_tuner.choice()):
+        # the count the tuner settled on (not choice(): that may start a re-check with the losing count)
+        tuner = self.blas_tuner
+        with BlasThreads(self.blas_threads if tuner is None else tuner.best):
             self._timed(arrays, repeat)
         return self.run(arrays)
 
