@@ -68,6 +68,25 @@ def test_a_step_that_creates_optimizer_state_records_the_first_and_the_steady_pr
     assert opt.state[model[0].weight]["step"].item() == 2.0 and traced.retrace_count == 0
 
 
+def test_steady_calls_update_parameters_and_optimizer_state_in_place_like_eager():
+    model, opt, step = make(lr=0.1)
+    traced = tracer.trace(step, *data(0))
+    traced(*data(1))  # the first program creates the optimizer state; the steady one reads and updates it
+    weight, state = model[0].weight, opt.state[model[0].weight]
+    exp_avg, version = state["exp_avg"], state["exp_avg"]._version
+    before = [weight.detach().numpy().copy(), exp_avg.numpy().copy()]
+    traced(*data(2))
+    assert opt.state[model[0].weight]["exp_avg"] is exp_avg and model[0].weight is weight
+    assert exp_avg._version == version + 1
+    assert not np.array_equal(exp_avg.numpy(), before[1]) and not np.array_equal(weight.detach().numpy(), before[0])
+    # eager code replacing a state tensor between calls is seen by the next call (paths, not identities)
+    state["exp_avg"] = eager.zeros_like(exp_avg)
+    replaced = state["exp_avg"]
+    traced(*data(3))
+    assert opt.state[model[0].weight]["exp_avg"] is replaced and replaced._version == 1
+    assert np.abs(replaced.numpy()).sum() > 0
+
+
 def test_traced_steps_with_dropout_match_eager_draw_for_draw():
     eager_model, _, eager_step = make(optim.SGD, lr=0.1, momentum=0.5)
     traced_model, _, traced_step = make(optim.SGD, lr=0.1, momentum=0.5)

@@ -71,6 +71,13 @@ class Entry:
         # layouts of slots the call reads are checked while gathering; the others here
         self.layout_guard = [(slot, layout) for slot, layout in plan.guard if slot.name not in read]
         self.reader_layouts = plan.reader_layouts
+        # an update whose location the call just read rebinds the tensor gather found there, without resolving
+        # the path again (opt.state[param].exp_avg costs several lookups); not when finish first puts a fresh
+        # tensor at that location
+        reader_of = {slot.name: i for i, slot in enumerate(plan.readers)}
+        fresh = {slot.name for slot in plan.extra_slots}
+        self.update_readers = [None if type(t) is int or t.name in fresh else reader_of.get(t.name)
+                               for t in plan.update_targets]
         self._fast = not py_guard and not self.layout_guard
         self.order = next(_ORDER)
 
@@ -102,12 +109,18 @@ class Entry:
         """Whether a call with these (signature-matching) arguments may run this program now."""
         return self.guard_ok() and self.gather(leaves) is not None
 
-    def gather(self, leaves: list) -> list | None:
-        """One array per placeholder; None when a param/state location no longer holds the traced type."""
+    def gather(self, leaves: list, tensors: list | None = None) -> list | None:
+        """One array per placeholder; None when a param/state location no longer holds the traced type.
+        ``tensors``, when given, receives the tensor found at each param/state location (for ``finish``)."""
         arrays = [t._data for t in leaves]
         for slot, (shape, dtype, array_type) in zip(self.plan.readers, self.reader_layouts):
             try:
-                a = slot.read()
+                if tensors is None:
+                    a = slot.read()
+                else:
+                    t = slot.get()
+                    a = t._data
+                    tensors.append(t)
             except AttributeError:
                 return None
             if a.shape != shape or a.dtype != dtype or type(a) is not array_type:
@@ -115,20 +128,24 @@ class Entry:
             arrays.append(a)
         return arrays
 
-    def finish(self, leaves: list, results: list):
-        """Write state back and build the caller's result from the executable's arrays."""
+    def finish(self, leaves: list, results: list, tensors: list | None = None):
+        """Write state back and build the caller's result from the executable's arrays. ``tensors``: what
+        ``gather`` found at the param/state locations of this call."""
         plan = self.plan
         n = len(plan.conversions)
         k = n + len(plan.extra_slots)
         for slot, arr in zip(plan.extra_slots, results[n:k]):
             slot.assign(Tensor._make(arr, False, None))
-        for target, arr in zip(plan.update_targets, results[k:]):
+        for target, arr, reader in zip(plan.update_targets, results[k:], self.update_readers):
             if type(target) is int:
                 t = leaves[target]
-                t._data = arr
-                t._version += 1
+            elif reader is not None and tensors:
+                t = tensors[reader]
             else:
                 target.rebind(arr)
+                continue
+            t._data = arr
+            t._version += 1
         for slot, value in plan.static_writes:
             slot.assign(value)
         if plan.out_spec == LEAF:
@@ -138,8 +155,8 @@ class Entry:
                 for a, c in zip(results, plan.conversions)]
         return unflatten(plan.out_spec, outs)
 
-    def run(self, leaves: list, arrays: list):
-        return self.finish(leaves, self.exe.run(arrays))
+    def run(self, leaves: list, arrays: list, tensors: list | None = None):
+        return self.finish(leaves, self.exe.run(arrays), tensors)
 
 
 def _convert(array, kind: str):
@@ -180,16 +197,18 @@ class Traced:
         if bucket is not None:
             for entry in bucket:
                 if entry.guard_ok():
-                    arrays = entry.gather(leaves)
+                    tensors: list = []
+                    arrays = entry.gather(leaves, tensors)
                     if arrays is not None:
-                        return entry.run(leaves, arrays)
+                        return entry.run(leaves, arrays, tensors)
         entry = self._miss(args, kwargs, leaves, key)
-        arrays = entry.gather(leaves)
+        tensors = []
+        arrays = entry.gather(leaves, tensors)
         if arrays is None:
             raise RuntimeError(f"tracer: the program just traced for {self.name} does not fit the current state "
                                f"({'; '.join(entry.guard_failures()) or 'a param/state location changed type'}); "
                                "was the state changed from another thread while tracing?")
-        return entry.run(leaves, arrays)
+        return entry.run(leaves, arrays, tensors)
 
     def entry_for(self, *args, **kwargs) -> Entry:
         """The cache entry a call with these arguments would run (tracing it if needed)."""
