@@ -125,6 +125,13 @@ def test_static_modes_match_eager(fuzz_examples, mode):
         want = fn(*fresh).numpy()
         got = static(*fresh).numpy()
         _assert_close(got, want, prog, scale, f"{mode} vs eager")
+        # more calls: buffers of dropped results are reused, and a held result must not change under its holder
+        held = static(*tensors)
+        held_values = held.numpy().copy()
+        del got
+        again = static(*fresh).numpy()
+        _assert_close(again, want, prog, scale, f"{mode} vs eager, third call")
+        np.testing.assert_array_equal(held.numpy(), held_values, err_msg=f"{prog}: a held result changed")
         checked.append(prog)
 
     checked = []
