@@ -256,7 +256,10 @@ def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> pd.Dat
                 continue
             rows.extend(run_cell(wl, size, cfg, tick))
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs["meta"] = {**describe(cfg.command, cfg.device), "config": asdict(cfg)}
+    # the roofline of the report's GB/s plot, measured on the run's device
+    from compiler.report import copy_bandwidth_gbs
+    df.attrs["meta"] = {**describe(cfg.command, cfg.device), "config": asdict(cfg),
+                        "copy_bandwidth_gbps": round(copy_bandwidth_gbs(cfg.device), 1)}
     return df
 
 

@@ -210,7 +210,11 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, str, object]]:
     if len(sizes) > 1:
         secs.append(("Scaling", "image", "scaling.png"))
     if meta.get("copy_bandwidth_gbps"):
-        secs.append(("Roofline", "image", "roofline.png"))
+        secs.append(("Roofline", "text",
+                     f"Effective GB/s (bytes of inputs and outputs, each once, per second) of the memory-bound "
+                     f"workloads at the largest size, against this device's measured copy bandwidth "
+                     f"({meta['copy_bandwidth_gbps']} GB/s, every core copying; compiler/report.py)."))
+        secs.append(("", "image", "roofline.png"))
     secs.append(("One-time costs and structure", "text",
                  "First call (includes lazy compilation for jax.jit and torch.compile), trace and compile time "
                  "(cold: empty kernel cache; cached: compiled again), break-even: calls after which trace + compile "
@@ -277,7 +281,8 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_results(df, out_dir)
-    images = {p.name for p in write_plots(df, out_dir, df.attrs.get("meta", {}).get("copy_bandwidth_gbps"))}
+    copy_gbps = df.attrs.get("meta", {}).get("copy_bandwidth_gbps")
+    images = {p.name for p in write_plots(df, out_dir, float(copy_gbps) if copy_gbps else None)}
     (out_dir / "report.md").write_text(render_markdown(df, images))
     (out_dir / "report.html").write_text(render_html(df, out_dir, images))
     return out_dir

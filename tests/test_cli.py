@@ -33,6 +33,14 @@ def test_run_quick_writes_every_file(quick_report, capsys):
         assert (quick_report / name).stat().st_size > 0, name
 
 
+def test_report_plots_memory_bound_workloads_against_the_measured_copy_bandwidth(quick_report):
+    meta = json.loads((quick_report / "results.json").read_text())["meta"]
+    assert float(meta["copy_bandwidth_gbps"]) > 0
+    assert (quick_report / "roofline.png").stat().st_size > 0
+    report = (quick_report / "report.md").read_text()
+    assert "## Roofline" in report and f"({meta['copy_bandwidth_gbps']} GB/s" in report
+
+
 def test_every_correctness_cell_passes_except_dynamic_net(quick_report):
     df = _rows(quick_report)
     checks = df[df.metric.isin(CORRECTNESS_METRICS)]
