@@ -86,12 +86,12 @@ def roofline_figure(df: pd.DataFrame, copy_gbps: float | None):
     d = d[d.workload.isin(["tanh_gelu", "layer_norm", "softmax", "adam_update", "custom_sigmoid"])]
     size = [s for s in SIZE_ORDER if s in set(d["size"])][-1]
     table = d[d["size"] == size].pivot_table(index="workload", columns="mode", values="value", sort=False)
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     table.plot.bar(ax=ax, rot=0)
     ax.axhline(copy_gbps, color="red", linestyle="--", label=f"measured copy bandwidth {copy_gbps:.0f} GB/s")
     ax.set_ylabel("effective GB/s (bytes in + out / time)")
     ax.set_title(f"Memory-bound workloads vs the roofline, size {size}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     fig.tight_layout()
     return fig
 
