@@ -179,3 +179,49 @@ def test_cuda_float4_loop_runs_only_on_16_byte_aligned_pointers():
     assert "reinterpret_cast<float4*>" in vector and "float4" not in scalar
     if shutil.which("nvcc"):
         assert nvcc_check([cuda_module_source(program)]) is None
+
+
+def _one_kernel(fn, x):
+    import compiler
+    c = compiler.compile(fn, x)
+    assert len(c.kernels) == 1
+    return c, c.kernels[0].source
+
+
+def _exp_calls(source: str) -> int:
+    return sum(line.count("exp(") for line in source.splitlines())
+
+
+def test_softmax_computes_exp_once_per_element_and_keeps_it_for_the_output():
+    import eager.nn.functional as F
+    x = eager.randn(32, 200)
+    c, src = _one_kernel(lambda x: F.softmax(x, dim=-1), x)
+    assert _exp_calls(src) == 1 and "float s" in src
+    np.testing.assert_allclose(c(x).numpy(), F.softmax(x, dim=-1).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_value_reached_later_only_through_a_kept_value_is_not_kept_itself():
+    def f(x):
+        y = (x - x.max(dim=-1, keepdim=True)[0]).exp().tanh()
+        return y / y.sum(dim=-1, keepdim=True)
+    x = eager.randn(16, 64)
+    c, src = _one_kernel(f, x)
+    assert src.count("[64];") == 1  # one scratch row: tanh's, not exp's
+    assert _exp_calls(src) == 1 and src.count("tanh(") == 1
+    np.testing.assert_allclose(c(x).numpy(), f(x).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_rows_longer_than_the_scratch_limit_recompute_instead():
+    import eager.nn.functional as F
+    from compiler.codegen.c import SCRATCH_MAX
+    x = eager.randn(2, SCRATCH_MAX + 1)
+    c, src = _one_kernel(lambda x: F.softmax(x, dim=-1), x)
+    assert _exp_calls(src) == 2 and "float s" not in src
+    np.testing.assert_allclose(c(x).numpy(), F.softmax(x, dim=-1).numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_log_softmax_keeps_nothing_its_exp_feeds_only_the_sum():
+    import eager.nn.functional as F
+    x = eager.randn(8, 100)
+    c, src = _one_kernel(lambda x: F.log_softmax(x, dim=-1), x)
+    assert _exp_calls(src) == 1 and "float s" not in src

@@ -31,6 +31,11 @@ from compiler.kernel import Expr, KernelIR
 PARALLEL_WORK = 1 << 18
 DOUBLE_ACC_LENGTH = 1 << 13  # float32 sums longer than this accumulate in double
 COLUMN_TILE = 128  # rows of a column kernel run together: one contiguous vector of this many lanes per load
+# a transcendental value that several loops of a row kernel read is computed once into a per-row scratch array
+# (on the stack, so rows up to this many elements): softmax's exp(x - max) feeds both its sum and its output
+# (measured 2048x2048 float32: 1.44-1.56 ms recomputed, 1.19-1.31 ms kept)
+SCRATCH_MAX = 1 << 14
+SCRATCH_OPS = frozenset({"exp", "log", "tanh", "erf", "pow", "sin", "cos", "sigmoid"})
 _VECTOR_FUNCS = ("exp", "log", "sin", "cos", "tanh", "erf", "pow")
 
 
@@ -192,13 +197,17 @@ class _CKernel:
         n_outer = math.prod(k.outer)
         self.parallel_outer = n_outer >= 8 or (n_outer > 1 and math.prod(k.inner) < PARALLEL_WORK)
         outer_lines = em.outer
-        for e in k.reductions:
-            lines = self.phase(e)
-            outer_lines.extend(lines)
         scalar_stores = [s for s in k.stores if not any(s.form)]
         inner_stores = [s for s in k.stores if s not in scalar_stores and (not k.is_row_kernel or
                                                                             any(s.form[k.n_outer:]))]
         row_stores = [s for s in k.stores if s not in inner_stores and s not in scalar_stores]
+        scratch = {em.fresh("s"): e for e in
+                   self.scratch_values([[e.args[0]] for e in k.reductions] + [[s.expr for s in inner_stores]])}
+        for name, e in scratch.items():
+            em.scratch[id(e)] = f"{name}[r]"
+        for e in k.reductions:
+            lines = self.phase(e)
+            outer_lines.extend(lines)
         if inner_stores:
             em.new_loop()
             body = [f"p{self.arg_of[s.node.id]}[{self.index(s.form)}] = {em.ref(s.expr)};" for s in inner_stores]
@@ -209,6 +218,8 @@ class _CKernel:
             guard = "if (o == 0) " if k.n_outer else ""
             outer_lines.append(f"{guard}p{self.arg_of[s.node.id]}[0] = {em.ref(s.expr)};")
         decl = self.declarations()
+        # declared per row, inside the parallel loop: each thread has its own
+        outer_lines[:0] = [f"{C.ctype(e.dtype)} {name}[{math.prod(k.inner)}];" for name, e in scratch.items()]
         if k.n_outer:
             pragma = ("#pragma omp parallel for schedule(static)"
                       if self.parallel_outer and total * (phases + 1) > PARALLEL_WORK else "")
@@ -220,6 +231,36 @@ class _CKernel:
         body = em.hoisted + body  # loop-invariant values (a step count's powers): once, not once per row
         lines = [f"void {self.name}(void** restrict args) {{"] + ["  " + s for s in decl + body] + ["}", ""]
         return "\n".join(lines)
+
+    def scratch_values(self, loops: list[list[Expr]]) -> list[Expr]:
+        """Per-element transcendental values (``SCRATCH_OPS``) that more than one loop of a row kernel reads, given
+        each loop's root expressions; a value reached in later loops only through another kept value is not
+        kept itself."""
+        k = self.k
+        if not k.is_row_kernel or math.prod(k.inner) > SCRATCH_MAX:
+            return []
+
+        def reached(roots, stop) -> dict[int, Expr]:
+            found, stack, seen = {}, list(roots), set()
+            while stack:
+                e = stack.pop()
+                if not isinstance(e, Expr) or id(e) in seen or e.is_reduction or not e.inner:
+                    continue
+                seen.add(id(e))
+                if e.op in SCRATCH_OPS:
+                    found[id(e)] = e
+                    if id(e) in stop:
+                        continue
+                stack.extend(e.args)
+            return found
+        per_loop = [reached(roots, ()) for roots in loops]
+        shared = {i: e for i, e in {i: e for f in per_loop for i, e in f.items()}.items()
+                  if sum(i in f for f in per_loop) > 1}
+        first = {i: next(n for n, f in enumerate(per_loop) if i in f) for i in shared}
+        later = set()
+        for n, roots in enumerate(loops):
+            later |= {i for i in reached(roots, shared) if i in shared and first[i] < n}
+        return [e for e in k.order if id(e) in later]
 
     def declarations(self) -> list[str]:
         written = {self.arg_of[s.node.id] for s in self.k.stores}

@@ -27,11 +27,17 @@ class Emitter:
         self._inner_names: dict[int, str] = {}
         self._count = 0
         self.flat = False  # column kernels: per-row values are recomputed in each loop (rows are a vector lane)
+        # per-element values kept in a row-sized scratch array (id -> its element, e.g. "s1[r]"): written by the
+        # first loop that computes them, read back by later loops instead of being recomputed
+        self.scratch: dict[int, str] = {}
+        self._written: set[int] = set()
+        self._ready: set[int] = set()
 
     def new_loop(self) -> None:
         """Start a new innermost loop: values local to the previous one are out of scope."""
         self.inner = []
         self._inner_names = {}
+        self._ready |= self._written
 
     def bind(self, e: Expr, name: str) -> None:
         self._outer_names[id(e)] = name
@@ -49,11 +55,17 @@ class Emitter:
             return names[id(e)]
         if e.is_reduction:
             raise RuntimeError(f"reduction {e.node.ref} read before its phase ran")
-        if e.op == "load":
+        kept = self.scratch.get(id(e)) if level == "inner" else None
+        if kept and id(e) in self._ready:
+            text = kept
+        elif e.op == "load":
             text = self.load_text(e)
         else:
             text = self.d.render(e.op, e.dtype, [self.ref(a) for a in e.args])
         name = self.fresh()
         getattr(self, level).append(f"const {self.d.ctype(e.dtype)} {name} = {text};")
+        if kept and id(e) not in self._ready:
+            self.inner.append(f"{kept} = {name};")
+            self._written.add(id(e))
         names[id(e)] = name
         return name
