@@ -3,7 +3,7 @@
 Properties (each checked on ``fuzz_examples`` programs; ``--fuzz-long`` for thousands):
 - eager == float64 NumPy reference, within the written tolerances below;
 - gradients of a scalar loss over the program == ``jax.grad`` of the same program (float64);
-- traced == eager, and compiled (cpu) == eager, when those modes are installed.
+- traced == eager, and compiled == eager on the CPU and (with a GPU) on cuda.
 
 A failure shrinks to a minimal program and prints it as readable Python.
 """
@@ -105,9 +105,19 @@ def _mode_or_skip(module: str, attr: str):
     return getattr(mod, attr)
 
 
-@pytest.mark.parametrize("mode", ["traced", "compiled"])
+@pytest.mark.parametrize("mode", ["traced", "compiled", "compiled-cuda"])
 def test_static_modes_match_eager(fuzz_examples, mode):
-    build = _mode_or_skip("tracer", "trace") if mode == "traced" else _mode_or_skip("compiler", "compile")
+    device = "cuda" if mode == "compiled-cuda" else "cpu"
+    if device == "cuda" and not eager.cuda_available():
+        pytest.skip("needs CuPy and a CUDA GPU (eager.cuda_available() is False)")
+    if mode == "traced":
+        build = _mode_or_skip("tracer", "trace")
+    else:
+        compile_ = _mode_or_skip("compiler", "compile")
+        build = lambda fn, *xs: compile_(fn, *xs, device=device)  # noqa: E731
+
+    def host(t):
+        return t.cpu().numpy()
 
     @_settings(max(fuzz_examples // 2, 10))
     @given(programs(max_ops=5))
@@ -117,21 +127,21 @@ def test_static_modes_match_eager(fuzz_examples, mode):
         assume(all(np.all(np.isfinite(v)) for v in ref))
         if prog.dtype == "float32":
             assume(scale < F32_LIMIT)
-        tensors = [eager.tensor(x) for x in inputs]
+        tensors = [eager.tensor(x, device=device) for x in inputs]
         fn = lambda *xs: prog.run(EG, list(xs))[-1]
         static = build(fn, *tensors)
         # fresh inputs of the same signature: the static program must not have baked in the example values
-        fresh = [eager.tensor(x[::-1].copy() if x.ndim else x) for x in inputs]
-        want = fn(*fresh).numpy()
-        got = static(*fresh).numpy()
+        fresh = [eager.tensor(x[::-1].copy() if x.ndim else x, device=device) for x in inputs]
+        want = host(fn(*fresh))
+        got = host(static(*fresh))
         _assert_close(got, want, prog, scale, f"{mode} vs eager")
         # more calls: buffers of dropped results are reused, and a held result must not change under its holder
         held = static(*tensors)
-        held_values = held.numpy().copy()
+        held_values = host(held).copy()
         del got
-        again = static(*fresh).numpy()
+        again = host(static(*fresh))
         _assert_close(again, want, prog, scale, f"{mode} vs eager, third call")
-        np.testing.assert_array_equal(held.numpy(), held_values, err_msg=f"{prog}: a held result changed")
+        np.testing.assert_array_equal(host(held), held_values, err_msg=f"{prog}: a held result changed")
         checked.append(prog)
 
     checked = []
