@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
+import eager
 from compare import timing
 from compare.correctness import compare_outputs, named
 from compare.machine import describe
@@ -256,10 +257,10 @@ def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> pd.Dat
                 continue
             rows.extend(run_cell(wl, size, cfg, tick))
     df = pd.DataFrame(rows, columns=COLUMNS)
-    # the roofline of the report's GB/s plot, measured on the run's device
-    from compiler.report import copy_bandwidth_gbs
-    df.attrs["meta"] = {**describe(cfg.command, cfg.device), "config": asdict(cfg),
-                        "copy_bandwidth_gbps": round(copy_bandwidth_gbs(cfg.device), 1)}
+    df.attrs["meta"] = {**describe(cfg.command, cfg.device), "config": asdict(cfg)}
+    if cfg.device == "cpu" or eager.cuda_available():  # the roofline of the report's GB/s plot
+        from compiler.report import copy_bandwidth_gbs
+        df.attrs["meta"]["copy_bandwidth_gbps"] = round(copy_bandwidth_gbs(cfg.device), 1)
     return df
 
 

@@ -437,6 +437,11 @@ def main(argv=None) -> int:
             pass
     from compiler.report import copy_bandwidth_gbs
     dev = Device(args.device)
+    if dev.cuda:
+        import eager
+        if not eager.cuda_available():
+            ap.error("--device cuda needs CuPy and a CUDA GPU (eager.cuda_available() is False); install the gpu "
+                     "extra (pip install -e '.[gpu]') on a machine with a GPU")
     bandwidth = copy_bandwidth_gbs(dev.name)
     specs = kernels(SIZES["tiny" if args.tiny else dev.name])
     rows = []

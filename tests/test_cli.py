@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import eager
 from compare.cli import main
 from compare.harness import CORRECTNESS_METRICS
 
@@ -90,3 +91,12 @@ def test_python_dash_m_compare_smoke(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "report: " in proc.stdout and (tmp_path / "report.html").exists()
+
+
+@pytest.mark.skipif(eager.cuda_available(), reason="checks the run on a machine without a GPU")
+def test_a_cuda_run_without_a_gpu_reports_every_cell_skipped_instead_of_crashing(tmp_path):
+    assert main(["run", "--device", "cuda", "--quick", "--workloads", "softmax", "--out", str(tmp_path)]) == 0
+    df = _rows(tmp_path)
+    assert (df.status == "skip").all()
+    assert "CuPy" in df[df["mode"] == "eager"].detail.iloc[0]
+    assert "copy_bandwidth_gbps" not in json.loads((tmp_path / "results.json").read_text())["meta"]
