@@ -190,8 +190,8 @@ def _peers(k: Kernel, arrays, dev: Device, torch_compile: bool) -> dict:
         ja = [dev.jax(a) for a in arrays]
         f = jax.jit(k.jax(jnp, jax))
         out["jax.jit"] = (lambda: f(*ja), dev.sync_jax)
-    except ImportError:
-        pass
+    except (ImportError, RuntimeError) as e:  # not installed, or no backend for this device
+        _skipped("jax.jit", e)
     try:
         import torch
         ta = [dev.torch(a) for a in arrays]
@@ -200,9 +200,13 @@ def _peers(k: Kernel, arrays, dev: Device, torch_compile: bool) -> dict:
         if torch_compile:
             cf = torch.compile(tfn)
             out["torch.compile"] = (lambda: cf(*ta), dev.sync_torch)
-    except ImportError:
-        pass
+    except (ImportError, RuntimeError, AssertionError) as e:  # a CPU-only torch asserts on .cuda()
+        _skipped("torch", e)
     return out
+
+
+def _skipped(peer: str, why: Exception) -> None:
+    print(f"{peer}: skipped: {type(why).__name__}: {why}", file=sys.stderr)
 
 
 def _row(section: str, workload: str, mode: str, med: float, spread: float, **extra) -> dict:
@@ -331,11 +335,11 @@ def bench_mlp(dev: Device, repeat: int, torch_compile: bool) -> list[dict]:
     runs = {"graphduel compiled": (lambda: compiled(xd, yd), dev.sync_ours),
             "graphduel traced": (lambda: traced(xd, yd), dev.sync_ours),
             "graphduel eager": (lambda: eager_step(xd, yd), dev.sync_ours)}
-    for peer in (_torch_mlp, _jax_mlp):
+    for name, peer in (("torch", _torch_mlp), ("jax.jit", _jax_mlp)):
         try:
             runs.update(peer(x.numpy(), y.numpy(), dev, torch_compile))
-        except ImportError:
-            pass
+        except (ImportError, RuntimeError, AssertionError) as e:
+            _skipped(name, e)
     rows = []
     for mode, (run, sync) in runs.items():
         # 20 warm-up calls: our executable spends its first ~10 choosing its BLAS thread count
