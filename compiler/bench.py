@@ -335,11 +335,11 @@ def bench_mlp(dev: Device, repeat: int, torch_compile: bool) -> list[dict]:
     runs = {"graphduel compiled": (lambda: compiled(xd, yd), dev.sync_ours),
             "graphduel traced": (lambda: traced(xd, yd), dev.sync_ours),
             "graphduel eager": (lambda: eager_step(xd, yd), dev.sync_ours)}
-    for name, peer in (("torch", _torch_mlp), ("jax.jit", _jax_mlp)):
+    for peer_name, peer in (("torch", _torch_mlp), ("jax.jit", _jax_mlp)):
         try:
             runs.update(peer(x.numpy(), y.numpy(), dev, torch_compile))
         except (ImportError, RuntimeError, AssertionError) as e:
-            _skipped(name, e)
+            _skipped(peer_name, e)
     rows = []
     for mode, (run, sync) in runs.items():
         # 20 warm-up calls: our executable spends its first ~10 choosing its BLAS thread count
