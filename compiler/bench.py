@@ -439,7 +439,7 @@ def main(argv=None) -> int:
             __import__(peer)
         except ImportError:
             pass
-    from compiler.report import copy_bandwidth_gbs
+    from compiler.report import COPY_BYTES, copy_bandwidth_gbs
     dev = Device(args.device)
     if dev.cuda:
         import eager
@@ -465,7 +465,8 @@ def main(argv=None) -> int:
     df["goal"] = [None if args.tiny else _goal(dev.name, s, m) for s, m in zip(df["section"], df["mode"])]
     df = df.drop(columns="section")
     header = (f"machine: {machine(dev)}\ncommand: python3 -m compiler.bench {' '.join(argv or sys.argv[1:])}\n"
-              f"copy bandwidth (measured): {bandwidth:.1f} GB/s")
+              f"copy bandwidth (measured on {COPY_BYTES[dev.name] >> 20} MB buffers): {bandwidth:.1f} GB/s; a "
+              "%copy_bw above 100 means the workload's buffers partly stay in the last-level cache between calls")
     print(header)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
