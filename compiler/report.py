@@ -22,7 +22,7 @@ COPY_BYTES = {"cpu": 1 << 26, "cuda": 1 << 30}  # per buffer: well past the CPU'
 def copy_bandwidth_gbs(device: str = "cpu", repeat: int = 10) -> float:
     """Measured memory copy bandwidth of ``device`` (read + write bytes per second), the roofline for fused
     kernels; measured once per process. On the CPU every core copies its own chunk (NumPy releases the GIL;
-    one core alone reached 40 GB/s where two reached 47-56 on the project's machine, and our kernels use all
+    one core alone copied 40-43 GB/s where two copied 45-56 on the project's machine, and our kernels use all
     cores). On cuda: a 1 GiB device-to-device copy between two synchronisations."""
     if device == "cuda":
         import cupy
