@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 out="${1:?usage: scripts/gpu_proof.sh OUT_DIR}"
 mkdir -p "$out"
 export GRAPHDUEL_CACHE_DIR="$out/kernel-cache" CUPY_CACHE_DIR="$out/cupy-cache"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # works from the checkout even if the install below fails
 status=0
 step() {  # step NAME COMMAND...: run, keep its log, remember the first failure
   local name="$1"; shift
