@@ -279,3 +279,20 @@ def test_two_threads_trace_at_once_without_mixing_their_recordings():
         t.join()
     assert results[0] == (["mul", "add"], [1.0, 1.0, 1.0])
     assert results[1][0] == ["sub", "exp"]
+
+
+def test_state_locations_with_the_same_name_each_get_their_own_update():
+    def make_counter(step):
+        count = eager.zeros(1)
+
+        def tick(x):
+            count.add_(step)
+            return x + count
+        return tick, lambda: count
+
+    tick_a, count_a = make_counter(1.0)
+    tick_b, count_b = make_counter(10.0)  # a second closure variable also named ``count``
+    traced = tracer.trace(lambda x: tick_a(tick_b(x)), eager.zeros(1))
+    results = [traced(eager.zeros(1)).tolist() for _ in range(3)]
+    assert results == [[11.0], [22.0], [33.0]]
+    assert count_a().tolist() == [3.0] and count_b().tolist() == [30.0]

@@ -74,9 +74,11 @@ class Entry:
         # an update whose location the call just read rebinds the tensor gather found there, without resolving
         # the path again (opt.state[param].exp_avg costs several lookups); not when finish first puts a fresh
         # tensor at that location
-        reader_of = {slot.name: i for i, slot in enumerate(plan.readers)}
-        fresh = {slot.name for slot in plan.extra_slots}
-        self.update_readers = [None if type(t) is int or t.name in fresh else reader_of.get(t.name)
+        # matched by slot identity, not name: names are not unique (two closures' ``count``, a global ``bias``
+        # beside a module's ``bias``)
+        reader_of = {id(slot): i for i, slot in enumerate(plan.readers)}
+        fresh = {id(slot) for slot in plan.extra_slots}
+        self.update_readers = [None if type(t) is int or id(t) in fresh else reader_of.get(id(t))
                                for t in plan.update_targets]
         self._fast = not py_guard and not self.layout_guard
         self.order = next(_ORDER)
