@@ -213,8 +213,8 @@ def test_a_value_reached_later_only_through_a_kept_value_is_not_kept_itself():
 
 def test_rows_longer_than_the_scratch_limit_recompute_instead():
     import eager.nn.functional as F
-    from compiler.codegen.c import SCRATCH_MAX
-    x = eager.randn(2, SCRATCH_MAX + 1)
+    from compiler.codegen.c import SCRATCH_BYTES
+    x = eager.randn(2, SCRATCH_BYTES // 4 + 1)
     c, src = _one_kernel(lambda x: F.softmax(x, dim=-1), x)
     assert _exp_calls(src) == 2 and "float s" not in src
     np.testing.assert_allclose(c(x).numpy(), F.softmax(x, dim=-1).numpy(), rtol=1e-6, atol=1e-9)
@@ -225,3 +225,19 @@ def test_log_softmax_keeps_nothing_its_exp_feeds_only_the_sum():
     x = eager.randn(8, 100)
     c, src = _one_kernel(lambda x: F.log_softmax(x, dim=-1), x)
     assert _exp_calls(src) == 1 and "float s" not in src
+
+
+def test_scratch_rows_of_one_kernel_stay_within_the_stack_budget():
+    from compiler.codegen.c import SCRATCH_BYTES
+    n = SCRATCH_BYTES // 4 // 3  # float32 rows: room for 3, and the kernel has 5 candidates
+
+    def f(x):
+        vals = [(x * k).tanh() for k in range(1, 6)]
+        total = 1 + (vals[0] * vals[0]).sum(dim=-1, keepdim=True)  # positive: no cancellation to amplify
+        for v in vals[1:]:
+            total = total + (v * v).sum(dim=-1, keepdim=True)
+        return sum(vals) / total
+    x = eager.randn(4, n)
+    c, src = _one_kernel(f, x)
+    assert src.count(f"[{n}];") == 3
+    np.testing.assert_allclose(c(x).numpy(), f(x).numpy(), rtol=1e-5, atol=1e-6)

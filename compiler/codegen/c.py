@@ -32,9 +32,10 @@ PARALLEL_WORK = 1 << 18
 DOUBLE_ACC_LENGTH = 1 << 13  # float32 sums longer than this accumulate in double
 COLUMN_TILE = 128  # rows of a column kernel run together: one contiguous vector of this many lanes per load
 # a transcendental value that several loops of a row kernel read is computed once into a per-row scratch array
-# (on the stack, so rows up to this many elements): softmax's exp(x - max) feeds both its sum and its output
-# (measured 2048x2048 float32: 1.44-1.56 ms recomputed, 1.19-1.31 ms kept)
-SCRATCH_MAX = 1 << 14
+# instead of being recomputed: softmax's exp(x - max) feeds both its sum and its output (measured 2048x2048
+# float32: 1.44-1.56 ms recomputed, 1.19-1.31 ms kept). The arrays live on the stack of every thread, so one
+# kernel's together stay under SCRATCH_BYTES (musl's default thread stack is 128 KiB); the rest are recomputed.
+SCRATCH_BYTES = 32 << 10
 SCRATCH_OPS = frozenset({"exp", "log", "tanh", "erf", "pow", "sin", "cos", "sigmoid"})
 _VECTOR_FUNCS = ("exp", "log", "sin", "cos", "tanh", "erf", "pow")
 
@@ -237,7 +238,7 @@ class _CKernel:
         each loop's root expressions; a value reached in later loops only through another kept value is not
         kept itself."""
         k = self.k
-        if not k.is_row_kernel or math.prod(k.inner) > SCRATCH_MAX:
+        if not k.is_row_kernel:
             return []
 
         def reached(roots, stop) -> dict[int, Expr]:
@@ -260,7 +261,13 @@ class _CKernel:
         later = set()
         for n, roots in enumerate(loops):
             later |= {i for i in reached(roots, shared) if i in shared and first[i] < n}
-        return [e for e in k.order if id(e) in later]
+        kept, room = [], SCRATCH_BYTES
+        for e in k.order:
+            size = math.prod(k.inner) * e.dtype.itemsize
+            if id(e) in later and size <= room:
+                kept.append(e)
+                room -= size
+        return kept
 
     def declarations(self) -> list[str]:
         written = {self.arg_of[s.node.id] for s in self.k.stores}
