@@ -22,7 +22,7 @@ import ctypes
 import functools
 import math
 
-from compiler.codegen.dialect import C
+from compiler.codegen.dialect import C, int_pow_function
 from compiler.codegen.emit import Emitter
 from compiler.kernel import Expr, KernelIR
 
@@ -60,6 +60,11 @@ def vector_math_prelude() -> str:
 
 def needs_mvec() -> bool:
     return bool(vector_math_prelude())
+
+
+def _max_identity(dtype) -> str:
+    """The start of a running max: below every value of ``dtype``."""
+    return {"f": "(-INFINITY)", "b": "0"}.get(dtype.kind, "INT64_MIN" if dtype.itemsize == 8 else "INT32_MIN")
 
 
 def _decompose(var: str, sizes: list[int], names: list[str]) -> list[str]:
@@ -110,9 +115,7 @@ class _CKernel:
             result = f"({ctype}){j}"
         else:
             floating = e.dtype.kind == "f"
-            init = {"f": "(-INFINITY)", "b": "0"}.get(e.dtype.kind, "INT64_MIN" if e.dtype.itemsize == 8
-                                                       else "INT32_MIN")
-            head = [f"{ctype} {j} = {init};"] + ([f"int {j}_nan = 0;"] if floating else [])
+            head = [f"{ctype} {j} = {_max_identity(e.dtype)};"] + ([f"int {j}_nan = 0;"] if floating else [])
             body = em.inner + [f"{j} = ({value} > {j}) ? {value} : {j};"]
             red = f" reduction(max:{j})"
             if floating:  # max(NaN, x) is NaN in NumPy: tracked on the side so the max itself vectorises
@@ -162,8 +165,7 @@ class _CKernel:
                 init, update, result = "0", f"{j}[t] += {value};", f"({ctype}){j}[t]"
             else:
                 acc_t = ctype
-                init = {"f": "(-INFINITY)", "b": "0"}.get(e.dtype.kind, "INT64_MIN" if e.dtype.itemsize == 8
-                                                           else "INT32_MIN")
+                init = _max_identity(e.dtype)
                 # NaN wins, as in NumPy: once the accumulator is NaN no comparison replaces it
                 update = f"{j}[t] = ({value} > {j}[t] || {value} != {value}) ? {value} : {j}[t];"
                 result = f"{j}[t]"
@@ -283,19 +285,9 @@ class _CKernel:
         return out
 
 
-INT_POW = """static inline long long gd_ipow(long long b, long long e) {
-  /* NumPy refuses negative integer exponents; here: b**e truncated (0 unless |b| == 1) */
-  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
-  unsigned long long r = 1, x = (unsigned long long)b, k = (unsigned long long)e;
-  while (k) { if (k & 1) r *= x; x *= x; k >>= 1; }  /* unsigned: wraps like NumPy's int64 */
-  return (long long)r;
-}
-"""
-
-
 def header() -> str:
-    return "\n".join(["#include <stdint.h>", "#include <math.h>", vector_math_prelude(), "#include <tgmath.h>", INT_POW,
-                      ""])
+    return "\n".join(["#include <stdint.h>", "#include <math.h>", vector_math_prelude(), "#include <tgmath.h>",
+                      int_pow_function("static inline"), ""])
 
 
 def render_function(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:

@@ -20,21 +20,13 @@ from __future__ import annotations
 
 import math
 
-from compiler.codegen.dialect import CUDA
+from compiler.codegen.dialect import CUDA, int_pow_function
 from compiler.codegen.emit import Emitter
 from compiler.kernel import Expr, KernelIR
 
 BLOCK = 256
 
-HEADER = r"""
-__device__ __forceinline__ long long gd_ipow(long long b, long long e) {
-  /* NumPy refuses negative integer exponents; here: b**e truncated (0 unless |b| == 1) */
-  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
-  unsigned long long r = 1, x = (unsigned long long)b, k = (unsigned long long)e;
-  while (k) { if (k & 1) r *= x; x *= x; k >>= 1; }  /* unsigned: wraps like NumPy's int64 */
-  return (long long)r;
-}
-#define GD_WARP_SUM(T) \
+HEADER = "\n" + int_pow_function("__device__ __forceinline__") + r"""#define GD_WARP_SUM(T) \
   __device__ __forceinline__ T gd_warp_sum(T v) { \
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }
 #define GD_WARP_MAX(T) \

@@ -68,8 +68,22 @@ _F32, _F64 = np.dtype("float32"), np.dtype("float64")
 _I64, _I32, _BOOL = np.dtype("int64"), np.dtype("int32"), np.dtype("bool")
 
 # Integer powers are exact and wrap on overflow as NumPy's do (math's pow goes through double: inexact past 2**53,
-# and NVRTC has no integer overload at all); ``gd_ipow`` is defined in each backend's kernel header.
+# and NVRTC has no integer overload at all). ``gd_ipow`` is defined once here; each backend's kernel header
+# prefixes its own qualifiers (``int_pow_function``).
 _INT_POW = "(({ctype})gd_ipow((long long)({0}), (long long)({1})))"
+_INT_POW_BODY = """long long gd_ipow(long long b, long long e) {
+  /* NumPy refuses negative integer exponents; here: b**e truncated (0 unless |b| == 1) */
+  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
+  unsigned long long r = 1, x = (unsigned long long)b, k = (unsigned long long)e;
+  while (k) { if (k & 1) r *= x; x *= x; k >>= 1; }  /* unsigned: wraps like NumPy's int64 */
+  return (long long)r;
+}
+"""
+
+
+def int_pow_function(qualifiers: str) -> str:
+    """The C/CUDA definition of ``gd_ipow`` with the backend's qualifiers (``static inline``, ``__device__``)."""
+    return f"{qualifiers} {_INT_POW_BODY}"
 
 C = Dialect("c", {_F32: "float", _F64: "double", _I64: "int64_t", _I32: "int32_t", _BOOL: "_Bool"},
             {"pow:int": _INT_POW})

@@ -115,11 +115,11 @@ class Executable:
         arg_index = [self.index[a.id] if hasattr(a, "id") else None for a in args]
         scalars = [None if hasattr(a, "id") else a for a in args]
         xp = self.xp
-        # np.dot takes half the time of np.matmul on small matrices (0.8 vs 1.5 us at 16x8x32: less ufunc
-        # machinery) and is the same product for 2-D operands; matmul broadcasts batches, which dot does not
-        two_d = len(args[0].shape) == 2 and len(args[1].shape) == 2 if step.kind == "library" else False
-        matmul = np.dot if xp is np and two_d else xp.matmul
         if step.kind == "library":
+            # np.dot takes half the time of np.matmul on small matrices (0.8 vs 1.5 us at 16x8x32: less ufunc
+            # machinery) and is the same product for 2-D operands; matmul broadcasts batches, which dot does not
+            two_d = len(args[0].shape) == 2 and len(args[1].shape) == 2
+            matmul = np.dot if xp is np and two_d else xp.matmul
             a, b = arg_index
             if i in self.pools:
                 pool = self.pools[i]
