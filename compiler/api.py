@@ -19,7 +19,7 @@ from compiler.passes import optimize
 from compiler.program import Program, build
 from tracer.ir import Graph
 
-BACKENDS = ("c", "numpy", "cuda", "xla")
+BACKENDS = ("c", "numpy", "cuda", "xla", "simt")
 
 
 @dataclass
@@ -67,6 +67,8 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
     backend = backend or _default_backend(device)
     if backend not in BACKENDS:
         raise ValueError(f"compile: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "simt" and device != "cpu":
+        raise ValueError("compile: backend 'simt' emulates the CUDA kernels on the CPU; use device='cpu'")
     start = time.perf_counter()
     optimized = optimize(graph)
     passes = time.perf_counter() - start
@@ -77,9 +79,9 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
         from compiler.xla import build_xla
         ex = build_xla(optimized, device)
         kernels = []
-    elif backend == "cuda" or device == "cuda":
+    elif backend in ("cuda", "simt") or device == "cuda":
         from compiler.runtime.cuda import build_cuda
-        ex = build_cuda(program)
+        ex = build_cuda(program, simulate=backend == "simt")
         kernels = ex.kernels
     elif backend == "numpy":
         from compiler.runtime.cpu import generate
@@ -163,8 +165,9 @@ def compile(fn, *example_inputs, device: str = "cpu", backend: str | None = None
             fuel: int | None = -1, cuda_graph: bool = False, **example_kwargs) -> Compiled:
     """Trace ``fn`` (function, Module, or ``tracer.Traced``) on example inputs and compile its graph.
 
-    ``device``: 'cpu' or 'cuda'. ``backend``: None (C on cpu, CUDA on cuda), 'c', 'numpy' (fallback), 'cuda' or
-    'xla' (jax.jit on the same optimised graph). ``fuel``: fusion budget (-1 reads ``GRAPHDUEL_FUSION_FUEL``;
+    ``device``: 'cpu' or 'cuda'. ``backend``: None (C on cpu, CUDA on cuda), 'c', 'numpy' (fallback), 'cuda',
+    'xla' (jax.jit on the same optimised graph) or 'simt' (the CUDA kernels run on the CPU under an emulator:
+    slow, for testing and reading them without a GPU). ``fuel``: fusion budget (-1 reads ``GRAPHDUEL_FUSION_FUEL``;
     None is unlimited). ``cuda_graph``: on cuda, capture the whole step in a CUDA graph on the first call and
     replay it (one launch per step). Training steps work as with ``tracer.trace``: new state is written back
     each call.

@@ -94,7 +94,8 @@ def nvcc_check(sources: list[str], arch: str = "sm_80") -> str | None:
         src = os.path.join(d, "kernels.cu")
         with open(src, "w") as f:
             f.write("\n".join(sources))
-        proc = subprocess.run([nvcc, "-c", f"-arch={arch}", "-std=c++17", src, "-o", os.path.join(d, "k.o")],
+        proc = subprocess.run([nvcc, "-c", f"-arch={arch}", "-std=c++17", "--fmad=false", src, "-o",
+                               os.path.join(d, "k.o")],
                               capture_output=True, text=True)
         return None if proc.returncode == 0 else proc.stderr[-4000:]
 

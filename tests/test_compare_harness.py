@@ -172,6 +172,32 @@ def test_our_static_modes_agree_with_eager_when_they_exist(mode):
     assert fails.empty, fails[["workload", "mode", "metric", "detail"]].to_string()
 
 
+def test_compiled_mode_with_its_cuda_kernels_under_the_emulator_matches_float64_and_eager(monkeypatch):
+    """Every workload's CUDA kernels (the cuda backend's source and launches, run by the SIMT emulator on this
+    CPU) pass the same correctness cells as the C kernels: outputs, gradients and new state."""
+    import shutil
+
+    import compiler
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: the SIMT emulator cannot build")
+    backends = []
+    real = compiler.compile
+
+    def simt_compile(fn, *args, **kwargs):
+        compiled = real(fn, *args, backend="simt", **kwargs)
+        backends.append(compiled.backend)
+        return compiled
+    monkeypatch.setattr(compiler, "compile", simt_compile)
+    from compare import workloads
+    names = [n for n in workloads.names() if n != "dynamic_net"]
+    df = run(RunConfig(workloads=names, modes=["eager", "compiled"], sizes=["small"], **FAST))
+    runs = df[(df.metric == "run") & (df["mode"] == "compiled")]
+    assert len(runs) == len(names) and (runs.status == "ok").all(), runs[runs.status != "ok"][["workload", "detail"]]
+    assert set(backends) == {"simt"}
+    fails = correctness_failures(df)
+    assert fails.empty, fails[["workload", "mode", "metric", "detail"]].to_string()
+
+
 @pytest.mark.parametrize("module", ["compare.correctness", "compare.timing", "compare.machine", "compare.modes",
                                     "compare.gate", "compare.plots", "compare.workloads", "compare.workloads.registry",
                                     "compare.workloads.npref", "compare.harness", "compare.report", "compare.explain"])

@@ -107,8 +107,8 @@ def _valid(lib: Path, meta: Path) -> bool:
         return False
 
 
-def _compile(cc: str, source: str, lib: Path, build_flags: list[str]) -> None:
-    src = lib.with_suffix(".c")
+def _compile(cc: str, source: str, lib: Path, build_flags: list[str], suffix: str) -> None:
+    src = lib.with_suffix(suffix)
     _atomic_write(src, source.encode())
     fd, tmp = tempfile.mkstemp(dir=lib.parent, prefix=lib.name + ".", suffix=".tmp")
     os.close(fd)
@@ -133,11 +133,13 @@ def _quiet_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def load_library(source: str) -> tuple[ctypes.CDLL, Path]:
-    """Compile ``source`` (or take it from the cache) and load it. Raises NoCompiler without a compiler."""
+def load_library(source: str, build_flags: list[str] | None = None, cc: str | None = None,
+                 suffix: str = ".c") -> tuple[ctypes.CDLL, Path]:
+    """Compile ``source`` (or take it from the cache) and load it. Raises NoCompiler without a compiler.
+    Defaults: the C kernels' ``flags()`` and ``c_compiler()``; the SIMT emulator passes its C++ ones."""
     _quiet_openmp()
-    build_flags = flags()
-    cc = c_compiler()
+    build_flags = flags() if build_flags is None else build_flags
+    cc = c_compiler() if cc is None else cc
     key = key_of(source, build_flags, cc or "cc")
     lib, meta = cache_dir() / f"{key}.so", cache_dir() / f"{key}.sha256"
     if _valid(lib, meta):
@@ -153,6 +155,6 @@ def load_library(source: str) -> tuple[ctypes.CDLL, Path]:
                       RuntimeWarning, stacklevel=3)
     if cc is None:
         raise NoCompiler(f"no C compiler found (CC={os.environ.get('CC') or 'cc'})")
-    _compile(cc, source, lib, build_flags)
+    _compile(cc, source, lib, build_flags, suffix)
     _atomic_write(meta, _sha(lib).encode())
     return ctypes.CDLL(str(lib)), lib

@@ -2,12 +2,15 @@
 (``cupy.matmul``), host steps by CuPy; optionally the whole step captured in a CUDA graph and replayed.
 
 Importing this module never imports CuPy; building an executable does, and fails clearly without it.
-Not exercised without a GPU: the generated source is compiled with ``nvcc`` in the tests instead.
+``simulate=True`` builds the same executable on NumPy arrays with the module compiled for the SIMT emulator
+(``compiler.runtime.simt``): the generated kernels run, with the same launches, on a machine without a GPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from compiler.codegen import cuda as cgen
 from compiler.runtime.cpu import arg_map, render_kernels
@@ -36,10 +39,22 @@ def module_source(kernels) -> str:
     return cgen.header() + "\n" + "\n".join(k.source for k in kernels)
 
 
-def build_cuda(program) -> Executable:
-    cp = _cupy()  # raises a clear RuntimeError without CuPy or a GPU
+# --fmad=false: NVRTC contracts a*b+c into an FMA by default, and whether it does can differ between two kernels
+# that recompute one value; a mask like (y - max(y)) >= 0 then misses the maximum it was computed from. The C
+# backend builds with -ffp-contract=off for the same reason.
+NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
+
+
+def build_cuda(program, simulate: bool = False) -> Executable:
     kernels = generate(program)
-    module = cp.RawModule(code=module_source(kernels), options=("--std=c++17",)) if kernels else None
+    if simulate:
+        from compiler.runtime.simt import SimtModule
+        xp = np
+        direct = {k.name for k in kernels if not k.ir.is_row_kernel}  # elementwise kernels never synchronise
+        module = SimtModule(module_source(kernels), direct) if kernels else None
+    else:
+        xp = cp = _cupy()  # raises a clear RuntimeError without CuPy or a GPU
+        module = cp.RawModule(code=module_source(kernels), options=NVRTC_OPTIONS) if kernels else None
     by_group = {k.ir.group.id: k for k in kernels}
 
     def kernel_step(k, step, ex: Executable):
@@ -59,9 +74,10 @@ def build_cuda(program) -> Executable:
             fn((grid,), (block,), tuple(env[i] for i in idx))
         return run
 
-    ex = Executable(program, kernel_step, "cuda", xp=cp)
-    ex.kernels = kernels
-    ex.graph_replay = CudaGraphReplay(ex)
+    ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp)
+    ex.kernels, ex.module = kernels, module
+    if not simulate:
+        ex.graph_replay = CudaGraphReplay(ex)
     return ex
 
 

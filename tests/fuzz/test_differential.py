@@ -3,7 +3,8 @@
 Properties (each checked on ``fuzz_examples`` programs; ``--fuzz-long`` for thousands):
 - eager == float64 NumPy reference, within the written tolerances below;
 - gradients of a scalar loss over the program == ``jax.grad`` of the same program (float64);
-- traced == eager, and compiled == eager on the CPU and (with a GPU) on cuda.
+- traced == eager, and compiled == eager on the CPU, with the CUDA kernels under the SIMT emulator, and (with a
+  GPU) on cuda.
 
 A failure shrinks to a minimal program and prints it as readable Python.
 """
@@ -105,7 +106,7 @@ def _mode_or_skip(module: str, attr: str):
     return getattr(mod, attr)
 
 
-@pytest.mark.parametrize("mode", ["traced", "compiled", "compiled-cuda"])
+@pytest.mark.parametrize("mode", ["traced", "compiled", "compiled-simt", "compiled-cuda"])
 def test_static_modes_match_eager(fuzz_examples, mode):
     device = "cuda" if mode == "compiled-cuda" else "cpu"
     if device == "cuda" and not eager.cuda_available():
@@ -114,7 +115,8 @@ def test_static_modes_match_eager(fuzz_examples, mode):
         build = _mode_or_skip("tracer", "trace")
     else:
         compile_ = _mode_or_skip("compiler", "compile")
-        build = lambda fn, *xs: compile_(fn, *xs, device=device)  # noqa: E731
+        backend = "simt" if mode == "compiled-simt" else None
+        build = lambda fn, *xs: compile_(fn, *xs, device=device, backend=backend)  # noqa: E731
 
     def host(t):
         return t.cpu().numpy()

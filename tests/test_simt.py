@@ -1,0 +1,158 @@
+"""The SIMT emulator runs generated CUDA on the CPU with CUDA's semantics: warp shuffles, block barriers,
+shared memory per block; it reports what would hang on a GPU and exposes order-dependent (racy) kernels.
+Then: every kernel the cuda backend generates for real models runs under it and matches the C backend."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import compiler
+import eager
+import eager.nn.functional as F
+from compiler.codegen.cuda import BLOCK, header
+from compiler.runtime.cuda import build_cuda
+from compiler.runtime.simt import SimtError, SimtModule
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the emulator cannot build")
+
+ROW_SUM = header() + r"""
+extern "C" __global__ void row_sum(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ n) {
+  for (long long o = blockIdx.x; o < n[0]; o += gridDim.x) {
+    float acc = 0;
+    for (long long r = threadIdx.x; r < n[1]; r += blockDim.x) acc += x[o * n[1] + r];
+    const float total = gd_block_reduce<float, false>(acc, 0.0f);
+    if (threadIdx.x == 0) out[o] = total;
+  }
+}
+extern "C" __global__ void row_max(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ n) {
+  for (long long o = blockIdx.x; o < n[0]; o += gridDim.x) {
+    float acc = -__int_as_float(0x7f800000);
+    for (long long r = threadIdx.x; r < n[1]; r += blockDim.x) acc = x[o * n[1] + r] > acc ? x[o * n[1] + r] : acc;
+    out[o] = gd_block_reduce<float, true>(acc, -__int_as_float(0x7f800000));
+  }
+}
+"""
+
+KERNELS = r"""
+extern "C" __global__ void divergent_barrier(float* __restrict__ out) {
+  if (threadIdx.x < 16) __syncthreads();
+  out[threadIdx.x] = 1;
+}
+extern "C" __global__ void divergent_shuffle(float* __restrict__ out) {
+  float v = threadIdx.x;
+  if (threadIdx.x % 2 == 0) v = __shfl_xor_sync(0xffffffffu, v, 1);
+  out[threadIdx.x] = v;
+}
+extern "C" __global__ void rotate(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ sync) {
+  __shared__ float tile[256];
+  tile[threadIdx.x] = x[blockIdx.x * blockDim.x + threadIdx.x];
+  if (sync[0]) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = tile[(threadIdx.x + 1) % blockDim.x];
+}
+extern "C" __global__ void butterfly(const int* __restrict__ x, int* __restrict__ out) {
+  int v = x[threadIdx.x];
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 5) * 1000 + __shfl_down_sync(0xffffffffu, v, 3);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return SimtModule(ROW_SUM)
+
+
+@pytest.mark.parametrize("shape", [(5, 1000), (3, 7), (1, 256), (300, 33)])
+def test_block_reductions_of_the_cuda_header_give_row_sums_and_maxima(rows, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    n = np.array(shape, np.int32)
+    total, top = np.zeros(shape[0], np.float32), np.zeros(shape[0], np.float32)
+    grid = (min(shape[0], 4),)  # fewer blocks than rows: the grid-stride loop over rows is exercised too
+    rows.get_function("row_sum")(grid, (BLOCK,), (x, total, n))
+    rows.get_function("row_max")(grid, (BLOCK,), (x, top, n))
+    np.testing.assert_allclose(total, x.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(top, x.max(axis=1))
+
+
+def test_a_block_that_is_not_whole_warps_cannot_shuffle_with_a_full_mask(rows):
+    x, n, out = np.ones((2, 8), np.float32), np.array([2, 8], np.int32), np.zeros(2, np.float32)
+    with pytest.raises(SimtError, match="full warp"):
+        rows.get_function("row_sum")((2,), (48,), (x, out, n))
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return SimtModule(KERNELS), SimtModule(KERNELS, reverse=True)
+
+
+def test_a_barrier_in_divergent_code_is_reported_not_hung(kernels):
+    with pytest.raises(SimtError, match="divergent code"):
+        kernels[0].get_function("divergent_barrier")((1,), (64,), (np.zeros(64, np.float32),))
+
+
+def test_a_shuffle_by_half_a_warp_is_reported(kernels):
+    with pytest.raises(SimtError, match=r"warp 0: 16 of 32 lanes wait at a full-mask shuffle"):
+        kernels[0].get_function("divergent_shuffle")((1,), (32,), (np.zeros(32, np.float32),))
+
+
+def test_shuffles_read_the_source_lanes_value(kernels):
+    x = np.arange(64, dtype=np.int32) * 7
+    out = np.zeros(64, np.int32)
+    kernels[0].get_function("butterfly")((1,), (64,), (x, out))
+    lane = np.arange(64) % 32
+    warp = np.arange(64) // 32 * 32
+    down = np.where(lane + 3 < 32, x[warp + np.minimum(lane + 3, 31)], x)  # past the warp's end: own value
+    np.testing.assert_array_equal(out, x[warp + (lane ^ 5)] * 1000 + down)
+
+
+def test_a_missing_barrier_shows_as_results_that_depend_on_thread_order(kernels):
+    forward, reverse = kernels
+    x = np.arange(2 * BLOCK, dtype=np.float32)
+    want = np.roll(x.reshape(2, BLOCK), -1, axis=1).ravel()
+    results = {}
+    for sync in (0, 1):
+        for name, module in (("forward", forward), ("reverse", reverse)):
+            out = np.zeros_like(x)
+            module.get_function("rotate")((2,), (BLOCK,), (x, out, np.array([sync], np.int32)))
+            results[sync, name] = out
+    np.testing.assert_array_equal(results[1, "forward"], want)
+    np.testing.assert_array_equal(results[1, "reverse"], want)
+    assert not np.array_equal(results[0, "forward"], results[0, "reverse"])
+
+
+def test_a_kernel_marked_barrier_free_that_synchronises_is_an_error():
+    module = SimtModule(KERNELS, direct={"divergent_barrier"})
+    with pytest.raises(SimtError, match="without fibers reached __syncthreads"):
+        module.get_function("divergent_barrier")((1,), (32,), (np.zeros(32, np.float32),))
+
+
+def test_unknown_kernels_and_2d_launches_are_clear_errors(kernels):
+    with pytest.raises(KeyError, match="no kernel 'nope'"):
+        kernels[0].get_function("nope")
+    with pytest.raises(ValueError, match="1-D launches"):
+        kernels[0].get_function("butterfly")((1, 1), (32,), (np.zeros(32, np.int32), np.zeros(32, np.int32)))
+
+
+# ---------------------------------------------------------------- the cuda backend's own kernels
+
+def test_simt_backend_runs_vectorised_and_scalar_paths_of_one_kernel():
+    f = compiler.compile(lambda t: F.gelu(t, approximate="tanh") * 3, eager.randn(8, 64), backend="simt")
+    assert f.backend == "simt" and len(f.kernels) == 1 and "float4" in f.kernels[0].source
+    x = eager.randn(8, 64)
+    want = compiler.compile(lambda t: F.gelu(t, approximate="tanh") * 3, x)(x).numpy()
+    np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-6, atol=1e-6)
+    # a misaligned input (a view one float in) takes the scalar loop the kernel checks for at run time
+    (program,) = [lw.program for lw in f.lowerings]
+    ex = build_cuda(program, simulate=True)
+    base = np.random.default_rng(1).standard_normal(8 * 64 + 1).astype(np.float32)
+    shifted = base[1:].reshape(8, 64)
+    assert shifted.ctypes.data % 16 != 0
+    aligned = shifted.copy()
+    np.testing.assert_array_equal(ex.run([shifted])[0], ex.run([aligned])[0])
+
+
+def test_simt_is_only_for_the_cpu_device():
+    with pytest.raises(ValueError, match="simt"):
+        compiler.compile(lambda t: t * 2, eager.ones(2), device="cuda", backend="simt")
