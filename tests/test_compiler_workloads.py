@@ -249,7 +249,7 @@ def test_every_compiled_program_has_cuda_source_that_nvcc_builds():
     assert COMPILED, "run with the other tests of this module"
     seen, bodies = set(), []
     for c in COMPILED:
-        for lowered in {id(e.exe): e.exe for e in c.traced.entries}.values():
+        for lowered in c.lowerings:
             if lowered.program is None or id(lowered) in seen:
                 continue
             seen.add(id(lowered))
@@ -274,8 +274,7 @@ def test_a_train_step_runs_as_few_kernels(trained):
 def _lowerings_compiled_here():
     seen = {}
     for c in COMPILED:
-        for entry in c.traced.entries:
-            lowered = entry.exe
+        for lowered in c.lowerings:
             if lowered.program is not None and lowered.example is not None:
                 seen.setdefault(id(lowered), lowered)
     return list(seen.values())
@@ -300,3 +299,32 @@ def test_every_compiled_program_runs_its_cuda_kernels_under_the_simt_emulator():
             what = f"{[k.name for k in lowered.kernels][:3]}... output {i}"
             np.testing.assert_array_equal(f, r, err_msg=f"{what}: thread order changed the result")
             np.testing.assert_allclose(f, w, err_msg=what, **TOL.get(str(np.asarray(w).dtype), dict(rtol=0, atol=0)))
+
+
+def test_the_first_call_program_of_a_train_step_is_compiled_only_if_it_runs_again():
+    """A step that creates optimizer state has a first-call program that usually runs once: it runs on the
+    static executor and is not compiled (half the compile time of the MLP step); reset the state and it runs
+    again, now compiled. Every call matches eager."""
+    batches = _batches("float32", n=5)
+    model_c, step_c = _mlp_step("adam", "float32")
+    model_e, step_e = _mlp_step("adam", "float32")
+    compiled = _compile(step_c, *batches[0])
+    assert len(compiled.lowerings) == 1 and compiled.lowerings[0].graph is not None
+    first, steady = compiled.traced.entries
+    assert compiled.lowered is steady.exe and first.exe is not steady.exe
+
+    def opt_of(step):
+        return next(c.cell_contents for c in step.__closure__ if hasattr(c.cell_contents, "param_groups"))
+    losses = []
+    for i, (x, y) in enumerate(batches):
+        if i == 3:  # fresh optimizer state and no .grad in both: the first-call program's guards match again
+            for model, step in ((model_c, step_c), (model_e, step_e)):
+                opt_of(step).state.clear()
+                for p in model.parameters():
+                    p.grad = None
+        losses.append((float(compiled(x, y)), float(step_e(x, y))))
+    assert compiled.retrace_count == 0
+    assert len(compiled.lowerings) == 2 and first.exe.lowered is compiled.lowerings[1]
+    np.testing.assert_allclose([c for c, _ in losses], [e for _, e in losses], rtol=1e-5, atol=1e-6)
+    for pc, pe in zip(model_c.parameters(), model_e.parameters()):
+        np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-4, atol=1e-6)

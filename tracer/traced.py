@@ -161,6 +161,25 @@ class Entry:
         return self.finish(leaves, self.exe.run(arrays), tensors)
 
 
+class RunOnceFirst:
+    """Runs ``graph`` on the static executor the first time, lowers it with ``lower`` when it runs again (the
+    state it expects was re-created, e.g. a new optimizer put in place of the old)."""
+
+    def __init__(self, graph: Graph, lower):
+        self.graph, self.lower = graph, lower
+        self.lowered = None
+        self.static_runs = 0
+
+    def run(self, arrays: list) -> list:
+        if self.lowered is not None:
+            return self.lowered.run(arrays)
+        if self.static_runs == 0:
+            self.static_runs = 1
+            return default_lower(self.graph).run(arrays)
+        self.lowered = self.lower(self.graph)
+        return self.lowered.run(arrays)
+
+
 def _convert(array, kind: str):
     value = to_numpy(array)
     if kind == "tolist":
@@ -274,7 +293,6 @@ class Traced:
         snap = world.snapshot(leaves)
         try:
             first = self._record(world, snap, args, kwargs, leaves, key, names, steady=False)
-            first.exe = self.lower(first.graph)
             entries = [first]
             if any(layout_of(slot.get()) != layout for slot, layout in first.plan.guard):
                 # the run changed the state's layout: record the program later calls will run
@@ -285,13 +303,24 @@ class Traced:
                 world2 = World.discover(self.fn, args, self._extra_params)
                 snap2 = world2.snapshot(leaves)
                 steady = self._record(world2, snap2, args, kwargs, leaves, key, names, steady=True)
-                same = steady.graph.fingerprint() == first.graph.fingerprint()
-                steady.exe = first.exe if same else self.lower(steady.graph)  # one lowering per distinct program
+                steady.exe = self.lower(steady.graph)
+                same = steady.graph.fingerprint() == first.graph.fingerprint()  # one lowering per distinct program
+                first.exe = steady.exe if same else self._lower_first(first.graph)
                 entries.append(steady)
+            else:
+                first.exe = self.lower(first.graph)
         finally:
             snap.restore()
         _debug(self, entries)
         return entries
+
+    def _lower_first(self, graph: Graph):
+        """The executable of a first-call program that a steady program follows. With a custom ``lower`` (the
+        compiler), that program usually runs once (the call that creates the optimizer state), so it is not
+        lowered until it runs a second time: the first call does not wait for a compile it would not repay."""
+        if self.lower is default_lower:
+            return default_lower(graph)
+        return RunOnceFirst(graph, self.lower)
 
     def _record(self, world: World, snap, args, kwargs, leaves, key, names, steady: bool) -> Entry:
         t0 = time.perf_counter()
