@@ -8,7 +8,8 @@ puts every tensor, ``.grad``, optimizer-state entry, Python attribute and random
 When a run changes the *layout* of state (a ``.grad`` appears, an optimizer creates its moments on the first
 step), the first call and the later calls run different programs. The trace then records a second run
 starting from the state the first one left (the steady state) before restoring everything; both go into the
-cache under guards on that layout, so call 1 runs the first graph and calls 2..N the second.
+cache under guards on that layout, so call 1 runs the first graph and calls 2..N the second. With a custom
+``lower`` (the compiler), the first graph runs on the static executor and is lowered only if it runs again.
 
     >>> import eager
     >>> traced = trace(lambda x: (x * 2).exp(), eager.zeros(3))

@@ -23,7 +23,7 @@ import functools
 import math
 
 from compiler.codegen.dialect import C, int_pow_function
-from compiler.codegen.emit import Emitter
+from compiler.codegen.emit import Emitter, decompose
 from compiler.kernel import Expr, KernelIR
 
 # loop iterations (x phases) below which a kernel runs on one thread: waking the sleeping (PASSIVE) OpenMP team
@@ -67,14 +67,6 @@ def _max_identity(dtype) -> str:
     return {"f": "(-INFINITY)", "b": "0"}.get(dtype.kind, "INT64_MIN" if dtype.itemsize == 8 else "INT32_MIN")
 
 
-def _decompose(var: str, sizes: list[int], names: list[str]) -> list[str]:
-    """Split a flat loop index into per-dim indices (row-major)."""
-    out, stride = [], 1
-    for size, name in reversed(list(zip(sizes, names))):
-        out.append(f"const int64_t {name} = ({var} / {stride}LL) % {size}LL;")
-        stride *= size
-    return list(reversed(out))
-
 
 class _CKernel:
     def __init__(self, k: KernelIR, name: str, arg_of: dict[int, int]):
@@ -97,7 +89,7 @@ class _CKernel:
             pragma = f"#pragma omp simd{reduction}"
         else:
             pragma = f"#pragma omp parallel for simd{reduction}"
-        head = _decompose("r", k.inner, self.inner_idx) if len(self.inner_idx) > 1 else []
+        head = decompose("r", k.inner, self.inner_idx, "int64_t") if len(self.inner_idx) > 1 else []
         return [pragma, f"for (int64_t r = 0; r < {count}LL; r++) {{"] + ["  " + s for s in head + body] + ["}"]
 
     def phase(self, e: Expr) -> list[str]:
@@ -144,8 +136,8 @@ class _CKernel:
         k, em = self.k, self.em
         em.flat = True
         tile, n_outer, n_inner = COLUMN_TILE, math.prod(k.outer), math.prod(k.inner)
-        inner_head = _decompose("r", k.inner, self.inner_idx) if len(self.inner_idx) > 1 else []
-        outer_head = (_decompose("o", k.outer, self.outer_idx) if k.n_outer > 1
+        inner_head = decompose("r", k.inner, self.inner_idx, "int64_t") if len(self.inner_idx) > 1 else []
+        outer_head = (decompose("o", k.outer, self.outer_idx, "int64_t") if k.n_outer > 1
                       else [f"const int64_t {self.outer_idx[0]} = o;"])
 
         def lanes(body: list[str]) -> list[str]:
@@ -226,7 +218,7 @@ class _CKernel:
         if k.n_outer:
             pragma = ("#pragma omp parallel for schedule(static)"
                       if self.parallel_outer and total * (phases + 1) > PARALLEL_WORK else "")
-            head = _decompose("o", k.outer, self.outer_idx)
+            head = decompose("o", k.outer, self.outer_idx, "int64_t")
             body = [pragma] if pragma else []
             body += [f"for (int64_t o = 0; o < {n_outer}LL; o++) {{"] + ["  " + s for s in head + outer_lines] + ["}"]
         else:

@@ -7,6 +7,9 @@ few dialect entries differ:
   and the size is a multiple of 4 (float32), each thread moves ``float4`` vectors;
 - row kernels: one block per row (grid-stride over rows), threads stride along the row, each reduction
   combined with warp shuffles and one shared-memory step; the row's scalars are then seen by every thread.
+  When a row spans at most ``CACHE_SLOTS`` elements per thread, an input that several of the row's loops read
+  (layer_norm's and softmax's x) is loaded once into registers, all loads issued together before the first
+  reduction, and every loop is unrolled over the thread's elements: the row is read from memory once.
 
     >>> from compiler.passes.testing import dup_graph
     >>> from compiler.fusion import fuse
@@ -21,10 +24,11 @@ from __future__ import annotations
 import math
 
 from compiler.codegen.dialect import CUDA, int_pow_function
-from compiler.codegen.emit import Emitter
+from compiler.codegen.emit import Emitter, decompose
 from compiler.kernel import Expr, KernelIR
 
 BLOCK = 256
+CACHE_SLOTS = 32  # register-cached row elements per thread, all cached inputs together (rows up to 8192)
 
 HEADER = "\n" + int_pow_function("__device__ __forceinline__") + r"""#define GD_WARP_SUM(T) \
   __device__ __forceinline__ T gd_warp_sum(T v) { \
@@ -61,19 +65,13 @@ def header() -> str:
     return HEADER
 
 
-def _decompose(var: str, sizes, names) -> list[str]:
-    out, stride = [], 1
-    for size, name in reversed(list(zip(sizes, names))):
-        out.append(f"const long long {name} = ({var} / {stride}LL) % {size}LL;")
-        stride *= size
-    return list(reversed(out))
-
 
 class _CudaKernel:
     def __init__(self, k: KernelIR, name: str, arg_of: dict[int, int]):
         self.k, self.name, self.arg_of = k, name, arg_of
         self.em = Emitter(CUDA, self.load_text)
         self.lane = None
+        self.cached: dict[tuple, str] = {}  # (buffer id, form) -> register array holding the thread's elements
 
     def params(self) -> str:
         written = {self.arg_of[s.node.id] for s in self.k.stores}
@@ -92,6 +90,9 @@ class _CudaKernel:
         return " + ".join(terms) or "0"
 
     def load_text(self, e: Expr) -> str:
+        cached = self.cached.get((e.buffer.id, e.form))
+        if cached is not None:
+            return f"{cached}[j]"
         if self.lane is not None and e.form and e.form[-1] == 1:
             return f"q{self.arg_of[e.buffer.id]}.{'xyzw'[self.lane]}"
         return f"p{self.arg_of[e.buffer.id]}[{self.index(e.form, self.names)}]"
@@ -133,7 +134,7 @@ class _CudaKernel:
                   f"p{self.arg_of[s.node.id]}[{self.index(s.form, loop_idx)}] = {em.ref(s.expr)};"
                   for s in k.stores]
         # every loop dim is inside the grid-stride loop here, so "per row" values are per thread too
-        body = _decompose("t", [s for s, _ in k.loops], loop_idx) + em.outer + em.inner + stores
+        body = decompose("t", [s for s, _ in k.loops], loop_idx, "long long") + em.outer + em.inner + stores
         return em.hoisted + [grid.format(n=total)] + ["  " + s for s in body] + ["}"]
 
     def vector_loop(self, grid: str, total: int) -> list[str]:
@@ -167,12 +168,31 @@ class _CudaKernel:
         inner_idx = [f"r{j}" for j in range(len(k.inner))]
         self.names = outer_idx + inner_idx
         n_inner = math.prod(k.inner)
+        per_thread = -(-n_inner // BLOCK)
+        keys = self.cache_keys(per_thread)
         lines = em.outer
 
         def loop(body):
-            head = _decompose("r", k.inner, inner_idx)
-            return [f"for (long long r = threadIdx.x; r < {n_inner}LL; r += blockDim.x) {{"] + \
-                   ["  " + s for s in head + body] + ["}"]
+            head = decompose("r", k.inner, inner_idx, "long long")
+            if not keys:
+                return [f"for (long long r = threadIdx.x; r < {n_inner}LL; r += blockDim.x) {{"] + \
+                       ["  " + s for s in head + body] + ["}"]
+            # unrolled over the thread's elements, so the cache arrays are indexed by constants (registers)
+            inside = ["  " + s for s in head + body]
+            if n_inner % BLOCK:
+                inside = [f"  if (r < {n_inner}LL) {{"] + ["  " + s for s in inside] + ["  }"]
+            return ["#pragma unroll", f"for (int j = 0; j < {per_thread}; j++) {{",
+                    f"  const long long r = threadIdx.x + (long long)j * {BLOCK};"] + inside + ["}"]
+
+        if keys:
+            preload = []
+            for key, e in keys.items():
+                name = em.fresh("c")
+                ctype = CUDA.ctype(e.dtype)
+                lines.append(f"{ctype} {name}[{per_thread}];")
+                preload.append(f"{name}[j] = {self.load_text(e)};")
+                self.cached[key] = name
+            lines += loop(preload)
 
         for e in k.reductions:
             em.new_loop()
@@ -206,14 +226,50 @@ class _CudaKernel:
             target = f"p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}]"
             lines.append(f"if (threadIdx.x == 0{once}) {target} = {v};")
         n_outer = math.prod(k.outer)
-        head = _decompose("o", k.outer, outer_idx)
+        head = decompose("o", k.outer, outer_idx, "long long")
         return em.hoisted + [f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"] + \
                ["  " + s for s in head + lines] + ["}"]
+
+    def cache_keys(self, per_thread: int) -> dict[tuple, Expr]:
+        """Row-varying loads that more than one of the row's loops reads (each reduction is a loop, the stores
+        another), while their register arrays fit in ``CACHE_SLOTS`` per thread. Blocks must be ``BLOCK``
+        threads (``launch_config``)."""
+        k = self.k
+        phases = [r.args[0] for r in k.reductions]
+        phases.append([s.expr for s in k.stores if any(s.form[k.n_outer:])])
+        counts: dict[tuple, list] = {}
+        for roots in phases:
+            found: dict[tuple, Expr] = {}
+            seen: set[int] = set()
+            for root in roots if isinstance(roots, list) else [roots]:
+                _row_loads(root, seen, found)
+            for key, e in found.items():
+                counts.setdefault(key, []).append(e)
+        keys, slots = {}, 0
+        for key, uses in counts.items():
+            if len(uses) > 1 and slots + per_thread <= CACHE_SLOTS:
+                keys[key] = uses[0]
+                slots += per_thread
+        return keys
 
     def render(self) -> str:
         body = self.row() if self.k.is_row_kernel else self.elementwise()
         return "\n".join([f'extern "C" __global__ void {self.name}({self.params()}) {{'] +
                          ["  " + s for s in body] + ["}", ""])
+
+
+def _row_loads(e: Expr, seen: set[int], found: dict[tuple, Expr]) -> None:
+    """The loads varying along the row that computing ``e`` inside a row loop reads (reductions are values by
+    then, per-row values were computed outside the loop)."""
+    if id(e) in seen or e.is_reduction or not e.inner:
+        return
+    seen.add(id(e))
+    if e.op == "load":
+        found.setdefault((e.buffer.id, e.form), e)
+        return
+    for a in e.args:
+        if isinstance(a, Expr):
+            _row_loads(a, seen, found)
 
 
 def render_function(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:

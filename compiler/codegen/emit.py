@@ -69,3 +69,19 @@ class Emitter:
             self._written.add(id(e))
         names[id(e)] = name
         return name
+
+
+def decompose(var: str, sizes, names, ctype: str) -> list[str]:
+    """Split a flat loop index into per-dim indices (row-major). The leading dim takes no modulo (the flat
+    index is below the product of the sizes) and the last no division: 64-bit division is slow, on GPUs most.
+
+    >>> decompose("t", [3, 4, 5], ["a", "b", "c"], "long long")
+    ['const long long a = (t / 20LL);', 'const long long b = (t / 5LL) % 4LL;', 'const long long c = t % 5LL;']
+    """
+    out, stride = [], 1
+    for pos in range(len(sizes) - 1, -1, -1):
+        quotient = var if stride == 1 else f"({var} / {stride}LL)"
+        out.append(f"const {ctype} {names[pos]} = {quotient if pos == 0 else f'{quotient} % {sizes[pos]}LL'};")
+        stride *= sizes[pos]
+    return out[::-1]
+
