@@ -4,6 +4,7 @@ Then: every kernel the cuda backend generates for real models runs under it and 
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import numpy as np
@@ -173,3 +174,35 @@ def test_row_kernels_read_a_row_once_from_registers_when_it_fits(workload, width
     assert kernel.source.count("p0[") == (1 if cached else 1 + len(kernel.ir.reductions))
     assert ("if (r < " in kernel.source) == (cached and width % BLOCK != 0)
     np.testing.assert_allclose(f(x).numpy(), compiler.compile(fn, x)(x).numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_an_optimizer_update_with_a_float64_step_count_still_moves_float4_vectors():
+    """Adam's update reads and writes its float64 step count (a scalar) beside float32 tensors: the kernel keeps
+    the float4 path, reads the scalar once and writes it from one thread; three steps match eager."""
+    import eager.nn as nn
+    import eager.optim as optim
+
+    def make():
+        eager.manual_seed(0)
+        model = nn.Linear(16, 8)
+        opt = optim.Adam(model.parameters(), lr=1e-2)
+
+        def step(x):
+            opt.zero_grad()
+            loss = (model(x) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+        return model, opt, step
+    model_s, opt_s, step_s = make()
+    model_e, opt_e, step_e = make()
+    xs = [eager.randn(4, 16) for _ in range(3)]
+    f = compiler.compile(step_s, xs[0], backend="simt")
+    for x in xs:
+        np.testing.assert_allclose(float(f(x)), float(step_e(x)), rtol=1e-5)
+    weight_update = [k for k in f.kernels if not k.ir.is_row_kernel and math.prod(k.ir.loops[0][:1]) == 128]
+    assert len(weight_update) == 1 and "float4" in weight_update[0].source
+    assert "if (t == 0) p" in weight_update[0].source.split("} else {")[0]
+    for ps, pe in zip(model_s.parameters(), model_e.parameters()):
+        np.testing.assert_allclose(ps.detach().numpy(), pe.detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert float(opt_s.state[ps]["step"]) == float(opt_e.state[pe]["step"]) == 3

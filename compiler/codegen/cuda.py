@@ -99,13 +99,15 @@ class _CudaKernel:
 
     # ------------------------------------------------------------ elementwise
     def vectorizable(self) -> bool:
+        """One flat loop of a multiple of 4 whose every access is a float32 element of a contiguous array (one
+        lane of a float4) or a scalar of any type (read once, or written once: an optimizer's float64 step
+        count beside its float32 update)."""
         k = self.k
-        if any(not any(s.form) for s in k.stores):
+        if len(k.loops) != 1 or k.loops[0][0] % 4:
             return False
-        forms = [e.form for e in k.order if e.op == "load"] + [s.form for s in k.stores]
-        dtypes = {e.dtype for e in k.order if e.op == "load"} | {s.node.dtype for s in k.stores}
-        return (len(k.loops) == 1 and k.loops[0][0] % 4 == 0 and all(f[-1] in (0, 1) for f in forms)
-                and all(str(d) == "float32" for d in dtypes) and all(s.form[-1] == 1 for s in k.stores))
+        accesses = [(e.form, e.dtype) for e in k.order if e.op == "load"] + [(s.form, s.node.dtype) for s in k.stores]
+        return any(s.form == (1,) for s in k.stores) and all(
+            form == (0,) or (form == (1,) and str(dtype) == "float32") for form, dtype in accesses)
 
     def elementwise(self) -> list[str]:
         k = self.k
@@ -120,8 +122,9 @@ class _CudaKernel:
         # sticky cudaErrorMisalignedAddress)
         self.em = Emitter(CUDA, self.load_text)
         vector = self.vector_loop(grid, total)
-        pointers = " | ".join(f"(unsigned long long)p{a}" for a in sorted(set(self.arg_of[n.id] for n in
-                              k.buffers + [s.node for s in k.stores])))
+        vectors = {e.buffer.id for e in k.order if e.op == "load" and e.form == (1,)} | \
+            {s.node.id for s in k.stores if s.form == (1,)}
+        pointers = " | ".join(f"(unsigned long long)p{a}" for a in sorted({self.arg_of[i] for i in vectors}))
         return [f"if ((({pointers}) & 15ULL) == 0) {{"] + ["  " + s for s in vector] + ["} else {"] + \
                ["  " + s for s in scalar] + ["}"]
 
@@ -147,18 +150,22 @@ class _CudaKernel:
                 a = self.arg_of[b.id]
                 pre.append(f"const float4 q{a} = reinterpret_cast<const float4*>(p{a})[t];")
         body = []
-        lanes = {s.node.id: [] for s in k.stores}
+        vector_stores = [s for s in k.stores if any(s.form)]
+        lanes = {s.node.id: [] for s in vector_stores}
         for lane in range(4):
             self.lane = lane
             em.new_loop()
-            vals = [(s, em.ref(s.expr)) for s in k.stores]
+            vals = [(s, em.ref(s.expr)) for s in vector_stores]
             body += em.inner
             for s, v in vals:
                 lanes[s.node.id].append(v)
         self.lane = None
-        for s in k.stores:
+        for s in vector_stores:
             a = self.arg_of[s.node.id]
             body.append(f"reinterpret_cast<float4*>(p{a})[t] = make_float4({', '.join(lanes[s.node.id])});")
+        for s in k.stores:
+            if not any(s.form):  # a value of the whole kernel (computed from scalars): written once
+                body.append(f"if (t == 0) p{self.arg_of[s.node.id]}[0] = {em.ref(s.expr)};")
         return em.hoisted + em.outer + [grid.format(n=total // 4)] + ["  " + s for s in pre + body] + ["}"]
 
     # ------------------------------------------------------------ row kernels
