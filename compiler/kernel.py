@@ -82,6 +82,18 @@ class KernelIR:
     def n_outer(self) -> int:
         return len(self.outer)
 
+    @property
+    def columnar(self) -> bool:
+        """A row kernel whose rows run across memory (a sum over axis 0, every bias gradient): its reduced loop
+        walks with a stride while the kept loop is contiguous, so backends run many rows side by side (the C
+        backend as vector lanes, CUDA as a warp's lanes) to keep every load contiguous."""
+        if not self.is_row_kernel or not self.n_outer or any(not any(s.form) and not s.expr.invariant
+                                                             for s in self.stores):
+            return False
+        forms = [e.form for e in self.order if e.op == "load"] + [s.form for s in self.stores]
+        last_outer, last_inner = self.n_outer - 1, len(self.loops) - 1
+        return sum(f[last_outer] == 1 for f in forms) > sum(f[last_inner] == 1 for f in forms)
+
 
 def _literal(value, dtype) -> Expr:
     return Expr("literal", np.dtype(dtype), value=value)

@@ -206,3 +206,32 @@ def test_an_optimizer_update_with_a_float64_step_count_still_moves_float4_vector
     for ps, pe in zip(model_s.parameters(), model_e.parameters()):
         np.testing.assert_allclose(ps.detach().numpy(), pe.detach().numpy(), rtol=1e-5, atol=1e-6)
         assert float(opt_s.state[ps]["step"]) == float(opt_e.state[pe]["step"]) == 3
+
+
+COLUMN_SOURCES: list[str] = []
+
+
+@pytest.mark.parametrize("shape", [(6, 1000), (300, 70), (5, 33), (1000, 3), (4, 50, 40)])
+@pytest.mark.parametrize("op", ["sum", "var", "softmax", "max"])
+def test_reductions_over_leading_dims_run_as_coalesced_column_kernels(shape, op):
+    """Rows that run across memory: 32 of them per block, one per lane, the warps splitting the reduced dims
+    (partial tiles, a tile of 3 rows, two reduced dims). Equal to the C backend; the source builds with nvcc
+    (below)."""
+    dims = tuple(range(len(shape) - 1))
+    fn = {"sum": lambda t: t.sum(dim=dims), "var": lambda t: t.var(dim=0),
+          "softmax": lambda t: F.softmax(t, dim=0), "max": lambda t: t.max(dim=0)}[op]
+    x = eager.randn(*shape)
+    f = compiler.compile(fn, x, backend="simt")
+    columns = [k for k in f.kernels if k.ir.columnar]
+    assert columns and all("gd_col" in k.source for k in columns)
+    got, want = f(x), compiler.compile(fn, x)(x)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+    COLUMN_SOURCES.extend(k.source.replace('void k', f'void c{len(COLUMN_SOURCES)}_k') for k in f.kernels)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA source not compiled")
+def test_column_kernels_build_with_nvcc():
+    from compiler.testing import nvcc_check
+    assert COLUMN_SOURCES, "run with the column kernel tests of this module"
+    assert nvcc_check([header()] + COLUMN_SOURCES) is None

@@ -119,16 +119,6 @@ class _CKernel:
         em.bind(e, name)
         return head + loop + [f"const {ctype} {name} = {result};"]
 
-    def is_column_kernel(self) -> bool:
-        """A row kernel whose rows run across memory (a sum over axis 0, every bias gradient): its reduced loop
-        walks with a stride while the kept loop is contiguous, so it is better run as a tile of rows at once."""
-        k = self.k
-        if not k.is_row_kernel or not k.n_outer or any(not any(s.form) and not s.expr.invariant for s in k.stores):
-            return False
-        forms = [e.form for e in k.order if e.op == "load"] + [s.form for s in k.stores]
-        last_outer, last_inner = k.n_outer - 1, len(k.loops) - 1
-        return sum(f[last_outer] == 1 for f in forms) > sum(f[last_inner] == 1 for f in forms)
-
     def render_columns(self) -> str:
         """Column kernel: rows are taken ``COLUMN_TILE`` at a time as the vector lane (``t``); each reduction
         keeps one accumulator per row of the tile and walks the reduced dims outside the lane loop, so every load
@@ -184,7 +174,7 @@ class _CKernel:
                          ["  " + s for s in self.declarations() + body] + ["}", ""])
 
     def render(self) -> str:
-        if self.is_column_kernel():
+        if self.k.columnar:
             return self.render_columns()
         k, em = self.k, self.em
         total = math.prod(s for s, _ in k.loops)

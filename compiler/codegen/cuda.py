@@ -10,6 +10,9 @@ few dialect entries differ:
   When a row spans at most ``CACHE_SLOTS`` elements per thread, an input that several of the row's loops read
   (layer_norm's and softmax's x) is loaded once into registers, all loads issued together before the first
   reduction, and every loop is unrolled over the thread's elements: the row is read from memory once.
+- column kernels (rows that run across memory: a sum over axis 0, bias gradients): a block takes 32
+  neighbouring rows, one per lane, and its warps split the reduced dims, so a warp reads 128 contiguous bytes;
+  the warps' partial results meet in shared memory.
 
     >>> from compiler.passes.testing import dup_graph
     >>> from compiler.fusion import fuse
@@ -29,6 +32,7 @@ from compiler.kernel import Expr, KernelIR
 
 BLOCK = 256
 CACHE_SLOTS = 32  # register-cached row elements per thread, all cached inputs together (rows up to 8192)
+WARPS = BLOCK // 32  # a column kernel's block: 32 rows (lanes) x WARPS slices of the reduced dims
 
 HEADER = "\n" + int_pow_function("__device__ __forceinline__") + r"""#define GD_WARP_SUM(T) \
   __device__ __forceinline__ T gd_warp_sum(T v) { \
@@ -211,9 +215,7 @@ class _CudaKernel:
                 ident = "0"
                 update = f"{j} += {v};"
             else:
-                ident = {"f": f"(-{CUDA.inf})" if ctype == "float" else f"(-(double){CUDA.inf})"}.get(
-                    e.dtype.kind, "(-9223372036854775807LL - 1)" if ctype == "long long" else "(-2147483647 - 1)")
-                ident = "0" if ctype == "bool" else ident
+                ident = _max_identity(e.dtype, ctype)
                 update = f"{j} = ({v} != {v} || {v} > {j}) ? {v} : {j};"
             is_max = "true" if e.op == "max" else "false"
             lines += [f"{acc_t} {j} = ({acc_t}){ident};"] + loop(em.inner + [update])
@@ -236,6 +238,55 @@ class _CudaKernel:
         head = decompose("o", k.outer, outer_idx, "long long")
         return em.hoisted + [f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"] + \
                ["  " + s for s in head + lines] + ["}"]
+
+    # ------------------------------------------------------------ column kernels
+    def columns(self) -> list[str]:
+        k, em = self.k, self.em
+        outer_idx = [f"i{j}" for j in range(k.n_outer)]
+        inner_idx = [f"r{j}" for j in range(len(k.inner))]
+        self.names = outer_idx + inner_idx
+        n_outer, n_inner = math.prod(k.outer), math.prod(k.inner)
+        lines = em.outer
+
+        def loop(body):
+            head = decompose("r", k.inner, inner_idx, "long long")
+            return [f"for (long long r = warp; r < {n_inner}LL; r += {WARPS}) {{"] + \
+                   ["  " + s for s in head + body] + ["}"]
+
+        for e in k.reductions:
+            em.new_loop()
+            v = em.ref(e.args[0])
+            ctype, acc, red = CUDA.ctype(e.dtype), em.fresh("acc"), em.fresh("red")
+            acc_t = "long long" if ctype == "bool" else ctype
+            ident = "0" if e.op == "sum" else _max_identity(e.dtype, ctype)
+            combine = "{a} += {b};" if e.op == "sum" else "{a} = ({b} != {b} || {b} > {a}) ? {b} : {a};"
+            lines += [f"{acc_t} {acc} = ({acc_t}){ident};"] + loop(em.inner + [combine.format(a=acc, b=v)])
+            # each warp's partial for each lane's row, summed by every thread in one fixed order
+            lines += ["__syncthreads();", f"reinterpret_cast<{acc_t}*>(gd_col)[threadIdx.x] = {acc};",
+                      "__syncthreads();", f"{acc_t} {red} = ({acc_t}){ident};",
+                      f"for (int w = 0; w < {WARPS}; w++) {{",
+                      f"  const {acc_t} part = reinterpret_cast<const {acc_t}*>(gd_col)[w * 32 + lane];",
+                      "  " + combine.format(a=red, b="part"), "}"]
+            em.bind(e, f"(({ctype}){red})")
+        inner_stores = [s for s in k.stores if any(s.form[k.n_outer:])]
+        if inner_stores:
+            em.new_loop()
+            body = [f"if (valid) p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}] = {em.ref(s.expr)};"
+                    for s in inner_stores]
+            lines += loop(em.inner + body)
+        for s in k.stores:
+            if s not in inner_stores:
+                guard = "valid && warp == 0" if any(s.form) else "ob == 0 && threadIdx.x == 0"
+                lines.append(f"if ({guard}) p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}] = "
+                             f"{em.ref(s.expr)};")
+        # a lane past the last row works on the last row (no out-of-bounds reads) and stores nothing
+        head = [f"const bool valid = ob + lane < {n_outer}LL;",
+                f"const long long o = valid ? ob + lane : {n_outer - 1}LL;"] + \
+            decompose("o", k.outer, outer_idx, "long long")
+        return [f"__shared__ unsigned long long gd_col[{BLOCK}];",
+                "const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;"] + em.hoisted + \
+            [f"for (long long ob = blockIdx.x * 32LL; ob < {n_outer}LL; ob += gridDim.x * 32LL) {{"] + \
+            ["  " + s for s in head + lines] + ["}"]
 
     def cache_keys(self, per_thread: int) -> dict[tuple, Expr]:
         """Row-varying loads that more than one of the row's loops reads (each reduction is a loop, the stores
@@ -260,9 +311,19 @@ class _CudaKernel:
         return keys
 
     def render(self) -> str:
-        body = self.row() if self.k.is_row_kernel else self.elementwise()
+        k = self.k
+        body = self.columns() if k.columnar else self.row() if k.is_row_kernel else self.elementwise()
         return "\n".join([f'extern "C" __global__ void {self.name}({self.params()}) {{'] +
                          ["  " + s for s in body] + ["}", ""])
+
+
+def _max_identity(dtype, ctype: str) -> str:
+    """The start of a running max: below every value of ``dtype``."""
+    if ctype == "bool":
+        return "0"
+    if dtype.kind == "f":
+        return f"(-{CUDA.inf})" if ctype == "float" else f"(-(double){CUDA.inf})"
+    return "(-9223372036854775807LL - 1)" if ctype == "long long" else "(-2147483647 - 1)"
 
 
 def _row_loads(e: Expr, seen: set[int], found: dict[tuple, Expr]) -> None:
@@ -289,6 +350,8 @@ def render(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:
 
 def launch_config(k: KernelIR) -> tuple[int, int]:
     """(grid, block): one block per row for row kernels; enough blocks to cover the domain otherwise."""
+    if k.columnar:
+        return max(1, min(-(-math.prod(k.outer) // 32), 65535 * 32)), BLOCK
     if k.is_row_kernel:
         return max(1, min(math.prod(k.outer), 65535 * 32)), BLOCK
     total = math.prod(s for s, _ in k.loops)
