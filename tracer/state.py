@@ -34,7 +34,7 @@ PY_SCALARS = (bool, int, float)
 class Slot:
     """A location: ``root`` followed by steps ``("attr", name)``, ``("item", key)`` or ``("grad", None)``."""
 
-    __slots__ = ("name", "root", "steps", "_get", "_read")
+    __slots__ = ("name", "root", "steps", "_get", "_get_path", "_read")
 
     def __init__(self, name: str, root: Any, steps: tuple = ()):
         self.name, self.root, self.steps = name, root, tuple(steps)
@@ -46,7 +46,8 @@ class Slot:
                 names = None
                 break
             names.append(attr)
-        self._get = attrgetter(".".join(names)) if names else None
+        self._get_path = ".".join(names) if names else None
+        self._get = attrgetter(self._get_path) if names else None
         self._read = attrgetter(".".join(names + ["_data"])) if names is not None else attrgetter("_data")
 
     def child(self, name: str, kind: str, key=None) -> Slot:

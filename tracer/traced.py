@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from operator import attrgetter
 
 from eager.autograd.mode import MODE, add_recorder
 from eager.backend import to_numpy
@@ -83,6 +84,7 @@ class Entry:
                                for t in plan.update_targets]
         self._fast = not py_guard and not self.layout_guard
         self.order = next(_ORDER)
+        self._segments = _reader_segments(plan.readers)
 
     def guard_ok(self) -> bool:
         if self._fast:
@@ -116,19 +118,25 @@ class Entry:
         """One array per placeholder; None when a param/state location no longer holds the traced type.
         ``tensors``, when given, receives the tensor found at each param/state location (for ``finish``)."""
         arrays = [t._data for t in leaves]
-        for slot, (shape, dtype, array_type) in zip(self.plan.readers, self.reader_layouts):
-            try:
-                if tensors is None:
-                    a = slot.read()
+        layouts = iter(self.reader_layouts)
+        found = [] if tensors is None else tensors
+        start = len(found)
+        try:
+            for root, getter, single in self._segments:
+                if getter is None:
+                    found.append(single.get())
+                elif single is None:
+                    found.extend(getter(root))
                 else:
-                    t = slot.get()
-                    a = t._data
-                    tensors.append(t)
-            except AttributeError:
-                return None
-            if a.shape != shape or a.dtype != dtype or type(a) is not array_type:
-                return None
-            arrays.append(a)
+                    found.append(getter(root))
+            for t in found[start:]:
+                a = t._data
+                shape, dtype, array_type = next(layouts)
+                if a.shape != shape or a.dtype != dtype or type(a) is not array_type:
+                    return None
+                arrays.append(a)
+        except (AttributeError, ValueError):  # a location holds no tensor (or a cell is empty)
+            return None
         return arrays
 
     def finish(self, leaves: list, results: list, tensors: list | None = None):
@@ -160,6 +168,31 @@ class Entry:
 
     def run(self, leaves: list, arrays: list, tensors: list | None = None):
         return self.finish(leaves, self.exe.run(arrays), tensors)
+
+
+def _reader_segments(readers) -> list[tuple]:
+    """``(root, getter, single)`` per run of readers: consecutive attribute paths from one root (a module's
+    parameters) resolve in one C-level ``attrgetter`` call returning all their tensors; ``single`` is the slot of
+    a one-slot segment (its getter returns the tensor itself) or of a path through dict items (getter None)."""
+    segments: list[tuple] = []
+    run: list = []
+
+    def close():
+        if len(run) == 1:
+            segments.append((run[0].root, run[0]._get, run[0]))
+        elif run:
+            segments.append((run[0].root, attrgetter(*(slot._get_path for slot in run)), None))
+        run.clear()
+    for slot in readers:
+        if slot._get is None:
+            close()
+            segments.append((slot.root, None, slot))
+            continue
+        if run and run[0].root is not slot.root:
+            close()
+        run.append(slot)
+    close()
+    return segments
 
 
 class RunOnceFirst:
