@@ -11,6 +11,8 @@ A failure shrinks to a minimal program and prints it as readable Python.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -111,6 +113,8 @@ def test_static_modes_match_eager(fuzz_examples, mode):
     device = "cuda" if mode == "compiled-cuda" else "cpu"
     if device == "cuda" and not eager.cuda_available():
         pytest.skip("needs CuPy and a CUDA GPU (eager.cuda_available() is False)")
+    if mode == "compiled-simt" and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: the SIMT emulator cannot build")
     if mode == "traced":
         build = _mode_or_skip("tracer", "trace")
     else:
