@@ -73,15 +73,21 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
     optimized = optimize(graph)
     passes = time.perf_counter() - start
     before = cache.STATS.compilations
+    if cuda_graph and backend not in ("cuda", "simt"):
+        raise ValueError(f"compile: cuda_graph=True replays a captured CUDA graph; it needs device='cuda' (or "
+                         f"backend='simt' to replay the same buffers on the CPU), not backend {backend!r}")
     start = time.perf_counter()
     program = build(optimized, fuel)
+    if cuda_graph:
+        from compiler.memory import plan_memory
+        program.memory = plan_memory(program, donate_state=True)
     if backend == "xla":
         from compiler.xla import build_xla
         ex = build_xla(optimized, device)
         kernels = []
     elif backend in ("cuda", "simt") or device == "cuda":
         from compiler.runtime.cuda import build_cuda
-        ex = build_cuda(program, simulate=backend == "simt")
+        ex = build_cuda(program, simulate=backend == "simt", static=cuda_graph)
         kernels = ex.kernels
     elif backend == "numpy":
         from compiler.runtime.cpu import generate
@@ -94,8 +100,8 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
         kernels = ex.kernels
     lowered = Lowered(graph, optimized, program, ex, getattr(ex, "backend", backend), device, kernels, passes,
                       time.perf_counter() - start, cache.STATS.compilations - before)
-    if cuda_graph and hasattr(ex, "graph_replay"):
-        lowered.replay = ex.graph_replay
+    if cuda_graph:
+        lowered.replay = ex.replay
     debug.show(program, kernels)
     return lowered
 
@@ -169,7 +175,8 @@ def compile(fn, *example_inputs, device: str = "cpu", backend: str | None = None
     'xla' (jax.jit on the same optimised graph) or 'simt' (the CUDA kernels run on the CPU under an emulator:
     slow, for testing and reading them without a GPU). ``fuel``: fusion budget (-1 reads ``GRAPHDUEL_FUSION_FUEL``;
     None is unlimited). ``cuda_graph``: on cuda, capture the whole step in a CUDA graph on the first call and
-    replay it (one launch per step). Training steps work as with ``tracer.trace``: new state is written back
-    each call.
+    replay it (one launch per step; new state is written over the old in place, see ``compiler.runtime.replay``;
+    with backend 'simt' the same buffers are replayed on the CPU). Training steps work as with ``tracer.trace``:
+    new state is written back each call.
     """
     return Compiled(fn, example_inputs, example_kwargs, device, backend, strict, fuel, cuda_graph)

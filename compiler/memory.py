@@ -8,7 +8,11 @@
   *in place* over an input it reads for the last time when it reads it only at the very index it writes, and
   writes it from the innermost loop (a per-row or scalar store may race with readers of other rows);
 - host steps (NumPy) allocate their own results, which may be views of their inputs: those inputs stay
-  live as long as the view does.
+  live as long as the view does;
+- with ``donate_state`` (a step replayed on fixed buffers, as a CUDA graph does), a new state value is written
+  over its placeholder's array (*donated*) when the kernel computing it is the last reader of the old value and
+  reads it only at the index it writes: the state is updated in place, as PyTorch's optimizers do, and nothing
+  is copied between calls.
 
     >>> from compiler.passes.testing import dup_graph
     >>> from compiler.program import build
@@ -27,10 +31,10 @@ from tracer.ir import CONSTANT, PLACEHOLDER
 
 @dataclass
 class MemoryPlan:
-    kind: dict[int, str]                           # node id -> 'output' | 'slot' | 'host'
+    kind: dict[int, str]                           # node id -> 'output' | 'slot' | 'host' | 'donated'
     slot_of: dict[int, int] = field(default_factory=dict)
     slot_bytes: list[int] = field(default_factory=list)
-    in_place: dict[int, int] = field(default_factory=dict)   # stored node id -> node id whose slot it reuses
+    in_place: dict[int, int] = field(default_factory=dict)   # stored node id -> node id whose buffer it reuses
 
     @property
     def total_slot_bytes(self) -> int:
@@ -41,9 +45,11 @@ def _nbytes(n) -> int:
     return int(np.prod(n.shape)) * n.dtype.itemsize
 
 
-def plan_memory(program) -> MemoryPlan:
+def plan_memory(program, donate_state: bool = False) -> MemoryPlan:
     graph = program.graph
     returned = {n.id for n in graph.outputs} | {v.id for _, v in graph.updates}
+    outputs = {n.id for n in graph.outputs}
+    state_of = {v.id: p for p, v in graph.updates} if donate_state else {}
     steps = program.steps
     last: dict[int, int] = {}
     for i, s in enumerate(steps):
@@ -65,7 +71,14 @@ def plan_memory(program) -> MemoryPlan:
                 plan.kind[n.id] = "host"
                 continue
             if n.id in returned:
-                plan.kind[n.id] = "output"
+                old = state_of.get(n.id)
+                if (s.kind == "kernel" and old is not None and n.id not in outputs and old.id not in taken
+                        and _reads_only_where_written(program, s, n, old, last, i, plan)):
+                    plan.kind[n.id] = "donated"
+                    plan.in_place[n.id] = old.id
+                    taken.add(old.id)
+                else:
+                    plan.kind[n.id] = "output"
                 continue
             plan.kind[n.id] = "slot"
             donor = _in_place_donor(program, s, n, plan, last, i, taken) if s.kind == "kernel" else None
@@ -94,20 +107,26 @@ def plan_memory(program) -> MemoryPlan:
 
 def _in_place_donor(program, step, n, plan, last, i, taken):
     k = program.kernels[step.group.id]
-    store = next(s for s in k.stores if s.node.id == n.id)
-    if not any(store.form[k.n_outer:]):
-        # written once per row (or once per kernel) while other rows/threads may still read that element: in
-        # place is safe only where each iteration of the innermost loop reads and writes its own element
-        return None
-    viewed = _viewed_through_host(k.buffers, plan)
     for b in k.buffers:
-        if (b.op in (PLACEHOLDER, CONSTANT) or plan.kind.get(b.id) != "slot" or last.get(b.id) != i
-                or b.id in taken or b.id in viewed or b.dtype != n.dtype or _nbytes(b) != _nbytes(n)):
+        if (b.op in (PLACEHOLDER, CONSTANT) or plan.kind.get(b.id) != "slot" or b.id in taken):
             continue
-        forms = {e.form for e in k.order if e.op == "load" and e.buffer.id == b.id}
-        if forms == {store.form}:
+        if _reads_only_where_written(program, step, n, b, last, i, plan):
             return b.id
     return None
+
+
+def _reads_only_where_written(program, step, n, b, last, i, plan) -> bool:
+    """Whether kernel ``step`` may store ``n`` over ``b``: it is b's last reader, reads b only at the element it
+    writes, from the innermost loop (written once per row or once per kernel, an element may still be read by
+    other rows' threads), and nothing reads b through a host step's view."""
+    k = program.kernels[step.group.id]
+    store = next(s for s in k.stores if s.node.id == n.id)
+    if not any(store.form[k.n_outer:]) or last.get(b.id) != i or b.dtype != n.dtype or _nbytes(b) != _nbytes(n):
+        return False
+    if b.id in _viewed_through_host(k.buffers, plan):
+        return False
+    forms = {e.form for e in k.order if e.op == "load" and e.buffer.id == b.id}
+    return forms == {store.form}
 
 
 def _viewed_through_host(buffers, plan) -> set[int]:

@@ -15,6 +15,7 @@ import numpy as np
 from compiler.codegen import cuda as cgen
 from compiler.runtime.cpu import arg_map, render_kernels
 from compiler.runtime.executor import Executable
+from compiler.runtime.replay import StaticReplay, rerun
 from eager.backend import _cupy
 from tracer.ir import CONSTANT
 
@@ -45,7 +46,9 @@ def module_source(kernels) -> str:
 NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 
 
-def build_cuda(program, simulate: bool = False) -> Executable:
+def build_cuda(program, simulate: bool = False, static: bool = False) -> Executable:
+    """The executable of ``program``; ``simulate``: on NumPy arrays with the SIMT emulator; ``static``: fixed
+    buffers for a ``StaticReplay`` (``cuda_graph=True``), which it gets as ``.replay``."""
     kernels = generate(program)
     if simulate:
         from compiler.runtime.simt import SimtModule
@@ -74,41 +77,29 @@ def build_cuda(program, simulate: bool = False) -> Executable:
             fn((grid,), (block,), tuple(env[i] for i in idx))
         return run
 
-    ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp)
+    ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp, static=static)
     ex.kernels, ex.module = kernels, module
-    if not simulate:
-        ex.graph_replay = CudaGraphReplay(ex)
+    if static:
+        ex.replay = StaticReplay(ex, rerun if simulate else capture_graph)
     return ex
 
 
-class CudaGraphReplay:
-    """Capture one run of ``ex`` into a CUDA graph and replay it: inputs are copied into static buffers, the
-    graph is launched (one launch for the whole step), outputs are copied out of the captured buffers."""
+def capture_graph(ex: Executable, static_inputs: list, write_back):
+    """Capture one run of ``ex`` on ``static_inputs``, and ``write_back`` of its outputs, into a CUDA graph;
+    returns its launcher."""
+    cp = _cupy()
+    write_back(ex.collect(ex.execute(static_inputs)))  # warm-up outside the capture: static pools allocate
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        env = ex.execute(static_inputs)
+        outputs = write_back(ex.collect(env))
+        graph = stream.end_capture()
 
-    def __init__(self, ex: Executable):
-        self.ex = ex
-        self.graph = None
-        self.static_inputs = None
-        self.static_outputs = None
-        self.captured_env = None
-
-    def run(self, arrays: list) -> list:
-        cp = _cupy()
-        if self.graph is None:
-            self.static_inputs = [cp.array(a, copy=True) for a in arrays]
-            self.ex.run(self.static_inputs)  # warm-up: allocates pools outside the capture
-            stream = cp.cuda.Stream(non_blocking=True)
-            with stream:
-                stream.begin_capture()
-                env = self.ex.execute(self.static_inputs)
-                self.static_outputs = self.ex.collect(env)
-                self.graph = stream.end_capture()
-            # every buffer the captured kernels touch (host steps' results too) must outlive the graph: freed,
-            # CuPy's pool would hand the memory to someone else while each replay still writes there
-            self.captured_env = env
-        else:
-            for dst, src in zip(self.static_inputs, arrays):
-                if dst is not src:
-                    dst[...] = src
-        self.graph.launch()
-        return [o.copy() for o in self.static_outputs]
+    def launch() -> list:
+        graph.launch()
+        return outputs
+    # every buffer the captured kernels touch (host steps' results too) must outlive the graph: freed, CuPy's
+    # pool would hand the memory to someone else while each replay still writes there
+    launch.captured_env = env
+    return launch

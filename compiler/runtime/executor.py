@@ -68,11 +68,24 @@ class OutputPool:
         return a.view() if self.xp is np else a
 
 
+class StaticPool(OutputPool):
+    """One buffer for every call: what a CUDA graph bakes in (``StaticReplay`` copies results out)."""
+
+    __slots__ = ()
+
+    def take_with_pointer(self) -> tuple[np.ndarray, int]:
+        if not self.arrays:
+            a = self.xp.empty(self.shape, self.dtype)
+            self.arrays.append(a)
+            self.pointers.append(a.ctypes.data if self.xp is np else a.data.ptr)
+        return self.arrays[0], self.pointers[0]
+
+
 class Executable:
     """Runs a Program. ``kernel_step(kernel_ir, step, arg_index, env_index) -> callable(env)`` comes from the
     backend; None interprets each kernel with NumPy (the fallback backend)."""
 
-    def __init__(self, program, kernel_step=None, name: str = "numpy", xp=np):
+    def __init__(self, program, kernel_step=None, name: str = "numpy", xp=np, static: bool = False):
         self.program = program
         self.xp = xp
         self.graph = program.graph
@@ -93,13 +106,16 @@ class Executable:
                 self.env_template[self.index[n.id]] = slot[:n.dtype.itemsize * int(np.prod(n.shape))].view(
                     n.dtype).reshape(n.shape)
             elif program.memory.kind.get(n.id) == "output":
-                self.pools[self.index[n.id]] = OutputPool(n.shape, n.dtype, xp)
+                self.pools[self.index[n.id]] = (StaticPool if static else OutputPool)(n.shape, n.dtype, xp)
+        # a donated state value is written over its placeholder's array (memory.donate_state)
+        self.aliases = [(self.index[n], self.index[old]) for n, old in program.memory.in_place.items()
+                        if program.memory.kind.get(n) == "donated"]
         self.steps = [self._step(s, kernel_step, kernel_reads) for s in program.steps]
         self.returned = [self.index[n.id] for n in self.graph.outputs] + [self.index[v.id] for _, v in
                                                                           self.graph.updates]
         self.blas_threads = threads_for(program) if xp is np else None
         self.blas_tuner = ThreadTuner((1, None)) if self.blas_threads == "auto" else None
-        owned = {self.index[n.id] for n in self.graph.nodes if program.memory.kind.get(n.id) == "output"}
+        owned = {self.index[n.id] for n in self.graph.nodes if program.memory.kind.get(n.id) in ("output", "donated")}
         self.copy_out = [i not in owned for i in self.returned]
 
     # ------------------------------------------------------------ steps
@@ -205,6 +221,8 @@ class Executable:
         env = list(self.env_template)
         for i, a, contiguous in zip(self.placeholders, arrays, self.contiguous_inputs):
             env[i] = a if not contiguous or a.flags.c_contiguous else _contiguous(self.xp, a)
+        for i, j in self.aliases:
+            env[i] = env[j]
         for step in self.steps:
             step(env)
         return env
@@ -235,6 +253,8 @@ class Executable:
             env = list(self.env_template)
             for i, a in zip(self.placeholders, arrays):
                 env[i] = _contiguous(self.xp, a)
+            for i, j in self.aliases:
+                env[i] = env[j]
             sync()
             for j, step in enumerate(self.steps):
                 t = time.perf_counter()
