@@ -296,3 +296,18 @@ def test_state_locations_with_the_same_name_each_get_their_own_update():
     results = [traced(eager.zeros(1)).tolist() for _ in range(3)]
     assert results == [[11.0], [22.0], [33.0]]
     assert count_a().tolist() == [3.0] and count_b().tolist() == [30.0]
+
+
+def test_resolving_a_missing_location_never_creates_it():
+    """Slots resolve on every call of a traced step; a defaultdict (torch optimizers keep their state in one)
+    must not grow the key that was only looked up, and assigning creates the missing levels."""
+    from collections import defaultdict
+
+    from tracer.state import MISSING, Slot
+
+    state = defaultdict(dict)
+    slot = Slot("opt.state[w].exp_avg", state, (("item", "w"), ("item", "exp_avg")))
+    assert slot.get() is MISSING and dict(state) == {}
+    slot.assign(3)
+    assert slot.get() == 3 and dict(state) == {"w": {"exp_avg": 3}}
+    assert Slot("xs[5]", [1, 2], (("item", 5),)).get() is MISSING

@@ -22,7 +22,7 @@ import functools
 import inspect
 import types
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from eager.tensor import Tensor
@@ -34,7 +34,7 @@ PY_SCALARS = (bool, int, float)
 class Slot:
     """A location: ``root`` followed by steps ``("attr", name)``, ``("item", key)`` or ``("grad", None)``."""
 
-    __slots__ = ("name", "root", "steps", "_get", "_get_path", "_read")
+    __slots__ = ("name", "root", "steps", "_get", "_get_path", "_read", "fetch", "_parent")
 
     def __init__(self, name: str, root: Any, steps: tuple = ()):
         self.name, self.root, self.steps = name, root, tuple(steps)
@@ -49,23 +49,18 @@ class Slot:
         self._get_path = ".".join(names) if names else None
         self._get = attrgetter(self._get_path) if names else None
         self._read = attrgetter(".".join(names + ["_data"])) if names is not None else attrgetter("_data")
+        self.fetch = _fetcher(self.steps)
+        self._parent = _fetcher(self.steps[:-1])
 
     def child(self, name: str, kind: str, key=None) -> Slot:
         return Slot(name, self.root, self.steps + ((kind, key),))
 
     def get(self):
         """The object at this location, or ``MISSING``."""
-        if self._get is not None:
-            try:
-                return self._get(self.root)
-            except (AttributeError, ValueError):
-                return MISSING
-        obj = self.root
-        for kind, key in self.steps:
-            obj = _step(obj, kind, key)
-            if obj is MISSING:
-                return MISSING
-        return obj
+        try:
+            return self.fetch(self.root)
+        except FETCH_ERRORS:
+            return MISSING
 
     def read(self):
         """The array held at this location (AttributeError when it holds no tensor)."""
@@ -81,6 +76,14 @@ class Slot:
 
     def assign(self, value) -> None:
         """Put ``value`` at this location (creating missing dict levels); ``MISSING`` deletes it."""
+        kind, key = self.steps[-1]
+        try:
+            parent = self._parent(self.root)
+        except FETCH_ERRORS:
+            parent = None
+        if parent is not None:
+            _put(parent, kind, key, value)
+            return
         obj = self.root
         for kind, key in self.steps[:-1]:
             nxt = _step(obj, kind, key)
@@ -93,6 +96,69 @@ class Slot:
 
     def __repr__(self) -> str:
         return f"<Slot {self.name}>"
+
+
+# what resolving a path raises where a location does not exist (a missing attribute, dict key or list index, an
+# empty closure cell, indexing a non-container)
+FETCH_ERRORS = (AttributeError, KeyError, IndexError, TypeError, ValueError)
+
+
+def _fetcher(steps: tuple):
+    """``root -> object`` for a path, as C-level getters: runs of attributes are one ``attrgetter``, dict keys
+    and indices ``itemgetter``s (a path is resolved on every call of a traced step, for each piece of state)."""
+    getters: list = []
+    names: list[str] = []
+    for kind, key in steps:
+        attr = {"attr": key, "grad": "_grad", "cell": "cell_contents"}.get(kind)
+        if isinstance(attr, str) and "." not in attr:
+            names.append(attr)
+            continue
+        if names:
+            getters.append(attrgetter(".".join(names)))
+            names = []
+        if kind != "item":
+            return functools.partial(_walk, steps)  # an attribute name no getter can spell: step by step
+        getters.append(_item_getter(key))
+    if names:
+        getters.append(attrgetter(".".join(names)))
+    if not getters:
+        return _identity
+    if len(getters) == 1:
+        return getters[0]
+    return functools.partial(_chain, tuple(getters))
+
+
+def _item_getter(key):
+    """``obj[key]``, except that a dict subclass with ``__missing__`` (a ``defaultdict``, as torch optimizers'
+    state is) is only read: looking a location up must never create it."""
+    plain = itemgetter(key)
+
+    def get(obj):
+        if type(obj) is dict or not isinstance(obj, dict):
+            return plain(obj)
+        value = obj.get(key, MISSING)
+        if value is MISSING:
+            raise KeyError(key)
+        return value
+    return get
+
+
+def _identity(root):
+    return root
+
+
+def _chain(getters, obj):
+    for get in getters:
+        obj = get(obj)
+    return obj
+
+
+def _walk(steps, obj):
+    for kind, key in steps:
+        obj = _step(obj, kind, key)
+        if obj is MISSING:
+            raise KeyError(key)
+    return obj
 
 
 def _step(obj, kind, key):

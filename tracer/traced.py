@@ -50,7 +50,7 @@ from tracer.signature import (
     format_signature,
     signature_of,
 )
-from tracer.state import MISSING, World, describe_layout, layout_of
+from tracer.state import FETCH_ERRORS, MISSING, World, describe_layout, layout_of
 
 logger = logging.getLogger("graphduel.tracer")
 _ORDER = itertools.count()
@@ -122,10 +122,8 @@ class Entry:
         found = [] if tensors is None else tensors
         start = len(found)
         try:
-            for root, getter, single in self._segments:
-                if getter is None:
-                    found.append(single.get())
-                elif single is None:
+            for root, getter, many in self._segments:
+                if many:
                     found.extend(getter(root))
                 else:
                     found.append(getter(root))
@@ -135,7 +133,7 @@ class Entry:
                 if a.shape != shape or a.dtype != dtype or type(a) is not array_type:
                     return None
                 arrays.append(a)
-        except (AttributeError, ValueError):  # a location holds no tensor (or a cell is empty)
+        except FETCH_ERRORS:  # a location is missing or holds no tensor
             return None
         return arrays
 
@@ -171,26 +169,25 @@ class Entry:
 
 
 def _reader_segments(readers) -> list[tuple]:
-    """``(root, getter, single)`` per run of readers: consecutive attribute paths from one root (a module's
-    parameters) resolve in one C-level ``attrgetter`` call returning all their tensors; ``single`` is the slot of
-    a one-slot segment (its getter returns the tensor itself) or of a path through dict items (getter None)."""
+    """``(root, getter, many)`` per run of readers: consecutive attribute paths from one root (a module's
+    parameters) resolve in one C-level ``attrgetter`` call returning all their tensors (``many``); any other
+    slot is its own segment, resolved by its compiled path (``Slot.fetch``)."""
     segments: list[tuple] = []
     run: list = []
 
     def close():
-        if len(run) == 1:
-            segments.append((run[0].root, run[0]._get, run[0]))
+        if len(run) > 1:
+            segments.append((run[0].root, attrgetter(*(slot._get_path for slot in run)), True))
         elif run:
-            segments.append((run[0].root, attrgetter(*(slot._get_path for slot in run)), None))
+            segments.append((run[0].root, run[0].fetch, False))
         run.clear()
     for slot in readers:
+        if run and (slot._get is None or run[0].root is not slot.root):
+            close()
         if slot._get is None:
-            close()
-            segments.append((slot.root, None, slot))
-            continue
-        if run and run[0].root is not slot.root:
-            close()
-        run.append(slot)
+            segments.append((slot.root, slot.fetch, False))
+        else:
+            run.append(slot)
     close()
     return segments
 
