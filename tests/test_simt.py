@@ -235,3 +235,19 @@ def test_column_kernels_build_with_nvcc():
     from compiler.testing import nvcc_check
     assert COLUMN_SOURCES, "run with the column kernel tests of this module"
     assert nvcc_check([header()] + COLUMN_SOURCES) is None
+
+
+@pytest.mark.parametrize("shape", [(37, 10), (9, 1000), (100, 33), (5, 1024), (3, 1025)])
+def test_short_rows_take_one_warp_each_and_long_rows_a_block(shape):
+    """Up to WARP_ROW elements a row is one warp's (8 rows per block, shuffles only, no barrier), beyond it a
+    block's; both give the C backend's softmax and cross-entropy, including a last block with idle warps."""
+    from compiler.codegen.cuda import WARP_ROW, launch_config
+    x, t = eager.randn(*shape), eager.tensor(np.arange(shape[0]) % shape[1])
+    fn = lambda a, b: (F.softmax(a, dim=-1), F.cross_entropy(a, b))  # noqa: E731
+    f = compiler.compile(fn, x, t, backend="simt")
+    by_warp = shape[1] <= WARP_ROW
+    softmax = next(k for k in f.kernels if k.ir.is_row_kernel and k.ir.inner == [shape[1]] and "exp" in k.ops)
+    assert ("__syncthreads" in softmax.source or "gd_block_reduce" in softmax.source) != by_warp
+    assert launch_config(softmax.ir)[0] == (-(-shape[0] // 8) if by_warp else shape[0])
+    for got, want in zip(f(x, t), compiler.compile(fn, x, t)(x, t)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=2e-6)

@@ -7,6 +7,7 @@ few dialect entries differ:
   and the size is a multiple of 4 (float32), each thread moves ``float4`` vectors;
 - row kernels: one block per row (grid-stride over rows), threads stride along the row, each reduction
   combined with warp shuffles and one shared-memory step; the row's scalars are then seen by every thread.
+  Rows of at most ``WARP_ROW`` elements take one warp each instead (8 rows per block, shuffles only).
   When a row spans at most ``CACHE_SLOTS`` elements per thread, an input that several of the row's loops read
   (layer_norm's and softmax's x) is loaded once into registers, all loads issued together before the first
   reduction, and every loop is unrolled over the thread's elements: the row is read from memory once.
@@ -33,6 +34,7 @@ from compiler.kernel import Expr, KernelIR
 BLOCK = 256
 CACHE_SLOTS = 32  # register-cached row elements per thread, all cached inputs together (rows up to 8192)
 WARPS = BLOCK // 32  # a column kernel's block: 32 rows (lanes) x WARPS slices of the reduced dims
+WARP_ROW = 1024  # rows up to this long are reduced by one warp each (32 elements per lane at most)
 
 HEADER = "\n" + int_pow_function("__device__ __forceinline__") + r"""#define GD_WARP_SUM(T) \
   __device__ __forceinline__ T gd_warp_sum(T v) { \
@@ -179,21 +181,23 @@ class _CudaKernel:
         inner_idx = [f"r{j}" for j in range(len(k.inner))]
         self.names = outer_idx + inner_idx
         n_inner = math.prod(k.inner)
-        per_thread = -(-n_inner // BLOCK)
+        by_warp = warp_per_row(k)
+        width, tid = (32, "(threadIdx.x & 31)") if by_warp else (BLOCK, "threadIdx.x")
+        per_thread = -(-n_inner // width)
         keys = self.cache_keys(per_thread)
         lines = em.outer
 
         def loop(body):
             head = decompose("r", k.inner, inner_idx, "long long")
             if not keys:
-                return [f"for (long long r = threadIdx.x; r < {n_inner}LL; r += blockDim.x) {{"] + \
+                return [f"for (long long r = {tid}; r < {n_inner}LL; r += {width}) {{"] + \
                        ["  " + s for s in head + body] + ["}"]
             # unrolled over the thread's elements, so the cache arrays are indexed by constants (registers)
             inside = ["  " + s for s in head + body]
-            if n_inner % BLOCK:
+            if n_inner % width:
                 inside = [f"  if (r < {n_inner}LL) {{"] + ["  " + s for s in inside] + ["  }"]
             return ["#pragma unroll", f"for (int j = 0; j < {per_thread}; j++) {{",
-                    f"  const long long r = threadIdx.x + (long long)j * {BLOCK};"] + inside + ["}"]
+                    f"  const long long r = {tid} + (long long)j * {width};"] + inside + ["}"]
 
         if keys:
             preload = []
@@ -220,7 +224,9 @@ class _CudaKernel:
             is_max = "true" if e.op == "max" else "false"
             lines += [f"{acc_t} {j} = ({acc_t}){ident};"] + loop(em.inner + [update])
             red = em.fresh("red")
-            lines.append(f"const {ctype} {red} = ({ctype})gd_block_reduce<{acc_t}, {is_max}>({j}, ({acc_t}){ident});")
+            combined = (f"gd_warp_{e.op}({j})" if by_warp else
+                        f"gd_block_reduce<{acc_t}, {is_max}>({j}, ({acc_t}){ident})")
+            lines.append(f"const {ctype} {red} = ({ctype}){combined};")
             em.bind(e, red)
         inner_stores = [s for s in k.stores if any(s.form[k.n_outer:])]
         row_stores = [s for s in k.stores if s not in inner_stores]
@@ -233,11 +239,13 @@ class _CudaKernel:
             v = em.ref(s.expr)
             once = " && o == 0" if not any(s.form) else ""
             target = f"p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}]"
-            lines.append(f"if (threadIdx.x == 0{once}) {target} = {v};")
+            lines.append(f"if ({tid} == 0{once}) {target} = {v};")
         n_outer = math.prod(k.outer)
         head = decompose("o", k.outer, outer_idx, "long long")
-        return em.hoisted + [f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"] + \
-               ["  " + s for s in head + lines] + ["}"]
+        rows = (f"for (long long o = blockIdx.x * {WARPS}LL + (threadIdx.x >> 5); o < {n_outer}LL; "
+                f"o += gridDim.x * {WARPS}LL) {{") if by_warp else \
+            f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"
+        return em.hoisted + [rows] + ["  " + s for s in head + lines] + ["}"]
 
     # ------------------------------------------------------------ column kernels
     def columns(self) -> list[str]:
@@ -317,6 +325,13 @@ class _CudaKernel:
                          ["  " + s for s in body] + ["}", ""])
 
 
+def warp_per_row(k: KernelIR) -> bool:
+    """Rows of at most ``WARP_ROW`` elements (a classifier's softmax, attention over a short sequence) take one
+    warp each, ``WARPS`` rows per block, reduced by shuffles alone: a block per row would leave most of its
+    threads idle and wait at block barriers."""
+    return k.is_row_kernel and not k.columnar and math.prod(k.inner) <= WARP_ROW
+
+
 def _max_identity(dtype, ctype: str) -> str:
     """The start of a running max: below every value of ``dtype``."""
     if ctype == "bool":
@@ -352,6 +367,8 @@ def launch_config(k: KernelIR) -> tuple[int, int]:
     """(grid, block): one block per row for row kernels; enough blocks to cover the domain otherwise."""
     if k.columnar:
         return max(1, min(-(-math.prod(k.outer) // 32), 65535 * 32)), BLOCK
+    if warp_per_row(k):
+        return max(1, min(-(-math.prod(k.outer) // WARPS), 65535 * 32)), BLOCK
     if k.is_row_kernel:
         return max(1, min(math.prod(k.outer), 65535 * 32)), BLOCK
     total = math.prod(s for s, _ in k.loops)
