@@ -79,8 +79,10 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
     start = time.perf_counter()
     program = build(optimized, fuel)
     if cuda_graph:
+        import dataclasses
+
         from compiler.memory import plan_memory
-        program.memory = plan_memory(program, donate_state=True)
+        program = dataclasses.replace(program, memory=plan_memory(program, donate_state=True))
     if backend == "xla":
         from compiler.xla import build_xla
         ex = build_xla(optimized, device)

@@ -123,3 +123,42 @@ def test_a_cuda_graph_train_step_matches_the_cpu():
     for pg, pc in zip(model_g.parameters(), model_c.parameters()):
         np.testing.assert_allclose(pg.detach().cpu().numpy(), pc.detach().numpy(), rtol=1e-3, atol=1e-5)
     assert g.lowered.replay.copies_in == len(g.lowered.replay.static_inputs) + 2 * (len(gpu) - 2)
+
+
+@needs_cxx
+def test_two_state_tensors_taking_one_new_value_both_advance():
+    """Only one of them can have the value written over its buffer; the other gets it copied in the step
+    (found in review: both were taken as written over, and one never changed)."""
+    def make(a, b):
+        def step(x):
+            t = a + b + x
+            a.copy_(t)
+            b.copy_(t)
+            return x.sum()
+        return step
+    ab = [eager.tensor(np.full(8, v, np.float32)) for v in (1, 2)]
+    ref = [eager.tensor(np.full(8, v, np.float32)) for v in (1, 2)]
+    f = compiler.compile(make(*ab), eager.ones(8), backend="simt", cuda_graph=True)
+    g = compiler.compile(make(*ref), eager.ones(8))
+    for _ in range(3):
+        f(eager.ones(8))
+        g(eager.ones(8))
+        assert [t.tolist() for t in ab] == [t.tolist() for t in ref]
+
+
+@needs_cxx
+def test_a_transposed_state_array_advances_under_replay():
+    """The static buffers are C-ordered copies: a transposed (Fortran-ordered) parameter is updated in them,
+    not in a contiguous temporary made each call (found in review)."""
+    def make(w):
+        def step(x):
+            w.add_(x)
+            return w.sum()
+        return step
+    results = []
+    for kw in ({}, {"backend": "simt", "cuda_graph": True}):
+        w = eager.zeros(4, 4)
+        w.data = eager.tensor(np.arange(16, dtype=np.float32).reshape(4, 4)).t()
+        f = compiler.compile(make(w), eager.ones(4, 4), **kw)
+        results.append(([float(f(eager.ones(4, 4))) for _ in range(4)], w.tolist()))
+    assert results[0] == results[1] and results[0][0] == [136.0, 152.0, 168.0, 184.0]

@@ -251,3 +251,28 @@ def test_short_rows_take_one_warp_each_and_long_rows_a_block(shape):
     assert launch_config(softmax.ir)[0] == (-(-shape[0] // 8) if by_warp else shape[0])
     for got, want in zip(f(x, t), compiler.compile(fn, x, t)(x, t)):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_shared_memory_a_kernel_never_wrote_reads_as_nan_not_zero():
+    """On a GPU unwritten shared memory holds garbage; the emulator fills it with NaN bytes at every block, so a
+    reduction that forgets a partial shows up (a C++ static would start at zero: a sum's identity)."""
+    src = r"""
+    extern "C" __global__ void forgets_a_partial(const float* __restrict__ x, float* __restrict__ out) {
+      __shared__ float part[8];
+      const int warp = threadIdx.x >> 5;
+      if ((threadIdx.x & 31) == 0 && warp < 7) part[warp] = x[blockIdx.x];
+      __syncthreads();
+      if (threadIdx.x == 0) { float s = 0; for (int w = 0; w < 8; w++) s += part[w]; out[blockIdx.x] = s; }
+    }"""
+    out = np.zeros(2, np.float32)
+    SimtModule(src).get_function("forgets_a_partial")((2,), (256,), (np.ones(2, np.float32), out))
+    assert np.isnan(out).all()
+
+
+def test_an_empty_row_builds_without_a_zero_sized_register_array():
+    f = compiler.compile(lambda t: F.softmax(t, dim=-1), eager.zeros(3, 0), backend="simt")
+    assert f(eager.zeros(3, 0)).shape == (3, 0)
+    assert all("[0];" not in k.source for k in f.kernels)
+    if shutil.which("nvcc"):  # nvcc (and NVRTC) reject zero-sized arrays; g++ would not have noticed
+        from compiler.testing import nvcc_check
+        assert nvcc_check([header()] + [k.source for k in f.kernels]) is None

@@ -98,9 +98,10 @@ class Slot:
         return f"<Slot {self.name}>"
 
 
-# what resolving a path raises where a location does not exist (a missing attribute, dict key or list index, an
-# empty closure cell, indexing a non-container)
-FETCH_ERRORS = (AttributeError, KeyError, IndexError, TypeError, ValueError)
+# what resolving a path raises where a location does not exist: a missing attribute, a missing key or index (an
+# item getter turns every miss into KeyError), an empty closure cell. Nothing else is taken as "missing": a
+# property that raises TypeError from a bug propagates.
+FETCH_ERRORS = (AttributeError, KeyError, ValueError)
 
 
 def _fetcher(steps: tuple):
@@ -135,7 +136,10 @@ def _item_getter(key):
 
     def get(obj):
         if type(obj) is dict or not isinstance(obj, dict):
-            return plain(obj)
+            try:
+                return plain(obj)
+            except (IndexError, TypeError):  # an index past the end, a value that is no container
+                raise KeyError(key) from None
         value = obj.get(key, MISSING)
         if value is MISSING:
             raise KeyError(key)

@@ -301,6 +301,8 @@ class _CudaKernel:
         another), while their register arrays fit in ``CACHE_SLOTS`` per thread. Blocks must be ``BLOCK``
         threads (``launch_config``)."""
         k = self.k
+        if per_thread == 0:  # an empty row: nothing to keep (and a zero-sized array is no CUDA)
+            return {}
         phases = [r.args[0] for r in k.reductions]
         phases.append([s.expr for s in k.stores if any(s.form[k.n_outer:])])
         counts: dict[tuple, list] = {}

@@ -35,7 +35,8 @@ class StaticReplay:
         position = {p.id: k for k, p in enumerate(graph.placeholders)}
         n_out = len(graph.outputs)
         # (output position, input position, written over its input already) per state update
-        self.state = [(n_out + j, position[p.id], memory.kind.get(v.id) == "donated")
+        # donated to *this* placeholder: a value that two state tensors take is written over one of them only
+        self.state = [(n_out + j, position[p.id], memory.in_place.get(v.id) == p.id)
                       for j, (p, v) in enumerate(graph.updates)]
         self.is_state = [False] * n_out + [True] * len(graph.updates)
         self.static_inputs: list | None = None
@@ -45,7 +46,9 @@ class StaticReplay:
     def run(self, arrays: list) -> list:
         xp = self.ex.xp
         if self.static_inputs is None:
-            self.static_inputs = [xp.array(a, copy=True) for a in arrays]
+            # C order: the kernels read the static buffers themselves (a transposed state array copied as it is
+            # would be made contiguous into a temporary each call, and the update written there, not here)
+            self.static_inputs = [xp.array(a, copy=True, order="C") for a in arrays]
             self.launch = self.capture(self.ex, self.static_inputs, self.write_back)
             # capturing may have run the step (a warm-up that puts every buffer in place): start from the inputs
             self._copy_in(arrays, force=True)

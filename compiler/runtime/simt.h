@@ -10,8 +10,10 @@
  * reported instead of hanging. Fibers run in thread order or in reverse (``order``): a kernel whose results
  * depend on that order has a shared-memory race.
  *
- * Not modelled: the memory model across blocks (blocks are sequential), atomics, texture/constant memory,
- * NVRTC's own floating-point library (glibc's libm answers here). Kernels must be 1-D launches.
+ * Not modelled: the memory model across blocks (blocks are sequential, so races between blocks are invisible),
+ * atomics, texture/constant memory, bounds and alignment faults (x86 tolerates a misaligned float4), NVRTC's own
+ * floating-point library (glibc's libm answers here), lanes of a warp waiting at two different shuffles (released
+ * together here; undefined on a GPU). Kernels must be 1-D launches.
  */
 #include <cmath>
 #include <cstdint>
@@ -30,7 +32,12 @@ using std::tanh; using std::sqrt; using std::fabs; using std::isnan;
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static  /* one block at a time: a static is exactly one block's shared memory */
+/* One block at a time: a static is exactly one block's shared memory. All of them live in one section, which
+ * every block starts by filling with 0xFF bytes (NaN as a float, -1 as an integer): a kernel that reads shared
+ * memory it never wrote gets what a GPU would not promise, instead of a helpful zero or the last block's data. */
+#define __shared__ static __attribute__((section("gd_shared")))
+extern "C" char __start_gd_shared[] __attribute__((weak));
+extern "C" char __stop_gd_shared[] __attribute__((weak));
 
 struct dim3 { unsigned x, y, z; };
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -121,7 +128,12 @@ static bool release_warps(bool* released) {
   return true;
 }
 
+static void poison_shared() {
+  if (__start_gd_shared != nullptr) std::memset(__start_gd_shared, 0xFF, (size_t)(__stop_gd_shared - __start_gd_shared));
+}
+
 static int run_block(bool reverse) {
+  poison_shared();
   const size_t n = fibers.size();
   for (size_t i = 0; i < n; i++) {
     Fiber& f = fibers[i];
@@ -172,6 +184,7 @@ static int launch(unsigned grid, unsigned block, int order, bool with_fibers, co
     try {
       for (unsigned b = 0; b < grid; b++) {
         blockIdx.x = b;
+        poison_shared();
         for (unsigned t = 0; t < block; t++) {
           threadIdx.x = order ? block - 1 - t : t;
           kernel();
