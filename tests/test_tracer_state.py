@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 
 import eager
 import eager.nn.functional as F
@@ -311,3 +312,25 @@ def test_resolving_a_missing_location_never_creates_it():
     slot.assign(3)
     assert slot.get() == 3 and dict(state) == {"w": {"exp_avg": 3}}
     assert Slot("xs[5]", [1, 2], (("item", 5),)).get() is MISSING
+
+
+def test_keys_of_one_state_dict_resolve_together_without_creating_any():
+    """A traced call reads an optimizer's state for one parameter (step, exp_avg, exp_avg_sq) in one lookup of
+    its dict; a defaultdict is only read, and a missing key is a missing location."""
+    from collections import defaultdict
+
+    from tracer.state import FETCH_ERRORS, Slot
+    from tracer.traced import _reader_segments
+
+    w = eager.ones(2)
+    for state in ({w: {"step": 1, "m": 2}}, defaultdict(dict, {w: {"step": 1, "m": 2}})):
+        root = type("Opt", (), {})()
+        root.state = state
+        slots = [Slot(f"opt.state[w].{k}", root, (("attr", "state"), ("item", w), ("item", k))) for k in ("step", "m")]
+        (segment,) = _reader_segments(slots)
+        assert segment[0] is root and segment[2] and segment[1](root) == (1, 2)
+        missing = [Slot("opt.state[v].step", root, (("attr", "state"), ("item", eager.ones(1)), ("item", "step")))]
+        missing.append(Slot("opt.state[v].m", root, missing[0].steps[:-1] + (("item", "m"),)))
+        with pytest.raises(FETCH_ERRORS):
+            _reader_segments(missing)[0][1](root)
+        assert len(state) == 1

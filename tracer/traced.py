@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from eager.autograd.mode import MODE, add_recorder
 from eager.backend import to_numpy
@@ -170,26 +170,58 @@ class Entry:
 
 def _reader_segments(readers) -> list[tuple]:
     """``(root, getter, many)`` per run of readers: consecutive attribute paths from one root (a module's
-    parameters) resolve in one C-level ``attrgetter`` call returning all their tensors (``many``); any other
-    slot is its own segment, resolved by its compiled path (``Slot.fetch``)."""
+    parameters) resolve in one C-level ``attrgetter`` call returning all their tensors (``many``), consecutive
+    keys of one dict (an optimizer's state for one parameter) in one lookup of the dict; any other slot is its
+    own segment, resolved by its compiled path (``Slot.fetch``)."""
     segments: list[tuple] = []
     run: list = []
 
     def close():
-        if len(run) > 1:
+        if len(run) > 1 and run[0]._get is not None:
             segments.append((run[0].root, attrgetter(*(slot._get_path for slot in run)), True))
+        elif len(run) > 1:
+            segments.append((run[0].root, _items_getter(run[0]._parent, [slot.steps[-1][1] for slot in run]), True))
         elif run:
             segments.append((run[0].root, run[0].fetch, False))
         run.clear()
+
+    def joins(slot) -> bool:
+        first = run[0]
+        if first.root is not slot.root:
+            return False
+        if first._get is not None:
+            return slot._get is not None
+        return (slot._get is None and slot.steps[-1][0] == first.steps[-1][0] == "item"
+                and len(slot.steps) == len(first.steps)
+                # keys by identity: a key may be a tensor (opt.state[param]), whose == is elementwise
+                and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(slot.steps[:-1], first.steps[:-1])))
     for slot in readers:
-        if run and (slot._get is None or run[0].root is not slot.root):
+        if run and not joins(slot):
             close()
-        if slot._get is None:
-            segments.append((slot.root, slot.fetch, False))
-        else:
-            run.append(slot)
+        run.append(slot)
     close()
     return segments
+
+
+def _items_getter(parent, keys: list):
+    """The values at ``keys`` of the dict ``parent(root)``, in one C call for a plain dict (a dict subclass is
+    read with ``get``: a lookup must not create a key through ``__missing__``)."""
+    many = itemgetter(*keys)
+
+    def get(root):
+        d = parent(root)
+        if type(d) is dict:
+            return many(d)
+        if isinstance(d, dict):
+            values = tuple(d.get(k, MISSING) for k in keys)
+            if any(v is MISSING for v in values):  # by identity: a value may be a tensor (elementwise ==)
+                raise KeyError(keys)
+            return values
+        try:
+            return many(d)
+        except (IndexError, TypeError):  # an index past the end, a value that is no container
+            raise KeyError(keys) from None
+    return get
 
 
 class RunOnceFirst:
