@@ -276,3 +276,33 @@ def test_an_empty_row_builds_without_a_zero_sized_register_array():
     if shutil.which("nvcc"):  # nvcc (and NVRTC) reject zero-sized arrays; g++ would not have noticed
         from compiler.testing import nvcc_check
         assert nvcc_check([header()] + [k.source for k in f.kernels]) is None
+
+
+SPLIT_SOURCES: list[str] = []
+
+
+@pytest.mark.parametrize("shape", [(1, 100000), (3, 70000), (2, 3, 40000)])
+@pytest.mark.parametrize("op", ["sum", "norm", "max", "softmax", "var", "layer_norm"])
+def test_a_few_long_rows_are_reduced_by_many_blocks(shape, op):
+    """Fewer rows than SPLIT_ROWS, each long: the reductions that need no other one (a sum, a max; not a
+    variance's second pass) are first reduced in chunks by a block each (``_partials``), then the row kernel
+    combines the partials. Same results as the C backend, for one row (a whole-tensor sum) or several."""
+    from compiler.codegen.cuda import split_chunks
+    rows = shape[0]
+    fn = {"sum": lambda t: t.sum(), "norm": lambda t: t.norm(), "max": lambda t: t.max(),
+          "softmax": lambda t: F.softmax(t.reshape(rows, -1), dim=-1),
+          "var": lambda t: t.reshape(rows, -1).var(dim=-1),
+          "layer_norm": lambda t: F.layer_norm(t.reshape(rows, -1), (t.numel() // rows,))}[op]
+    x = eager.randn(*shape)
+    f = compiler.compile(fn, x, backend="simt")
+    split = [k for k in f.kernels if split_chunks(k.ir)]
+    assert split and all("_partials(" in k.source for k in split)
+    np.testing.assert_allclose(f(x).numpy(), compiler.compile(fn, x)(x).numpy(), rtol=1e-5, atol=2e-5)
+    SPLIT_SOURCES.extend(k.source.replace("void k", f"void s{len(SPLIT_SOURCES)}_k") for k in split)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA source not compiled")
+def test_split_reductions_build_with_nvcc():
+    from compiler.testing import nvcc_check
+    assert SPLIT_SOURCES, "run with the split reduction tests of this module"
+    assert nvcc_check([header()] + SPLIT_SOURCES) is None

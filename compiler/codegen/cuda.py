@@ -7,7 +7,8 @@ few dialect entries differ:
   and the size is a multiple of 4 (float32), each thread moves ``float4`` vectors;
 - row kernels: one block per row (grid-stride over rows), threads stride along the row, each reduction
   combined with warp shuffles and one shared-memory step; the row's scalars are then seen by every thread.
-  Rows of at most ``WARP_ROW`` elements take one warp each instead (8 rows per block, shuffles only).
+  Rows of at most ``WARP_ROW`` elements take one warp each instead (8 rows per block, shuffles only); a few
+  very long rows are first reduced in chunks by many blocks (``split_chunks``).
   When a row spans at most ``CACHE_SLOTS`` elements per thread, an input that several of the row's loops read
   (layer_norm's and softmax's x) is loaded once into registers, all loads issued together before the first
   reduction, and every loop is unrolled over the thread's elements: the row is read from memory once.
@@ -35,6 +36,10 @@ BLOCK = 256
 CACHE_SLOTS = 32  # register-cached row elements per thread, all cached inputs together (rows up to 8192)
 WARPS = BLOCK // 32  # a column kernel's block: 32 rows (lanes) x WARPS slices of the reduced dims
 WARP_ROW = 1024  # rows up to this long are reduced by one warp each (32 elements per lane at most)
+# few long rows (a sum over a whole tensor) would leave most SMs idle with one block per row: the reductions
+# that need no other reduction are first computed in chunks of SPLIT_CHUNK elements by many blocks
+# (``<kernel>_partials``), and the row kernel then combines at most SPLIT_MAX partials per row
+SPLIT_ROWS, SPLIT_MIN, SPLIT_CHUNK, SPLIT_MAX = 64, 1 << 15, 1 << 12, 1024
 
 HEADER = "\n" + int_pow_function("__device__ __forceinline__") + r"""#define GD_WARP_SUM(T) \
   __device__ __forceinline__ T gd_warp_sum(T v) { \
@@ -89,6 +94,8 @@ class _CudaKernel:
         for a in sorted(seen):
             const = "" if a in written else "const "
             out.append(f"{const}{CUDA.ctype(seen[a].dtype)}* __restrict__ p{a}")
+        if split_chunks(self.k):
+            out.append("unsigned long long* __restrict__ gd_part")
         return ", ".join(out)
 
     def index(self, form, names) -> str:
@@ -209,20 +216,23 @@ class _CudaKernel:
                 self.cached[key] = name
             lines += loop(preload)
 
+        chunks, pre = split_chunks(k), {id(e): i for i, e in enumerate(independent_reductions(k))}
         for e in k.reductions:
-            em.new_loop()
-            v = em.ref(e.args[0])
             ctype = CUDA.ctype(e.dtype)
-            acc_t = "long long" if ctype == "bool" else ctype
+            acc_t, ident, combine = _accumulator(e, ctype)
             j = em.fresh("acc")
-            if e.op == "sum":
-                ident = "0"
-                update = f"{j} += {v};"
+            if chunks and id(e) in pre:  # combine the partials ``<kernel>_partials`` left for this row
+                # each reduction's partials start 8-byte aligned, whatever their type: a region of 8-byte words
+                part = f"reinterpret_cast<const {acc_t}*>(gd_part + {pre[id(e)] * math.prod(k.outer) * chunks}LL)" \
+                       f"[o * {chunks}LL + q]"
+                lines += [f"{acc_t} {j} = ({acc_t}){ident};",
+                          f"for (long long q = {tid}; q < {chunks}LL; q += {width}) {{",
+                          f"  const {acc_t} part = {part};", "  " + combine.format(a=j, b="part"), "}"]
             else:
-                ident = _max_identity(e.dtype, ctype)
-                update = f"{j} = ({v} != {v} || {v} > {j}) ? {v} : {j};"
+                em.new_loop()
+                v = em.ref(e.args[0])
+                lines += [f"{acc_t} {j} = ({acc_t}){ident};"] + loop(em.inner + [combine.format(a=j, b=v)])
             is_max = "true" if e.op == "max" else "false"
-            lines += [f"{acc_t} {j} = ({acc_t}){ident};"] + loop(em.inner + [update])
             red = em.fresh("red")
             combined = (f"gd_warp_{e.op}({j})" if by_warp else
                         f"gd_block_reduce<{acc_t}, {is_max}>({j}, ({acc_t}){ident})")
@@ -265,9 +275,7 @@ class _CudaKernel:
             em.new_loop()
             v = em.ref(e.args[0])
             ctype, acc, red = CUDA.ctype(e.dtype), em.fresh("acc"), em.fresh("red")
-            acc_t = "long long" if ctype == "bool" else ctype
-            ident = "0" if e.op == "sum" else _max_identity(e.dtype, ctype)
-            combine = "{a} += {b};" if e.op == "sum" else "{a} = ({b} != {b} || {b} > {a}) ? {b} : {a};"
+            acc_t, ident, combine = _accumulator(e, ctype)
             lines += [f"{acc_t} {acc} = ({acc_t}){ident};"] + loop(em.inner + [combine.format(a=acc, b=v)])
             # each warp's partial for each lane's row, summed by every thread in one fixed order
             lines += ["__syncthreads();", f"reinterpret_cast<{acc_t}*>(gd_col)[threadIdx.x] = {acc};",
@@ -320,10 +328,45 @@ class _CudaKernel:
                 slots += per_thread
         return keys
 
+    # ------------------------------------------------------------ split reductions
+    def partials(self) -> list[str]:
+        """``<kernel>_partials``: block ``b`` reduces chunk ``b % chunks`` of row ``b / chunks`` for every reduction
+        that needs no other, leaving one partial per (reduction, row, chunk) in ``gd_part``."""
+        k, em = self.k, self.em
+        outer_idx = [f"i{j}" for j in range(k.n_outer)]
+        inner_idx = [f"r{j}" for j in range(len(k.inner))]
+        self.names = outer_idx + inner_idx
+        n_outer, n_inner, chunks = math.prod(k.outer), math.prod(k.inner), split_chunks(k)
+        size = -(-n_inner // chunks)
+        lines = em.outer
+        for slot, e in enumerate(independent_reductions(k)):
+            em.new_loop()
+            v = em.ref(e.args[0])
+            acc_t, ident, combine = _accumulator(e, CUDA.ctype(e.dtype))
+            acc, red = em.fresh("acc"), em.fresh("red")
+            head = decompose("r", k.inner, inner_idx, "long long")
+            lines += [f"{acc_t} {acc} = ({acc_t}){ident};",
+                      f"for (long long r = c * {size}LL + threadIdx.x; r < end; r += {BLOCK}) {{"] + \
+                ["  " + s for s in head + em.inner + [combine.format(a=acc, b=v)]] + ["}"]
+            is_max = "true" if e.op == "max" else "false"
+            lines += [f"const {acc_t} {red} = gd_block_reduce<{acc_t}, {is_max}>({acc}, ({acc_t}){ident});",
+                      f"if (threadIdx.x == 0) reinterpret_cast<{acc_t}*>(gd_part + {slot * n_outer * chunks}LL)"
+                      f"[o * {chunks}LL + c] = {red};"]
+        head = [f"const long long o = b / {chunks}LL, c = b % {chunks}LL;",
+                f"const long long end = (c + 1) * {size}LL < {n_inner}LL ? (c + 1) * {size}LL : {n_inner}LL;"] + \
+            decompose("o", k.outer, outer_idx, "long long")
+        return em.hoisted + [f"for (long long b = blockIdx.x; b < {n_outer * chunks}LL; b += gridDim.x) {{"] + \
+            ["  " + s for s in head + lines] + ["}"]
+
     def render(self) -> str:
         k = self.k
+        out = []
+        if split_chunks(k):
+            out += [f'extern "C" __global__ void {self.name}_partials({self.params()}) {{'] + \
+                ["  " + s for s in self.partials()] + ["}", ""]
+            self.em, self.cached = Emitter(CUDA, self.load_text), {}  # the row kernel starts afresh
         body = self.columns() if k.columnar else self.row() if k.is_row_kernel else self.elementwise()
-        return "\n".join([f'extern "C" __global__ void {self.name}({self.params()}) {{'] +
+        return "\n".join(out + [f'extern "C" __global__ void {self.name}({self.params()}) {{'] +
                          ["  " + s for s in body] + ["}", ""])
 
 
@@ -332,6 +375,38 @@ def warp_per_row(k: KernelIR) -> bool:
     warp each, ``WARPS`` rows per block, reduced by shuffles alone: a block per row would leave most of its
     threads idle and wait at block barriers."""
     return k.is_row_kernel and not k.columnar and math.prod(k.inner) <= WARP_ROW
+
+
+def split_chunks(k: KernelIR) -> int:
+    """How many chunks each row's independent reductions are split into (0: not split). Only for a row kernel
+    with few rows (fewer than SPLIT_ROWS, so a block per row leaves SMs idle) that are long."""
+    if not k.is_row_kernel or k.columnar or warp_per_row(k):
+        return 0
+    n_inner = math.prod(k.inner)
+    if math.prod(k.outer) >= SPLIT_ROWS or n_inner < SPLIT_MIN:
+        return 0
+    return min(SPLIT_MAX, -(-n_inner // SPLIT_CHUNK))
+
+
+def independent_reductions(k: KernelIR) -> list[Expr]:
+    """The reductions whose operand reads no other reduction (a sum, a max; not a variance's second pass)."""
+    return [e for e in k.reductions if not _reads_a_reduction(e.args[0], set())]
+
+
+def _reads_a_reduction(e, seen: set[int]) -> bool:
+    if not isinstance(e, Expr) or id(e) in seen:
+        return False
+    seen.add(id(e))
+    return e.is_reduction or any(_reads_a_reduction(a, seen) for a in e.args)
+
+
+def _accumulator(e: Expr, ctype: str) -> tuple[str, str, str]:
+    """(accumulator type, identity, ``combine`` template over ``{a}`` += ``{b}``) of a sum or max reduction;
+    a max keeps NaN, as NumPy's does."""
+    acc_t = "long long" if ctype == "bool" else ctype
+    if e.op == "sum":
+        return acc_t, "0", "{a} += {b};"
+    return acc_t, _max_identity(e.dtype, ctype), "{a} = ({b} != {b} || {b} > {a}) ? {b} : {a};"
 
 
 def _max_identity(dtype, ctype: str) -> str:
@@ -371,7 +446,19 @@ def launch_config(k: KernelIR) -> tuple[int, int]:
         return max(1, min(-(-math.prod(k.outer) // 32), 65535 * 32)), BLOCK
     if warp_per_row(k):
         return max(1, min(-(-math.prod(k.outer) // WARPS), 65535 * 32)), BLOCK
+    if split_chunks(k):  # the row kernel; its ``_partials`` kernel takes ``partials_grid`` blocks
+        return max(1, math.prod(k.outer)), BLOCK
     if k.is_row_kernel:
         return max(1, min(math.prod(k.outer), 65535 * 32)), BLOCK
     total = math.prod(s for s, _ in k.loops)
     return max(1, min(-(-total // BLOCK), 65535 * 32)), BLOCK
+
+
+def partials_grid(k: KernelIR) -> int:
+    """Blocks of a split kernel's ``_partials`` launch: one per chunk of every row."""
+    return math.prod(k.outer) * split_chunks(k)
+
+
+def partials_bytes(k: KernelIR) -> int:
+    """Scratch the partials take: 8 bytes per (independent reduction, row, chunk)."""
+    return 8 * len(independent_reductions(k)) * partials_grid(k)

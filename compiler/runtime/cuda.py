@@ -71,6 +71,19 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
                   if n.op != CONSTANT and program.memory.kind.get(n.id) == "output"
                   and any(s.node.id == n.id for s in k.stores)]
 
+        if cgen.split_chunks(k):  # a few long rows: partials by many blocks first, into scratch of its own
+            partials = module.get_function(ck.name + "_partials")
+            scratch = xp.empty(cgen.partials_bytes(k), np.uint8)
+            blocks = min(cgen.partials_grid(k), 65535 * 32)
+
+            def run(env):
+                for _, i, pool in pooled:
+                    env[i] = pool.take()
+                args = tuple(env[i] for i in idx) + (scratch,)
+                partials((blocks,), (block,), args)
+                fn((grid,), (block,), args)
+            return run
+
         def run(env):
             for _, i, pool in pooled:
                 env[i] = pool.take()
