@@ -382,8 +382,8 @@ def split_chunks(k: KernelIR) -> int:
     with few rows (fewer than SPLIT_ROWS, so a block per row leaves SMs idle) that are long."""
     if not k.is_row_kernel or k.columnar or warp_per_row(k):
         return 0
-    n_inner = math.prod(k.inner)
-    if math.prod(k.outer) >= SPLIT_ROWS or n_inner < SPLIT_MIN:
+    n_inner, n_outer = math.prod(k.inner), math.prod(k.outer)
+    if not 0 < n_outer < SPLIT_ROWS or n_inner < SPLIT_MIN:  # no rows: no partials (a grid of 0 is no launch)
         return 0
     return min(SPLIT_MAX, -(-n_inner // SPLIT_CHUNK))
 

@@ -83,6 +83,9 @@ class SimtFunction:
         if len(grid) != 1 or len(block) != 1:
             raise ValueError(f"simt: kernel {self.name} launched with grid {grid} and block {block}; only 1-D "
                              "launches are emulated")
+        if int(grid[0]) < 1 or int(block[0]) < 1:
+            raise SimtError(f"simt: kernel {self.name} launched with grid {grid} and block {block}: CUDA rejects "
+                            "an empty launch (CUDA_ERROR_INVALID_VALUE)")
         pointers = (ctypes.c_void_p * max(1, len(args)))(*[address(a) for a in args])
         if self.launch(int(grid[0]), int(block[0]), pointers, int(self.module.reverse), int(self.fibers)):
             raise SimtError(f"simt: kernel {self.name}: {self.module.library.gd_simt_error().decode()}")
