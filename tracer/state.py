@@ -34,7 +34,7 @@ PY_SCALARS = (bool, int, float)
 class Slot:
     """A location: ``root`` followed by steps ``("attr", name)``, ``("item", key)`` or ``("grad", None)``."""
 
-    __slots__ = ("name", "root", "steps", "_get", "_get_path", "_read", "fetch", "_parent")
+    __slots__ = ("name", "root", "steps", "_get_path", "_read", "fetch", "_parent")
 
     def __init__(self, name: str, root: Any, steps: tuple = ()):
         self.name, self.root, self.steps = name, root, tuple(steps)
@@ -46,8 +46,7 @@ class Slot:
                 names = None
                 break
             names.append(attr)
-        self._get_path = ".".join(names) if names else None
-        self._get = attrgetter(self._get_path) if names else None
+        self._get_path = ".".join(names) if names else None  # set: the path is attributes only
         self._read = attrgetter(".".join(names + ["_data"])) if names is not None else attrgetter("_data")
         self.fetch = _fetcher(self.steps)
         self._parent = _fetcher(self.steps[:-1])
@@ -64,7 +63,7 @@ class Slot:
 
     def read(self):
         """The array held at this location (AttributeError when it holds no tensor)."""
-        if self._get is not None or not self.steps:
+        if self._get_path is not None or not self.steps:
             return self._read(self.root)
         return self.get()._data
 
@@ -119,36 +118,42 @@ def _fetcher(steps: tuple):
             names = []
         if kind != "item":
             return functools.partial(_walk, steps)  # an attribute name no getter can spell: step by step
-        getters.append(_item_getter(key))
+        getters.append(item_lookup(key))
     if names:
         getters.append(attrgetter(".".join(names)))
     if not getters:
         return _identity
     if len(getters) == 1:
         return getters[0]
-    return functools.partial(_chain, tuple(getters))
+    return chain(getters)
 
 
-def _item_getter(key):
-    """``obj[key]``, except that a dict subclass with ``__missing__`` (a ``defaultdict``, as torch optimizers'
-    state is) is only read: looking a location up must never create it."""
-    plain = itemgetter(key)
+def item_lookup(*keys):
+    """``obj -> obj[key]`` (a tuple of ``obj[k]`` for several keys), raising KeyError for any miss. A dict
+    subclass with ``__missing__`` (a ``defaultdict``, as torch optimizers' state is) is only read: looking a
+    location up must never create it."""
+    plain = itemgetter(*keys)
 
     def get(obj):
         if type(obj) is dict or not isinstance(obj, dict):
             try:
                 return plain(obj)
             except (IndexError, TypeError):  # an index past the end, a value that is no container
-                raise KeyError(key) from None
-        value = obj.get(key, MISSING)
-        if value is MISSING:
-            raise KeyError(key)
-        return value
+                raise KeyError(keys) from None
+        values = tuple(obj.get(k, MISSING) for k in keys)
+        if any(v is MISSING for v in values):  # by identity: a value may be a tensor (elementwise ==)
+            raise KeyError(keys)
+        return values if len(keys) > 1 else values[0]
     return get
 
 
 def _identity(root):
     return root
+
+
+def chain(getters):
+    """``root -> g_n(...g_1(root))``."""
+    return functools.partial(_chain, tuple(getters))
 
 
 def _chain(getters, obj):

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 from eager.autograd.mode import MODE, add_recorder
 from eager.backend import to_numpy
@@ -50,7 +50,7 @@ from tracer.signature import (
     format_signature,
     signature_of,
 )
-from tracer.state import FETCH_ERRORS, MISSING, World, describe_layout, layout_of
+from tracer.state import FETCH_ERRORS, MISSING, World, chain, describe_layout, item_lookup, layout_of
 
 logger = logging.getLogger("graphduel.tracer")
 _ORDER = itertools.count()
@@ -177,10 +177,11 @@ def _reader_segments(readers) -> list[tuple]:
     run: list = []
 
     def close():
-        if len(run) > 1 and run[0]._get is not None:
+        if len(run) > 1 and run[0]._get_path is not None:
             segments.append((run[0].root, attrgetter(*(slot._get_path for slot in run)), True))
         elif len(run) > 1:
-            segments.append((run[0].root, _items_getter(run[0]._parent, [slot.steps[-1][1] for slot in run]), True))
+            keys = [slot.steps[-1][1] for slot in run]
+            segments.append((run[0].root, chain([run[0]._parent, item_lookup(*keys)]), True))
         elif run:
             segments.append((run[0].root, run[0].fetch, False))
         run.clear()
@@ -189,9 +190,9 @@ def _reader_segments(readers) -> list[tuple]:
         first = run[0]
         if first.root is not slot.root:
             return False
-        if first._get is not None:
-            return slot._get is not None
-        return (slot._get is None and slot.steps[-1][0] == first.steps[-1][0] == "item"
+        if first._get_path is not None:
+            return slot._get_path is not None
+        return (slot._get_path is None and slot.steps[-1][0] == first.steps[-1][0] == "item"
                 and len(slot.steps) == len(first.steps)
                 # keys by identity: a key may be a tensor (opt.state[param]), whose == is elementwise
                 and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(slot.steps[:-1], first.steps[:-1])))
@@ -201,27 +202,6 @@ def _reader_segments(readers) -> list[tuple]:
         run.append(slot)
     close()
     return segments
-
-
-def _items_getter(parent, keys: list):
-    """The values at ``keys`` of the dict ``parent(root)``, in one C call for a plain dict (a dict subclass is
-    read with ``get``: a lookup must not create a key through ``__missing__``)."""
-    many = itemgetter(*keys)
-
-    def get(root):
-        d = parent(root)
-        if type(d) is dict:
-            return many(d)
-        if isinstance(d, dict):
-            values = tuple(d.get(k, MISSING) for k in keys)
-            if any(v is MISSING for v in values):  # by identity: a value may be a tensor (elementwise ==)
-                raise KeyError(keys)
-            return values
-        try:
-            return many(d)
-        except (IndexError, TypeError):  # an index past the end, a value that is no container
-            raise KeyError(keys) from None
-    return get
 
 
 class RunOnceFirst:

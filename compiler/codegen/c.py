@@ -62,11 +62,6 @@ def needs_mvec() -> bool:
     return bool(vector_math_prelude())
 
 
-def _max_identity(dtype) -> str:
-    """The start of a running max: below every value of ``dtype``."""
-    return {"f": "(-INFINITY)", "b": "0"}.get(dtype.kind, "INT64_MIN" if dtype.itemsize == 8 else "INT32_MIN")
-
-
 
 class _CKernel:
     def __init__(self, k: KernelIR, name: str, arg_of: dict[int, int]):
@@ -107,7 +102,7 @@ class _CKernel:
             result = f"({ctype}){j}"
         else:
             floating = e.dtype.kind == "f"
-            head = [f"{ctype} {j} = {_max_identity(e.dtype)};"] + ([f"int {j}_nan = 0;"] if floating else [])
+            head = [f"{ctype} {j} = {C.lowest(e.dtype)};"] + ([f"int {j}_nan = 0;"] if floating else [])
             body = em.inner + [f"{j} = ({value} > {j}) ? {value} : {j};"]
             red = f" reduction(max:{j})"
             if floating:  # max(NaN, x) is NaN in NumPy: tracked on the side so the max itself vectorises
@@ -147,7 +142,7 @@ class _CKernel:
                 init, update, result = "0", f"{j}[t] += {value};", f"({ctype}){j}[t]"
             else:
                 acc_t = ctype
-                init = _max_identity(e.dtype)
+                init = C.lowest(e.dtype)
                 # NaN wins, as in NumPy: once the accumulator is NaN no comparison replaces it
                 update = f"{j}[t] = ({value} > {j}[t] || {value} != {value}) ? {value} : {j}[t];"
                 result = f"{j}[t]"

@@ -406,16 +406,7 @@ def _accumulator(e: Expr, ctype: str) -> tuple[str, str, str]:
     acc_t = "long long" if ctype == "bool" else ctype
     if e.op == "sum":
         return acc_t, "0", "{a} += {b};"
-    return acc_t, _max_identity(e.dtype, ctype), "{a} = ({b} != {b} || {b} > {a}) ? {b} : {a};"
-
-
-def _max_identity(dtype, ctype: str) -> str:
-    """The start of a running max: below every value of ``dtype``."""
-    if ctype == "bool":
-        return "0"
-    if dtype.kind == "f":
-        return f"(-{CUDA.inf})" if ctype == "float" else f"(-(double){CUDA.inf})"
-    return "(-9223372036854775807LL - 1)" if ctype == "long long" else "(-2147483647 - 1)"
+    return acc_t, CUDA.lowest(e.dtype), "{a} = ({b} != {b} || {b} > {a}) ? {b} : {a};"
 
 
 def _row_loads(e: Expr, seen: set[int], found: dict[tuple, Expr]) -> None:

@@ -50,6 +50,15 @@ class Dialect:
             text = repr(v)
         return f"(({self.ctype(dtype)}){text})"
 
+    def lowest(self, dtype) -> str:
+        """The start of a running max: at or below every value of ``dtype`` (-inf, the integer minimum)."""
+        dtype = np.dtype(dtype)
+        if dtype.kind == "b":
+            return "0"
+        if dtype.kind == "f":
+            return self.literal(-math.inf, dtype)
+        return "(-9223372036854775807LL - 1)" if dtype.itemsize == 8 else "(-2147483647 - 1)"
+
     def template(self, op: str) -> str:
         if op in self.overrides:
             return self.overrides[op]

@@ -218,13 +218,18 @@ class Executable:
 
     def execute(self, arrays: list) -> list:
         """Run every step; returns the environment (every value of the run, by node index)."""
-        env = list(self.env_template)
-        for i, a, contiguous in zip(self.placeholders, arrays, self.contiguous_inputs):
-            env[i] = a if not contiguous or a.flags.c_contiguous else _contiguous(self.xp, a)
-        for i, j in self.aliases:
-            env[i] = env[j]
+        env = self._place(arrays, self.contiguous_inputs)
         for step in self.steps:
             step(env)
+        return env
+
+    def _place(self, arrays: list, contiguous: list) -> list:
+        """A fresh environment holding the inputs (C-contiguous where asked) and the donated aliases."""
+        env = list(self.env_template)
+        for i, a, c in zip(self.placeholders, arrays, contiguous):
+            env[i] = a if not c or a.flags.c_contiguous else _contiguous(self.xp, a)
+        for i, j in self.aliases:
+            env[i] = env[j]
         return env
 
     def collect(self, env: list) -> list:
@@ -250,11 +255,7 @@ class Executable:
         # on a GPU a step only enqueues work: wait for it, or the time is the launch's, not the kernel's
         sync = self.xp.cuda.Device().synchronize if self.xp is not np else (lambda: None)
         for _ in range(repeat):
-            env = list(self.env_template)
-            for i, a in zip(self.placeholders, arrays):
-                env[i] = _contiguous(self.xp, a)
-            for i, j in self.aliases:
-                env[i] = env[j]
+            env = self._place(arrays, [True] * len(arrays))
             sync()
             for j, step in enumerate(self.steps):
                 t = time.perf_counter()

@@ -4,7 +4,9 @@ The executable is built with static pools (one buffer per returned value) and a 
 (``plan_memory(..., donate_state=True)``: a new parameter or optimizer moment is written over the old one).
 Then a call is: copy each input into its static buffer, unless the caller passes that very buffer (the state
 this replay returned last time); launch the step; return the new state as the static buffers themselves and
-copy every other output. A training step thus costs its input batch's copies, one launch and the loss's copy.
+copy every other output. A training step thus costs its batch's copies, one launch and copies of its other
+outputs (the loss, the gradients it leaves in ``.grad``): the MLP Adam step makes 2 + 5 copies per call, where
+copying every input and output would make 18 + 21.
 
 On cuda the launch is a captured CUDA graph. On the CPU (backend ``simt``) it runs the same steps again on the
 same buffers, which is what the graph does, so the buffer logic is tested without a GPU.
