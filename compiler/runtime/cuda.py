@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.codegen import cuda as cgen
+from compiler.codegen import gemm
 from compiler.runtime.cpu import arg_map, render_kernels
 from compiler.runtime.executor import Executable
 from compiler.runtime.replay import StaticReplay, rerun
@@ -90,11 +91,47 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
             fn((grid,), (block,), tuple(env[i] for i in idx))
         return run
 
-    ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp, static=static)
+    def load(source: str, name: str):
+        if simulate:
+            from compiler.runtime.simt import SimtModule
+            return SimtModule(source).get_function(name)
+        return cp.RawModule(code=source, options=NVRTC_OPTIONS).get_function(name)
+
+    ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp, static=static,
+                    library_step=(lambda step, ex: gemm_step(step, ex, load)) if static else None)
     ex.kernels, ex.module = kernels, module
     if static:
         ex.replay = StaticReplay(ex, rerun if simulate else capture_graph)
     return ex
+
+
+def gemm_step(step, ex: Executable, load):
+    """A matmul as a generated kernel (``compiler.codegen.gemm``), specialised to its operands' layouts the first
+    time it runs (before any capture: the replay's warm-up), since CuPy cannot capture cuBLAS."""
+    node = step.node
+    i, (ia, ib) = ex.index[node.id], [ex.index[a.id] for a in node.args]
+    pool = ex.pools.get(i)
+    launchers: dict = {}
+
+    def run(env):
+        a, b = env[ia], env[ib]
+        key = (a.strides, b.strides)
+        launch = launchers.get(key)
+        if launch is None:
+            launch = launchers[key] = _gemm_launcher(f"gd_matmul{node.id}_{len(launchers)}", a, b, node.shape, load)
+        out = pool.take() if pool is not None else env[i]
+        launch(a, b, out)
+        env[i] = out
+    return run
+
+
+def _gemm_launcher(name: str, a, b, out_shape, load):
+    plan = gemm.plan(name, a, b, tuple(out_shape))
+    if plan.grid == 0:
+        return lambda a, b, out: None
+    fn = load(plan.source, name)
+    grid, block = (plan.grid,), (gemm.BLOCK,)
+    return lambda a, b, out: fn(grid, block, (a, b, out))
 
 
 def capture_graph(ex: Executable, static_inputs: list, write_back):

@@ -82,10 +82,12 @@ class StaticPool(OutputPool):
 
 
 class Executable:
-    """Runs a Program. ``kernel_step(kernel_ir, step, arg_index, env_index) -> callable(env)`` comes from the
-    backend; None interprets each kernel with NumPy (the fallback backend)."""
+    """Runs a Program. ``kernel_step(kernel_ir, step, executable) -> callable(env)`` comes from the backend;
+    None interprets each kernel with NumPy (the fallback backend). ``library_step(step, executable)``, when given,
+    runs matmuls instead of the array library (the CUDA graph path: cuBLAS cannot be captured)."""
 
-    def __init__(self, program, kernel_step=None, name: str = "numpy", xp=np, static: bool = False):
+    def __init__(self, program, kernel_step=None, name: str = "numpy", xp=np, static: bool = False,
+                 library_step=None):
         self.program = program
         self.xp = xp
         self.graph = program.graph
@@ -95,6 +97,7 @@ class Executable:
         self.slots = [xp.empty(b, np.uint8) for b in program.memory.slot_bytes]
         self.placeholders = [self.index[p.id] for p in self.graph.placeholders]
         self.pools: dict[int, OutputPool] = {}
+        self.library_step = library_step  # (step, executable) -> callable(env): a backend's own matmul
         self.step_seconds = [0.0] * len(program.steps)
         kernel_reads = {b.id for k in program.kernels.values() for b in k.buffers}
         self.contiguous_inputs = [p.id in kernel_reads for p in self.graph.placeholders]
@@ -131,6 +134,8 @@ class Executable:
         arg_index = [self.index[a.id] if hasattr(a, "id") else None for a in args]
         scalars = [None if hasattr(a, "id") else a for a in args]
         xp = self.xp
+        if step.kind == "library" and self.library_step is not None:
+            return self.library_step(step, self)
         if step.kind == "library":
             # np.dot takes half the time of np.matmul on small matrices (0.8 vs 1.5 us at 16x8x32: less ufunc
             # machinery) and is the same product for 2-D operands; matmul broadcasts batches, which dot does not
