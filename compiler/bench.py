@@ -360,7 +360,7 @@ def _compile_probe(cache: str, device: str) -> tuple[float, int]:
     """One fresh process: trace+compile+first call of the MLP step (ms) and how many kernels it compiled."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "GRAPHDUEL_CACHE_DIR": cache, "CUPY_CACHE_DIR": os.path.join(cache, "cupy"),
-           "PYTHONPATH": root}
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", MLP_SCRIPT, device], capture_output=True, text=True, env=env,
                          cwd=root)
     words = out.stdout.split()

@@ -12,6 +12,8 @@ in the engine knows whether it is being traced.
 
 from __future__ import annotations
 
+from numbers import Number
+
 import numpy as np
 
 from eager.autograd.engine import Node
@@ -54,8 +56,8 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
         out = prim.impl(xp, *arrays, **params)
     except Exception as e:
         raise _op_error(prim, inputs, params, e) from e
-    if type(out) is not _ndarray and xp is np:
-        out = np.asarray(out)  # NumPy returns scalars, not 0-d arrays, from 0-d ops
+    if type(out) is not _ndarray and xp is np and isinstance(out, (np.generic, Number)):
+        out = np.asarray(out)  # NumPy returns scalars, not 0-d arrays, from 0-d ops (to_device returns CuPy's)
     if wants_grad and mode.grad_enabled and prim.vjp is not None:
         t = Tensor._make(out, True, None)
         t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params,

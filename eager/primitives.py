@@ -483,11 +483,7 @@ def _index_add_impl(xp, base, values, *idx, key):
     out = base.copy()
     full_key = build_key(key, idx)
     if idx:  # repeated indices must accumulate, which plain `out[key] += v` does not do
-        if xp is np:
-            np.add.at(out, full_key, values)
-        else:
-            import cupyx
-            cupyx.scatter_add(out, full_key, values)
+        xp.add.at(out, full_key, values)  # CuPy has it too (its older cupyx.scatter_add warns on every call)
     else:
         out[full_key] += values
     return out

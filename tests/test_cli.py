@@ -93,6 +93,20 @@ def test_python_dash_m_compare_smoke(tmp_path):
     assert "report: " in proc.stdout and (tmp_path / "report.html").exists()
 
 
+@pytest.mark.gpu
+def test_a_cuda_run_passes_every_correctness_cell_and_times_with_cuda_events(tmp_path):
+    assert main(["run", "--device", "cuda", "--quick", "--workloads", *SELECTION, "--peers", "none",
+                 "--out", str(tmp_path)]) == 0
+    df = _rows(tmp_path)
+    checks = df[df.metric.isin(CORRECTNESS_METRICS)]
+    assert set(checks["mode"]) == {"eager", "traced", "compiled"} and (checks.device == "cuda").all()
+    failed = checks[checks.status != "pass"]
+    assert set(failed.workload) <= {"dynamic_net"}, failed[["workload", "mode", "metric", "detail"]].to_string()
+    times = df[df.metric == "time"]
+    assert len(times) == 3 * len(SELECTION) and (times.value > 0).all()
+    assert "gpu" in json.loads((tmp_path / "results.json").read_text())["meta"]
+
+
 @pytest.mark.skipif(eager.cuda_available(), reason="checks the run on a machine without a GPU")
 def test_a_cuda_run_without_a_gpu_reports_every_cell_skipped_instead_of_crashing(tmp_path):
     assert main(["run", "--device", "cuda", "--quick", "--workloads", "softmax", "--out", str(tmp_path)]) == 0

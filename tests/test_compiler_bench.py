@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from compiler import bench
 
 
@@ -22,6 +24,15 @@ def test_tiny_bench_writes_a_finite_row_for_every_mode(tmp_path):
         assert math.isfinite(float(r[2])) and float(r[2]) > 0, r
     compiled_mlp = next(r for r in rows if r[0].startswith("| MLP") and r[1] == "graphduel compiled")
     assert int(float(compiled_mlp[6])) <= 12  # kernels
+
+
+@pytest.mark.gpu
+def test_tiny_cuda_bench_replays_the_mlp_step_as_a_cuda_graph(tmp_path):
+    out = tmp_path / "bench.md"
+    assert bench.main(["--device", "cuda", "--tiny", "--repeat", "2", "--only", "gelu", "--only", "mlp",
+                       "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "GPU " in text and "FAILED" not in text and "MLP train step (Adam), CUDA graph" in text
 
 
 def test_goals_attach_to_their_own_section():

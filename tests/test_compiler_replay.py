@@ -99,7 +99,7 @@ def test_cuda_graph_needs_a_cuda_or_simt_backend():
         compiler.compile(lambda t: t * 2, eager.ones(2), cuda_graph=True)
 
 
-@pytest.mark.skipif(not eager.cuda_available(), reason="needs CuPy and a CUDA GPU")
+@pytest.mark.gpu
 def test_a_cuda_graph_train_step_matches_the_cpu():
     model_g, _, step_g = _mlp_step("cuda")
     model_c, _, step_c = _mlp_step("cpu")

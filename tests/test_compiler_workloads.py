@@ -213,7 +213,7 @@ def test_compile_rejects_unknown_device_and_backend():
         compiler.compile(lambda t: t * 2, eager.ones(2), backend="fortran")
 
 
-@pytest.mark.skipif(not eager.cuda_available(), reason="needs CuPy and a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_backend_matches_cpu():
     arrays = [eager.tensor(a) for a in _inputs("float32")]
     c = compiler.compile(composites, *arrays)

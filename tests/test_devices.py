@@ -10,7 +10,7 @@ import pytest
 
 import eager
 
-pytestmark = pytest.mark.skipif(not eager.cuda_available(), reason="needs CuPy and a CUDA GPU")
+pytestmark = pytest.mark.gpu
 
 TOL = {np.dtype("float32"): dict(rtol=1e-5, atol=1e-6), np.dtype("float64"): dict(rtol=1e-11, atol=1e-12)}
 

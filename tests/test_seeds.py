@@ -415,7 +415,6 @@ def test_spiral_classifier_reaches_over_95_percent_with_adam_on_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not eager.cuda_available(), reason="needs CuPy and a CUDA GPU (eager.cuda_available() is False)")
 def test_spiral_classifier_reaches_over_95_percent_with_adam_on_cuda():
     from compare.demo import train_spiral_classifier
     result = train_spiral_classifier(steps=300, seed=0, log=lambda line: None, device="cuda")

@@ -223,7 +223,6 @@ def test_one_graph_holds_forward_backward_and_update():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not eager.cuda_available(), reason="needs CuPy and a CUDA GPU (eager.cuda_available() is False)")
 def test_traced_train_step_on_gpu_equals_eager():
     def run(traced: bool):
         eager.manual_seed(0)

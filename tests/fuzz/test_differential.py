@@ -108,11 +108,10 @@ def _mode_or_skip(module: str, attr: str):
     return getattr(mod, attr)
 
 
-@pytest.mark.parametrize("mode", ["traced", "compiled", "compiled-simt", "compiled-cuda"])
+@pytest.mark.parametrize("mode", ["traced", "compiled", "compiled-simt",
+                                  pytest.param("compiled-cuda", marks=pytest.mark.gpu)])
 def test_static_modes_match_eager(fuzz_examples, mode):
     device = "cuda" if mode == "compiled-cuda" else "cpu"
-    if device == "cuda" and not eager.cuda_available():
-        pytest.skip("needs CuPy and a CUDA GPU (eager.cuda_available() is False)")
     if mode == "compiled-simt" and shutil.which("c++") is None:
         pytest.skip("no C++ compiler: the SIMT emulator cannot build")
     if mode == "traced":

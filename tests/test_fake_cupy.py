@@ -1,0 +1,117 @@
+"""The fake CuPy's own specification: the CuPy rules it exists to enforce. Runs in the child pytest of
+tests/test_fake_gpu.py, where ``import cupy`` finds the fake; skipped anywhere else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy")
+pytestmark = [pytest.mark.fakegpu,
+              pytest.mark.skipif(not getattr(cupy, "IS_FAKE", False), reason="runs against the fake CuPy only")]
+
+
+def test_device_arrays_never_cross_to_the_host_implicitly():
+    a = cupy.arange(4, dtype=np.float32)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        a + np.ones(4, np.float32)
+    assert (a + np.float32(1)).get().tolist() == [1, 2, 3, 4]  # scalars are fine
+    assert cupy.asarray(np.ones(2)).get().tolist() == [1, 1] and cupy.asnumpy(a).tolist() == [0, 1, 2, 3]
+
+
+def test_numpy_functions_on_device_arrays_run_on_the_device():
+    a = cupy.arange(6, dtype=np.float32).reshape(2, 3)
+    s = np.sum(a, axis=0)
+    assert isinstance(s, cupy.ndarray) and s.get().tolist() == [3, 5, 7]
+    assert isinstance(cupy.ndarray.transpose(a, (1, 0)), cupy.ndarray)
+
+
+def test_fresh_memory_is_garbage_not_zeros():
+    assert np.isnan(cupy.empty(3, np.float32).get()).all()
+
+
+def test_capture_records_work_and_the_graph_runs_it():
+    x = cupy.ones(3, np.float32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        y = x * 2
+        x += 1  # in place: recorded, not run
+        graph = stream.end_capture()
+    assert np.isnan(y.get()).all() and x.get().tolist() == [1, 1, 1]
+    graph.launch()
+    assert y.get().tolist() == [2, 2, 2] and x.get().tolist() == [2, 2, 2]
+    graph.launch()
+    assert y.get().tolist() == [4, 4, 4] and x.get().tolist() == [3, 3, 3]
+
+
+def test_what_cupy_refuses_while_capturing_is_an_error():
+    a, host = cupy.ones((2, 2), np.float32), np.ones(2, np.float32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        try:
+            with pytest.raises(RuntimeError, match="capturing, so D2H"):
+                float(a.sum())
+            with pytest.raises(RuntimeError, match="capturing, so H2D"):
+                cupy.asarray(host)
+            with pytest.raises(RuntimeError, match="capturing, so D2H"):
+                a[a > 0]  # the result's size depends on the data
+            with pytest.raises(NotImplementedError, match="cuBLAS"):
+                a @ a
+            with pytest.raises(cupy.cuda.runtime.CUDARuntimeError, match="capturing"):
+                cupy.cuda.Device().synchronize()
+        finally:
+            stream.end_capture()
+
+
+def test_host_arrays_fill_device_arrays_only_where_cupy_allows():
+    a = cupy.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="fill"):
+        a[...] = np.ones(3, np.float32)
+    a[np.array([0, 2])] = np.array([1.0, 2.0], np.float32)  # an advanced index copies the values over
+    assert a.get().tolist() == [1, 0, 2]
+    with pytest.raises(ValueError):
+        cupy.copyto(a, np.ones(3, np.float32))
+
+
+def test_capturing_needs_its_own_stream_for_all_work():
+    with pytest.raises(cupy.cuda.runtime.CUDARuntimeError):
+        cupy.cuda.Stream.null.begin_capture()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    stream.begin_capture()  # not made current: work below goes to the default stream
+    try:
+        with pytest.raises(cupy.cuda.runtime.CUDARuntimeError, match="another stream"):
+            cupy.ones(2) * 2
+    finally:
+        stream.end_capture()
+
+
+def test_launching_a_graph_whose_memory_was_released_is_an_error():
+    x = cupy.ones(3, np.float32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        y = x * 2
+        z = y + 1
+        graph = stream.end_capture()
+    graph.launch()
+    assert z.get().tolist() == [3, 3, 3]
+    del y  # the pool may now hand y's memory to someone else, while each launch still writes it
+    with pytest.raises(RuntimeError, match="released"):
+        graph.launch()
+
+
+def test_kernels_run_under_the_emulator_and_are_recorded_when_capturing():
+    src = ('extern "C" __global__ void twice(const float* __restrict__ a, float* __restrict__ b) {'
+           '  b[threadIdx.x] = 2 * a[threadIdx.x]; }')
+    kernel = cupy.RawModule(code=src, options=("--std=c++17", "--fmad=false")).get_function("twice")
+    a, b = cupy.arange(4, dtype=np.float32), cupy.zeros(4, np.float32)
+    kernel((1,), (4,), (a, b))
+    assert b.get().tolist() == [0, 2, 4, 6]
+    with pytest.raises(TypeError, match="CuPy array"):
+        kernel((1,), (4,), (np.zeros(4, np.float32), b))
+    with pytest.raises(ValueError, match="NVRTC option"):
+        cupy.RawModule(code=src, options=("--fast-math-typo",))
