@@ -78,3 +78,16 @@ def test_creation_and_random_on_cuda():
     a = eager.randn(1000, device="cuda")
     assert a.device == "cuda" and a.dtype == eager.float32 and abs(a.mean().item()) < 0.15
     assert eager.zeros(2, 3, device="cuda").device == "cuda" and eager.ones(2, device="cuda").tolist() == [1.0, 1.0]
+
+
+def test_an_out_of_range_index_tensor_is_an_error_on_cuda_too():
+    """CuPy wraps such an index around (x[5] of 3 elements reads x[2]); eager checks it, as NumPy does."""
+    x = eager.arange(3.0, device="cuda", requires_grad=True)
+    with pytest.raises(IndexError, match="out of bounds for axis 0 with size 3"):
+        x[eager.tensor([0, 5], device="cuda")]
+    with pytest.raises(IndexError, match="out of bounds for axis 1 with size 3"):
+        eager.zeros(2, 3, device="cuda")[..., eager.tensor([-4], device="cuda")]
+    y = eager.zeros(3, device="cuda")
+    with pytest.raises(IndexError):
+        y[eager.tensor([3], device="cuda")] = 1.0
+    assert x[eager.tensor([-1, 0], device="cuda")].tolist() == [2.0, 0.0]

@@ -115,3 +115,8 @@ def test_kernels_run_under_the_emulator_and_are_recorded_when_capturing():
         kernel((1,), (4,), (np.zeros(4, np.float32), b))
     with pytest.raises(ValueError, match="NVRTC option"):
         cupy.RawModule(code=src, options=("--fast-math-typo",))
+
+
+def test_out_of_range_index_arrays_wrap_around_as_on_cupy():
+    a = cupy.arange(3, dtype=np.float32)
+    assert a[cupy.asarray(np.array([5, -4]))].get().tolist() == [2, 2]

@@ -203,6 +203,8 @@ class ndarray(_np.lib.mixins.NDArrayOperatorsMixin):
 
     # --- NumPy protocols: numpy functions on device arrays run as cupy functions
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if method == "at" and isinstance(inputs[0], ndarray):
+            inputs = (inputs[0], _wrap_indices(inputs[0], inputs[1]), *inputs[2:])
         return _apply(ufunc if method == "__call__" else getattr(ufunc, method), inputs, kwargs,
                       writes=method == "at")
 
@@ -232,13 +234,13 @@ class ndarray(_np.lib.mixins.NDArrayOperatorsMixin):
 
     def __getitem__(self, key):
         _check_key(key)
-        return _apply(operator.getitem, (self, key), {}, allow_host=True)
+        return _apply(operator.getitem, (self, _wrap_indices(self, key)), {}, allow_host=True)
 
     def __setitem__(self, key, value):
         _check_key(key)
         if isinstance(value, _np.ndarray) and value.ndim and not _advanced(key):
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
-        _apply(operator.setitem, (self, key, value), {}, writes=True, allow_host=True)
+        _apply(operator.setitem, (self, _wrap_indices(self, key), value), {}, writes=True, allow_host=True)
 
     def __copy__(self):
         return self.copy()
@@ -284,6 +286,17 @@ def _parts(key) -> tuple:
 
 def _advanced(key) -> bool:
     return any(isinstance(k, (list, _np.ndarray, ndarray)) for k in _parts(key))
+
+
+def _wrap_indices(a: ndarray, key):
+    """CuPy wraps an out-of-range integer index array around its dim instead of raising (NumPy raises): so does
+    the fake, for keys of plain positional parts (no None, Ellipsis or boolean mask)."""
+    parts = _parts(key)
+    if any(k is None or k is Ellipsis or (isinstance(k, ndarray) and k.dtype == bool) for k in parts):
+        return key
+    wrapped = tuple(ndarray._of(k._a % a.shape[d]) if isinstance(k, ndarray) and k.dtype.kind in "iu" and k.size
+                    else k for d, k in enumerate(parts))
+    return wrapped if isinstance(key, tuple) else wrapped[0]
 
 
 def _check_key(key) -> None:
