@@ -120,3 +120,6 @@ def test_kernels_run_under_the_emulator_and_are_recorded_when_capturing():
 def test_out_of_range_index_arrays_wrap_around_as_on_cupy():
     a = cupy.arange(3, dtype=np.float32)
     assert a[cupy.asarray(np.array([5, -4]))].get().tolist() == [2, 2]
+    b = cupy.zeros(3, np.float32)
+    cupy.add.at(b, cupy.asarray(np.array([4, 4])), cupy.ones(2, np.float32))
+    assert b.get().tolist() == [0, 2, 0]

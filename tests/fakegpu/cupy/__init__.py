@@ -203,8 +203,8 @@ class ndarray(_np.lib.mixins.NDArrayOperatorsMixin):
 
     # --- NumPy protocols: numpy functions on device arrays run as cupy functions
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        if method == "at" and isinstance(inputs[0], ndarray):
-            inputs = (inputs[0], _wrap_indices(inputs[0], inputs[1]), *inputs[2:])
+        if ufunc is _np.add and method == "at":
+            return _apply(_add_at, inputs, kwargs, writes=True)
         return _apply(ufunc if method == "__call__" else getattr(ufunc, method), inputs, kwargs,
                       writes=method == "at")
 
@@ -234,13 +234,13 @@ class ndarray(_np.lib.mixins.NDArrayOperatorsMixin):
 
     def __getitem__(self, key):
         _check_key(key)
-        return _apply(operator.getitem, (self, _wrap_indices(self, key)), {}, allow_host=True)
+        return _apply(_getitem, (self, key), {}, allow_host=True)
 
     def __setitem__(self, key, value):
         _check_key(key)
         if isinstance(value, _np.ndarray) and value.ndim and not _advanced(key):
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
-        _apply(operator.setitem, (self, _wrap_indices(self, key), value), {}, writes=True, allow_host=True)
+        _apply(_setitem, (self, key, value), {}, writes=True, allow_host=True)
 
     def __copy__(self):
         return self.copy()
@@ -274,6 +274,15 @@ for _name in dir(_np.ndarray):
     setattr(ndarray, _name, _method(_name) if callable(_kind) else _attribute(_name))
 
 
+def _astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+    if casting is not None or subok is not None:
+        raise TypeError("casting and subok are not supported yet (CuPy)")
+    return _apply(_np.ndarray.astype, (self, dtype), {"order": order, "copy": copy})
+
+
+ndarray.astype = _astype
+
+
 def _single(x: ndarray) -> _Unwrap:
     u = _Unwrap()
     u(x)
@@ -288,15 +297,28 @@ def _advanced(key) -> bool:
     return any(isinstance(k, (list, _np.ndarray, ndarray)) for k in _parts(key))
 
 
-def _wrap_indices(a: ndarray, key):
+def _wrapped(shape: tuple, key):
     """CuPy wraps an out-of-range integer index array around its dim instead of raising (NumPy raises): so does
-    the fake, for keys of plain positional parts (no None, Ellipsis or boolean mask)."""
+    the fake, for keys of plain positional parts (no None, Ellipsis or boolean mask). On NumPy arrays, inside
+    the device work (as CuPy does it in its kernel: no array is allocated for it)."""
     parts = _parts(key)
-    if any(k is None or k is Ellipsis or (isinstance(k, ndarray) and k.dtype == bool) for k in parts):
+    if any(k is None or k is Ellipsis or (isinstance(k, _np.ndarray) and k.dtype == bool) for k in parts):
         return key
-    wrapped = tuple(ndarray._of(k._a % a.shape[d]) if isinstance(k, ndarray) and k.dtype.kind in "iu" and k.size
-                    else k for d, k in enumerate(parts))
+    wrapped = tuple(k % shape[d] if isinstance(k, _np.ndarray) and k.dtype.kind in "iu" and k.size else k
+                    for d, k in enumerate(parts))
     return wrapped if isinstance(key, tuple) else wrapped[0]
+
+
+def _getitem(a, key):
+    return a[_wrapped(a.shape, key)]
+
+
+def _setitem(a, key, value):
+    a[_wrapped(a.shape, key)] = value
+
+
+def _add_at(a, key, values):
+    _np.add.at(a, _wrapped(a.shape, key), values)
 
 
 def _check_key(key) -> None:
@@ -320,6 +342,8 @@ class _Ufunc:
         return _apply(self._uf, args, kwargs)
 
     def __getattr__(self, method):
+        if self._uf is _np.add and method == "at":
+            return lambda *args, **kwargs: _apply(_add_at, args, kwargs, writes=True)
         fn = getattr(self._uf, method)
         if not callable(fn):
             return fn

@@ -8,6 +8,7 @@ memory a captured graph writes must stay allocated while the graph can be launch
 
 from __future__ import annotations
 
+import traceback
 import weakref
 
 import numpy as np
@@ -83,4 +84,12 @@ class Memory:
         cap = CURRENT["capture"]
         self.during_capture = cap is not None
         if cap is not None:
-            cap.allocated.append(weakref.ref(self))
+            cap.allocated.append((weakref.ref(self), _caller()))
+
+
+def _caller() -> str:
+    """Where outside the fake an allocation was made: what a lifetime error names."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if "fakegpu" not in frame.filename:
+            return f"{frame.filename}:{frame.lineno} ({frame.line})"
+    return "?"

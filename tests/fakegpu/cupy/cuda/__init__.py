@@ -92,12 +92,12 @@ class Graph:
 
     def launch(self, stream: Stream | None = None) -> None:
         _device.check_stream()
-        freed = [ref for ref in self._allocated if ref() is None]
+        freed = [where for ref, where in self._allocated if ref() is None]
         if freed:
             raise RuntimeError(f"fake cupy: graph launched after {len(freed)} of the {len(self._allocated)} arrays "
                                "allocated during its capture were released: CuPy's pool may have handed that memory "
                                "to other arrays, which every replay now overwrites. Keep what the captured work "
-                               "allocates alive as long as the graph.")
+                               f"allocates alive as long as the graph. Released: {'; '.join(freed)}")
         for thunk in self._thunks:
             thunk()
 
