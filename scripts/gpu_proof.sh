@@ -21,8 +21,9 @@ step() {  # step NAME COMMAND...: run, keep its log, remember the first failure
 }
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1 || true
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-step gpu-tests python3 -m pytest -q -rs tests/test_devices.py tests/test_seeds.py tests/test_compiler_workloads.py \
-  tests/test_tracer_equivalence.py tests/test_compiler_codegen.py tests/fuzz
+# every test marked gpu (CI runs the same ones on the fake CuPy of tests/fakegpu), then the CUDA source checks
+step gpu-tests python3 -m pytest -q -rs -m gpu tests
+step cuda-source python3 -m pytest -q -rs tests/test_compiler_codegen.py tests/test_compiler_gemm.py tests/test_simt.py
 step h100-report python3 -m compare run --device cuda --out "$out/h100"
 step compiler-bench python3 -m compiler.bench --device cuda --torch-compile --out "$out/compiler-h100.md"
 rm -rf "$out/kernel-cache" "$out/cupy-cache"  # caches are not results
