@@ -32,55 +32,98 @@ _TYPES = {"float32": ("float", "float", "fmaf({a}, {b}, {acc})"),
 
 @dataclass(frozen=True)
 class Gemm:
-    """One product's launch: ``grid`` blocks of ``BLOCK`` threads (an empty product launches nothing)."""
+    """One product's launches. ``grid`` blocks of ``BLOCK`` threads run ``name``; with ``splits`` > 1 they write
+    ``splits`` partial products over slices of K into a scratch buffer of ``scratch`` elements, and
+    ``<name>_sum`` (``sum_grid`` blocks) adds them into C in a fixed order. An empty product launches nothing."""
 
     name: str
     source: str
     grid: int
+    splits: int = 1
+    scratch: int = 0
+    sum_grid: int = 0
+
+
+# few output tiles over a long K (a first layer's 64x256 output over 784 inputs: 64 blocks for 132 SMs) would
+# leave most of the GPU idle: K is then split so that about SPLIT_BLOCKS blocks run, each over at least
+# SPLIT_MIN_K of it
+SPLIT_BLOCKS, SPLIT_MIN_K = 512, 4 * TILE
+
+
+def split_count(tiles: int, k: int) -> int:
+    """How many slices of K a product of ``tiles`` output tiles is split into (1: not split)."""
+    if tiles >= SPLIT_BLOCKS // 2 or k < 2 * SPLIT_MIN_K:
+        return 1
+    splits = max(1, min(-(-SPLIT_BLOCKS // tiles), k // SPLIT_MIN_K))
+    slice_k = -(-k // (splits * TILE)) * TILE  # whole tiles: the last slices could be left empty
+    return -(-k // slice_k)
 
 
 def gemm_source(name: str, dtype: str, batch: tuple[tuple[int, int, int], ...], m: int, n: int, k: int,
-                a_strides: tuple[int, int], b_strides: tuple[int, int]) -> str:
+                a_strides: tuple[int, int], b_strides: tuple[int, int], splits: int = 1) -> str:
     """CUDA source of ``C[batch, m, n] = A[batch, m, k] @ B[batch, k, n]``, C contiguous. ``batch``: per output
-    batch dim, ``(size, A's stride, B's stride)`` in elements (0 where that operand is broadcast)."""
+    batch dim, ``(size, A's stride, B's stride)`` in elements (0 where that operand is broadcast). With
+    ``splits`` > 1 the kernel writes partial products ``P[split, batch, m, n]`` and ``<name>_sum`` adds them."""
     if dtype not in _TYPES:
         raise TypeError(f"matmul kernel: dtype {dtype} is not supported (float32, float64, int64, int32)")
     t, acc_t, fma = _TYPES[dtype]
     tiles_m, tiles_n = -(-m // TILE), -(-n // TILE)
+    size = math.prod(b for b, _, _ in batch) * m * n
+    slice_k = -(-k // (splits * TILE)) * TILE  # K per split, whole tiles
     offsets = []
-    for size, sa, sb in reversed(batch):
-        offsets.append(f"    {{ const long long i = bt % {size}; bt /= {size}; a += i * {sa}LL; b += i * {sb}LL; }}")
+    for dim, sa, sb in reversed(batch):
+        offsets.append(f"    {{ const long long i = bt % {dim}; bt /= {dim}; a += i * {sa}LL; b += i * {sb}LL; }}")
     step = fma.format(a=f"({acc_t})As[ty][kk]", b=f"({acc_t})Bs[kk][tx]", acc="acc")
-    return f"""
-extern "C" __global__ void {name}(const {t}* __restrict__ A, const {t}* __restrict__ B, {t}* __restrict__ C) {{
+    out, split_index, k_range = "C", "const long long split = 0;", f"const long long k_begin = 0, k_end = {k};"
+    if splits > 1:
+        out = "P"
+        split_index = f"const long long split = blk % {splits}; blk /= {splits};"
+        k_range = (f"const long long k_begin = split * {slice_k}LL;\n"
+                   f"  const long long k_end = k_begin + {slice_k}LL < {k}LL ? k_begin + {slice_k}LL : {k}LL;")
+    source = f"""
+extern "C" __global__ void {name}(const {t}* __restrict__ A, const {t}* __restrict__ B, {t}* __restrict__ {out}) {{
   __shared__ {t} As[{TILE}][{TILE + 1}];
   __shared__ {t} Bs[{TILE}][{TILE + 1}];
   const int ty = threadIdx.x / {TILE}, tx = threadIdx.x % {TILE};
   long long blk = blockIdx.x;
+  {split_index}
   const long long tn = blk % {tiles_n}; blk /= {tiles_n};
   const long long tm = blk % {tiles_m};
   long long bt = blk / {tiles_m};
-  const long long c_offset = bt * {m * n}LL;
+  const long long c_offset = split * {size}LL + bt * {m * n}LL;
   const {t}* a = A;
   const {t}* b = B;
 {chr(10).join(offsets)}
   const long long row = tm * {TILE} + ty, col = tn * {TILE} + tx;
+  {k_range}
   {acc_t} acc = 0;
-  for (long long k0 = 0; k0 < {k}; k0 += {TILE}) {{
+  for (long long k0 = k_begin; k0 < k_end; k0 += {TILE}) {{
     const long long ka = k0 + tx, kb = k0 + ty;
-    As[ty][tx] = (row < {m} && ka < {k}) ? a[row * {a_strides[0]}LL + ka * {a_strides[1]}LL] : ({t})0;
-    Bs[ty][tx] = (kb < {k} && col < {n}) ? b[kb * {b_strides[0]}LL + col * {b_strides[1]}LL] : ({t})0;
+    As[ty][tx] = (row < {m} && ka < k_end) ? a[row * {a_strides[0]}LL + ka * {a_strides[1]}LL] : ({t})0;
+    Bs[ty][tx] = (kb < k_end && col < {n}) ? b[kb * {b_strides[0]}LL + col * {b_strides[1]}LL] : ({t})0;
     __syncthreads();
     for (int kk = 0; kk < {TILE}; ++kk) acc = {step};
     __syncthreads();
   }}
-  if (row < {m} && col < {n}) C[c_offset + row * {n} + col] = ({t})acc;
+  if (row < {m} && col < {n}) {out}[c_offset + row * {n} + col] = ({t})acc;
 }}
 """
+    if splits > 1:
+        source += f"""
+extern "C" __global__ void {name}_sum(const {t}* __restrict__ P, {t}* __restrict__ C) {{
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < {size}LL;
+       i += (long long)gridDim.x * blockDim.x) {{
+    {acc_t} acc = 0;
+    for (int s = 0; s < {splits}; ++s) acc += ({acc_t})P[s * {size}LL + i];
+    C[i] = ({t})acc;
+  }}
+}}
+"""
+    return source
 
 
 def plan(name: str, a, b, out_shape: tuple[int, ...]) -> Gemm:
-    """The kernel for ``a @ b`` with these arrays' layouts (NumPy or CuPy), written to a C-contiguous output of
+    """The kernels for ``a @ b`` with these arrays' layouts (NumPy or CuPy), written to a C-contiguous output of
     ``out_shape`` (``matmul``'s broadcasting of batch dims; both operands at least 2-D)."""
     if a.ndim < 2 or b.ndim < 2:
         raise ValueError(f"matmul kernel: operands must be at least 2-D (got {a.shape} and {b.shape}); the eager "
@@ -94,9 +137,14 @@ def plan(name: str, a, b, out_shape: tuple[int, ...]) -> Gemm:
     for d, size in enumerate(batch_shape):
         batch.append((size, _batch_stride(a.shape, sa, d, len(batch_shape)),
                       _batch_stride(b.shape, sb, d, len(batch_shape))))
-    grid = math.prod(batch_shape) * -(-m // TILE) * -(-n // TILE)
-    source = gemm_source(name, str(np.dtype(a.dtype)), tuple(batch), m, n, k, (sa[-2], sa[-1]), (sb[-2], sb[-1]))
-    return Gemm(name, source, grid)
+    tiles = math.prod(batch_shape) * -(-m // TILE) * -(-n // TILE)
+    splits = split_count(tiles, k) if tiles else 1
+    source = gemm_source(name, str(np.dtype(a.dtype)), tuple(batch), m, n, k, (sa[-2], sa[-1]), (sb[-2], sb[-1]),
+                         splits)
+    size = math.prod(out_shape)
+    if splits == 1:
+        return Gemm(name, source, tiles)
+    return Gemm(name, source, tiles * splits, splits, splits * size, min(-(-size // BLOCK), 1024))
 
 
 def _batch_stride(shape, strides, d: int, out_batch_dims: int) -> int:

@@ -91,11 +91,11 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
             fn((grid,), (block,), tuple(env[i] for i in idx))
         return run
 
-    def load(source: str, name: str):
+    def load(source: str):
         if simulate:
             from compiler.runtime.simt import SimtModule
-            return SimtModule(source).get_function(name)
-        return cp.RawModule(code=source, options=NVRTC_OPTIONS).get_function(name)
+            return SimtModule(source)
+        return cp.RawModule(code=source, options=NVRTC_OPTIONS)
 
     ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp, static=static,
                     library_step=(lambda step, ex: gemm_step(step, ex, load)) if static else None)
@@ -118,20 +118,32 @@ def gemm_step(step, ex: Executable, load):
         key = (a.strides, b.strides)
         launch = launchers.get(key)
         if launch is None:
-            launch = launchers[key] = _gemm_launcher(f"gd_matmul{node.id}_{len(launchers)}", a, b, node.shape, load)
+            launch = launchers[key] = _gemm_launcher(f"gd_matmul{node.id}_{len(launchers)}", a, b, node.shape, load,
+                                                     ex.xp)
         out = pool.take() if pool is not None else env[i]
         launch(a, b, out)
         env[i] = out
     return run
 
 
-def _gemm_launcher(name: str, a, b, out_shape, load):
+def _gemm_launcher(name: str, a, b, out_shape, load, xp):
     plan = gemm.plan(name, a, b, tuple(out_shape))
     if plan.grid == 0:
         return lambda a, b, out: None
-    fn = load(plan.source, name)
+    module = load(plan.source)
+    fn = module.get_function(name)
     grid, block = (plan.grid,), (gemm.BLOCK,)
-    return lambda a, b, out: fn(grid, block, (a, b, out))
+    if plan.splits == 1:
+        return lambda a, b, out: fn(grid, block, (a, b, out))
+    add = module.get_function(name + "_sum")
+    # the partial products' scratch lives with the launcher, as long as the executable (and any graph of it)
+    scratch = xp.empty(plan.scratch, a.dtype)
+    sum_grid = (plan.sum_grid,)
+
+    def launch(a, b, out):
+        fn(grid, block, (a, b, scratch))
+        add(sum_grid, block, (scratch, out))
+    return launch
 
 
 def capture_graph(ex: Executable, static_inputs: list, write_back):
