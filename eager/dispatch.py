@@ -19,7 +19,7 @@ import numpy as np
 from eager.autograd.engine import Node
 from eager.autograd.mode import MODE, user_source
 from eager.backend import namespace, namespace_of
-from eager.primitives import Aval, Primitive, ShapeError, describe
+from eager.primitives import Aval, Primitive, ShapeError, check_index_bounds, describe
 from eager.tensor import Tensor
 
 _ndarray = np.ndarray
@@ -32,6 +32,10 @@ class OpError(RuntimeError):
 class IndexOutOfRange(ShapeError, IndexError, OpError):
     """An index does not fit the tensor: a ShapeError and, as in Python, an IndexError (and an OpError, which
     out-of-range index tensors raised before, so existing ``except OpError`` handlers still catch it)."""
+
+
+# primitives whose index arrays (from this input position on) are bounds-checked on CuPy
+_BOUNDS_CHECKED = {"getitem": 1, "index_add": 2}
 
 
 def apply(prim: Primitive, *inputs, **params) -> Tensor:
@@ -53,6 +57,9 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
     if xp is None:
         xp = namespace(params["device"])
     try:
+        if xp is not np and prim.name in _BOUNDS_CHECKED and len(arrays) > _BOUNDS_CHECKED[prim.name]:
+            # CuPy wraps an out-of-range index around: eager raises, as on the CPU
+            check_index_bounds(arrays[0].shape, params["key"], arrays[_BOUNDS_CHECKED[prim.name]:])
         out = prim.impl(xp, *arrays, **params)
     except Exception as e:
         raise _op_error(prim, inputs, params, e) from e

@@ -475,13 +475,10 @@ BROADCAST_TO = _reg("broadcast_to", MOVEMENT, lambda xp, a, *, shape: xp.broadca
                     _broadcast_to_rule, lambda g, out, a, *, shape: (unbroadcast(g, a),))
 PERMUTE = _reg("permute", MOVEMENT, lambda xp, a, *, axes: xp.transpose(a, axes), _permute_rule,
                lambda g, out, a, *, axes: (g.permute(*_inverse(axes)),))
-def _device_key(xp, shape, key, idx):
-    """``build_key``, with integer index arrays checked against their dims on CuPy, whose indexing wraps an
-    out-of-range index around instead of raising as NumPy does. The check waits for the device (one sync per
-    index array); while a CUDA graph is being captured it cannot, and is skipped."""
-    full = build_key(key, idx)
-    if xp is np or not idx or xp.cuda.get_current_stream().is_capturing():
-        return full
+def check_index_bounds(shape, key, idx) -> None:
+    """Raise IndexError for an integer index array that is out of range for its dim, as NumPy does. Eager calls
+    it for CuPy arrays, whose indexing wraps such an index around instead; it waits for the device (one sync per
+    index array), so compiled programs and CUDA-graph replays do not call it and are unchecked on a GPU."""
     consumed = sum(idx[k.position].ndim if isinstance(k, IndexSlot) and idx[k.position].dtype == bool else 1
                    for k in key if k is not None and k is not Ellipsis)
     dim = 0
@@ -496,20 +493,19 @@ def _device_key(xp, shape, key, idx):
             continue
         if isinstance(k, IndexSlot) and idx[k.position].size:
             arr, size = idx[k.position], shape[dim]
-            if bool(((arr < -size) | (arr >= size)).any()):
-                bad = int(arr[(arr < -size) | (arr >= size)][0])
-                raise IndexError(f"index {bad} is out of bounds for axis {dim} with size {size}")
+            outside = (arr < -size) | (arr >= size)
+            if bool(outside.any()):
+                raise IndexError(f"index {int(arr[outside][0])} is out of bounds for axis {dim} with size {size}")
         dim += 1
-    return full
 
 
-GETITEM = _reg("getitem", MOVEMENT, lambda xp, a, *idx, key: a[_device_key(xp, a.shape, key, idx)], _getitem_rule,
+GETITEM = _reg("getitem", MOVEMENT, lambda xp, a, *idx, key: a[build_key(key, idx)], _getitem_rule,
                lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx))
 
 
 def _index_add_impl(xp, base, values, *idx, key):
     out = base.copy()
-    full_key = _device_key(xp, base.shape, key, idx)
+    full_key = build_key(key, idx)
     if idx:  # repeated indices must accumulate, which plain `out[key] += v` does not do
         xp.add.at(out, full_key, values)  # CuPy has it too (its older cupyx.scatter_add warns on every call)
     else:

@@ -123,3 +123,15 @@ def test_out_of_range_index_arrays_wrap_around_as_on_cupy():
     b = cupy.zeros(3, np.float32)
     cupy.add.at(b, cupy.asarray(np.array([4, 4])), cupy.ones(2, np.float32))
     assert b.get().tolist() == [0, 2, 0]
+
+
+def test_writes_without_out_keyword_are_recorded_not_run_while_capturing():
+    x, o = cupy.ones(3, np.float32), cupy.zeros(3, np.float32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cupy.multiply(x, 2, o)  # a positional out
+        graph = stream.end_capture()
+    assert o.get().tolist() == [0, 0, 0]
+    graph.launch()
+    assert o.get().tolist() == [2, 2, 2]

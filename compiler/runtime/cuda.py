@@ -109,6 +109,8 @@ def gemm_step(step, ex: Executable, load):
     """A matmul as a generated kernel (``compiler.codegen.gemm``), specialised to its operands' layouts the first
     time it runs (before any capture: the replay's warm-up), since CuPy cannot capture cuBLAS."""
     node = step.node
+    if node.dtype.kind != "f":  # CuPy multiplies integers and booleans with its own kernels, which capture
+        return None
     i, (ia, ib) = ex.index[node.id], [ex.index[a.id] for a in node.args]
     pool = ex.pools.get(i)
     launchers: dict = {}

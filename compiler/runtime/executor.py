@@ -84,7 +84,8 @@ class StaticPool(OutputPool):
 class Executable:
     """Runs a Program. ``kernel_step(kernel_ir, step, executable) -> callable(env)`` comes from the backend;
     None interprets each kernel with NumPy (the fallback backend). ``library_step(step, executable)``, when given,
-    runs matmuls instead of the array library (the CUDA graph path: cuBLAS cannot be captured)."""
+    runs matmuls instead of the array library where it returns a step (the CUDA graph path: cuBLAS cannot be
+    captured), None where the library should."""
 
     def __init__(self, program, kernel_step=None, name: str = "numpy", xp=np, static: bool = False,
                  library_step=None):
@@ -134,8 +135,9 @@ class Executable:
         arg_index = [self.index[a.id] if hasattr(a, "id") else None for a in args]
         scalars = [None if hasattr(a, "id") else a for a in args]
         xp = self.xp
-        if step.kind == "library" and self.library_step is not None:
-            return self.library_step(step, self)
+        run = self.library_step(step, self) if step.kind == "library" and self.library_step is not None else None
+        if run is not None:
+            return run
         if step.kind == "library":
             # np.dot takes half the time of np.matmul on small matrices (0.8 vs 1.5 us at 16x8x32: less ufunc
             # machinery) and is the same product for 2-D operands; matmul broadcasts batches, which dot does not

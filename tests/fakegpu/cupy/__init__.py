@@ -30,7 +30,8 @@ _HOST_OK = {"array", "asarray", "asanyarray"}  # functions that copy host data t
 _CUBLAS = {"matmul", "dot", "vdot", "inner", "outer", "tensordot", "einsum"}  # float products go to cuBLAS
 _DATA_SIZED = {"nonzero", "flatnonzero", "argwhere", "unique", "extract", "compress"}  # result size needs a sync
 _INPLACE_METHODS = {"fill", "sort", "put", "partition", "resize", "itemset"}
-_SYNC_METHODS = {"get", "item", "tolist", "tobytes", "__float__", "__int__", "__bool__", "__index__", "__complex__"}
+_INPLACE_FUNCTIONS = {"copyto", "put", "place", "putmask", "fill_diagonal", "put_along_axis"}
+_SYNC_METHODS = {"get", "item", "tolist", "tobytes", "__float__", "__int__", "__bool__", "__complex__"}
 
 
 def _root(a: _np.ndarray) -> _np.ndarray:
@@ -186,9 +187,6 @@ class ndarray(_np.lib.mixins.NDArrayOperatorsMixin):
     def __int__(self):
         return int(self._host("int(ndarray)"))
 
-    def __index__(self):
-        return operator.index(self._host("operator.index(ndarray)"))
-
     def __bool__(self):
         return bool(self._host("bool(ndarray)"))
 
@@ -205,8 +203,9 @@ class ndarray(_np.lib.mixins.NDArrayOperatorsMixin):
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if ufunc is _np.add and method == "at":
             return _apply(_add_at, inputs, kwargs, writes=True)
+        positional_out = method == "__call__" and len(inputs) > ufunc.nin  # np.multiply(x, 2, out)
         return _apply(ufunc if method == "__call__" else getattr(ufunc, method), inputs, kwargs,
-                      writes=method == "at")
+                      writes=method == "at" or positional_out)
 
     def __array_function__(self, func, types, args, kwargs):
         import cupy
@@ -299,14 +298,20 @@ def _advanced(key) -> bool:
 
 def _wrapped(shape: tuple, key):
     """CuPy wraps an out-of-range integer index array around its dim instead of raising (NumPy raises): so does
-    the fake, for keys of plain positional parts (no None, Ellipsis or boolean mask). On NumPy arrays, inside
-    the device work (as CuPy does it in its kernel: no array is allocated for it)."""
+    the fake. On NumPy arrays, inside the device work (as CuPy does it in its kernel: no array of its own)."""
     parts = _parts(key)
-    if any(k is None or k is Ellipsis or (isinstance(k, _np.ndarray) and k.dtype == bool) for k in parts):
-        return key
-    wrapped = tuple(k % shape[d] if isinstance(k, _np.ndarray) and k.dtype.kind in "iu" and k.size else k
-                    for d, k in enumerate(parts))
-    return wrapped if isinstance(key, tuple) else wrapped[0]
+    masks = [k for k in parts if isinstance(k, _np.ndarray) and k.dtype == bool]
+    consumed = sum(1 for k in parts if k is not None and k is not Ellipsis) + sum(m.ndim - 1 for m in masks)
+    out, dim = [], 0
+    for k in parts:
+        if isinstance(k, _np.ndarray) and k.dtype.kind in "iu" and k.size:
+            k = k % shape[dim]
+        out.append(k)
+        if k is Ellipsis:
+            dim += len(shape) - consumed
+        elif k is not None:
+            dim += k.ndim if isinstance(k, _np.ndarray) and k.dtype == bool else 1
+    return tuple(out) if isinstance(key, tuple) else out[0]
 
 
 def _getitem(a, key):
@@ -317,7 +322,12 @@ def _setitem(a, key, value):
     a[_wrapped(a.shape, key)] = value
 
 
+_ADD_AT_DTYPES = {"int32", "int64", "uint32", "uint64", "float16", "float32", "float64"}
+
+
 def _add_at(a, key, values):
+    if a.dtype.name not in _ADD_AT_DTYPES:
+        raise TypeError(f"cupy.add.at does not support dtype {a.dtype} (only {sorted(_ADD_AT_DTYPES)})")
     _np.add.at(a, _wrapped(a.shape, key), values)
 
 
@@ -339,7 +349,7 @@ class _Ufunc:
         self.__name__ = uf.__name__
 
     def __call__(self, *args, **kwargs):
-        return _apply(self._uf, args, kwargs)
+        return _apply(self._uf, args, kwargs, writes=len(args) > self._uf.nin)
 
     def __getattr__(self, method):
         if self._uf is _np.add and method == "at":
@@ -354,12 +364,15 @@ def _function(name: str, fn):
     def run(*args, **kwargs):
         if name == "copyto" and isinstance(args[1], _np.ndarray) and args[1].size > 1:
             raise ValueError("cupy.copyto: a NumPy array source of more than one element is not supported")
-        return _apply(fn, args, kwargs, allow_host=name in _HOST_OK or name == "copyto", writes=name == "copyto")
+        return _apply(fn, args, kwargs, allow_host=name in _HOST_OK or name == "copyto",
+                      writes=name in _INPLACE_FUNCTIONS)
     run.__name__ = name
     return run
 
 
 def asarray(a, dtype=None, order=None, *, blocking=False):
+    if isinstance(a, (list, tuple)):
+        _device.check_no_transfer("H2D")
     if isinstance(a, ndarray) and (dtype is None or _np.dtype(dtype) == a.dtype) and order in (None, "K", "A"):
         return a
     return _apply(_np.array, (a,), {"dtype": dtype, "order": order or "K", "copy": True}, allow_host=True)
