@@ -98,9 +98,8 @@ extern "C" __global__ void {name}(const {t}* __restrict__ A, const {t}* __restri
   {k_range}
   {acc_t} acc = 0;
   for (long long k0 = k_begin; k0 < k_end; k0 += {TILE}) {{
-    const long long ka = k0 + tx, kb = k0 + ty;
-    As[ty][tx] = (row < {m} && ka < k_end) ? a[row * {a_strides[0]}LL + ka * {a_strides[1]}LL] : ({t})0;
-    Bs[ty][tx] = (kb < k_end && col < {n}) ? b[kb * {b_strides[0]}LL + col * {b_strides[1]}LL] : ({t})0;
+    {_tile_load("As", "a", "tm", m, a_strides, t, rows_first=True)}
+    {_tile_load("Bs", "b", "tn", n, b_strides, t, rows_first=False)}
     __syncthreads();
     for (int kk = 0; kk < {TILE}; ++kk) acc = {step};
     __syncthreads();
@@ -120,6 +119,23 @@ extern "C" __global__ void {name}_sum(const {t}* __restrict__ P, {t}* __restrict
 }}
 """
     return source
+
+
+def _tile_load(tile: str, ptr: str, block: str, extent: int, strides: tuple[int, int], t: str,
+               rows_first: bool) -> str:
+    """One thread's load of a 16x16 operand tile into shared memory, with consecutive lanes (``tx``) on the
+    operand's unit-stride dim so a warp's loads coalesce: A is ``[m, k]`` (``rows_first``), B is ``[k, n]``;
+    a transposed operand (a weight read as ``W.T``) is loaded along its other dim and stored transposed."""
+    outer, inner = strides
+    across = inner != 1 and outer == 1  # the tile's second dim is strided, its first contiguous: swap lanes
+    fast, slow = ("ty", "tx") if across else ("tx", "ty")
+    if rows_first:  # A[m, k]: dim 0 from the block's rows, dim 1 from K
+        i, j = f"{block} * {TILE} + {slow}", f"k0 + {fast}"
+        ok = f"{i} < {extent} && {j} < k_end"
+    else:  # B[k, n]: dim 0 from K, dim 1 from the block's columns
+        i, j = f"k0 + {slow}", f"{block} * {TILE} + {fast}"
+        ok = f"{i} < k_end && {j} < {extent}"
+    return f"{tile}[{slow}][{fast}] = ({ok}) ? {ptr}[({i}) * {outer}LL + ({j}) * {inner}LL] : ({t})0;"
 
 
 def plan(name: str, a, b, out_shape: tuple[int, ...]) -> Gemm:
