@@ -8,7 +8,8 @@ few dialect entries differ:
 - row kernels: one block per row (grid-stride over rows), threads stride along the row, each reduction
   combined with warp shuffles and one shared-memory step; the row's scalars are then seen by every thread.
   Rows of at most ``WARP_ROW`` elements take one warp each instead (8 rows per block, shuffles only); a few
-  very long rows are first reduced in chunks by many blocks (``split_chunks``).
+  very long rows are first reduced in chunks by many blocks (``split_chunks``), one launch per level of
+  dependent reductions (softmax's max, then its sum of exponentials).
   When a row spans at most ``CACHE_SLOTS`` elements per thread, an input that several of the row's loops read
   (layer_norm's and softmax's x) is loaded once into registers, all loads issued together before the first
   reduction, and every loop is unrolled over the thread's elements: the row is read from memory once.
@@ -37,8 +38,8 @@ CACHE_SLOTS = 32  # register-cached row elements per thread, all cached inputs t
 WARPS = BLOCK // 32  # a column kernel's block: 32 rows (lanes) x WARPS slices of the reduced dims
 WARP_ROW = 1024  # rows up to this long are reduced by one warp each (32 elements per lane at most)
 # few long rows (a sum over a whole tensor) would leave most SMs idle with one block per row: the reductions
-# that need no other reduction are first computed in chunks of SPLIT_CHUNK elements by many blocks
-# (``<kernel>_partials``), and the row kernel then combines at most SPLIT_MAX partials per row
+# are first computed in chunks of SPLIT_CHUNK elements by many blocks, one launch per dependency level
+# (``<kernel>_partials<level>``), and the row kernel then combines at most SPLIT_MAX partials per row
 SPLIT_ROWS, SPLIT_MIN, SPLIT_CHUNK, SPLIT_MAX = 64, 1 << 15, 1 << 12, 1024
 
 HEADER = "\n" + int_pow_function("__device__ __forceinline__") + r"""#define GD_WARP_SUM(T) \
@@ -216,18 +217,13 @@ class _CudaKernel:
                 self.cached[key] = name
             lines += loop(preload)
 
-        chunks, pre = split_chunks(k), {id(e): i for i, e in enumerate(independent_reductions(k))}
+        chunks, slots = split_chunks(k), {id(e): i for i, e in enumerate(split_reductions(k))}
         for e in k.reductions:
             ctype = CUDA.ctype(e.dtype)
             acc_t, ident, combine = _accumulator(e, ctype)
             j = em.fresh("acc")
-            if chunks and id(e) in pre:  # combine the partials ``<kernel>_partials`` left for this row
-                # each reduction's partials start 8-byte aligned, whatever their type: a region of 8-byte words
-                part = f"reinterpret_cast<const {acc_t}*>(gd_part + {pre[id(e)] * math.prod(k.outer) * chunks}LL)" \
-                       f"[o * {chunks}LL + q]"
-                lines += [f"{acc_t} {j} = ({acc_t}){ident};",
-                          f"for (long long q = {tid}; q < {chunks}LL; q += {width}) {{",
-                          f"  const {acc_t} part = {part};", "  " + combine.format(a=j, b="part"), "}"]
+            if chunks:  # combine the partials the ``<kernel>_partials<level>`` kernels left for this row
+                lines += self.combine_partials(e, slots[id(e)], j, tid, width)
             else:
                 em.new_loop()
                 v = em.ref(e.args[0])
@@ -329,17 +325,39 @@ class _CudaKernel:
         return keys
 
     # ------------------------------------------------------------ split reductions
-    def partials(self) -> list[str]:
-        """``<kernel>_partials``: block ``b`` reduces chunk ``b % chunks`` of row ``b / chunks`` for every reduction
-        that needs no other, leaving one partial per (reduction, row, chunk) in ``gd_part``."""
+    def combine_partials(self, e: Expr, slot: int, acc: str, tid: str, width: int) -> list[str]:
+        """A thread's share of row ``o``'s partials of reduction ``e`` (8-byte aligned whatever its type: the
+        scratch is a region of 8-byte words), accumulated into a new ``acc``; the caller reduces across threads."""
+        k, chunks = self.k, split_chunks(self.k)
+        acc_t, ident, combine = _accumulator(e, CUDA.ctype(e.dtype))
+        part = f"reinterpret_cast<const {acc_t}*>(gd_part + {slot * math.prod(k.outer) * chunks}LL)" \
+               f"[o * {chunks}LL + q]"
+        return [f"{acc_t} {acc} = ({acc_t}){ident};", f"for (long long q = {tid}; q < {chunks}LL; q += {width}) {{",
+                f"  const {acc_t} part = {part};", "  " + combine.format(a=acc, b="part"), "}"]
+
+    def partials(self, level: int) -> list[str]:
+        """``<kernel>_partials<level>``: block ``b`` reduces chunk ``b % chunks`` of row ``b / chunks`` for every
+        reduction of this level, leaving one partial per (reduction, row, chunk) in ``gd_part``. The reductions
+        of lower levels that these read (softmax's max for its sum of exponentials, a mean for a variance) are
+        first combined from the partials the earlier launches left."""
         k, em = self.k, self.em
         outer_idx = [f"i{j}" for j in range(k.n_outer)]
         inner_idx = [f"r{j}" for j in range(len(k.inner))]
         self.names = outer_idx + inner_idx
         n_outer, n_inner, chunks = math.prod(k.outer), math.prod(k.inner), split_chunks(k)
         size = -(-n_inner // chunks)
+        levels = reduction_levels(k)
+        slots = {id(e): i for i, e in enumerate(split_reductions(k))}
         lines = em.outer
-        for slot, e in enumerate(independent_reductions(k)):
+        for e in [e for lower in levels[:level] for e in lower]:
+            acc_t, ident, _ = _accumulator(e, CUDA.ctype(e.dtype))
+            acc, red = em.fresh("acc"), em.fresh("red")
+            is_max = "true" if e.op == "max" else "false"
+            lines += self.combine_partials(e, slots[id(e)], acc, "threadIdx.x", BLOCK)
+            lines.append(f"const {CUDA.ctype(e.dtype)} {red} = ({CUDA.ctype(e.dtype)})"
+                         f"gd_block_reduce<{acc_t}, {is_max}>({acc}, ({acc_t}){ident});")
+            em.bind(e, red)
+        for e in levels[level]:
             em.new_loop()
             v = em.ref(e.args[0])
             acc_t, ident, combine = _accumulator(e, CUDA.ctype(e.dtype))
@@ -350,7 +368,7 @@ class _CudaKernel:
                 ["  " + s for s in head + em.inner + [combine.format(a=acc, b=v)]] + ["}"]
             is_max = "true" if e.op == "max" else "false"
             lines += [f"const {acc_t} {red} = gd_block_reduce<{acc_t}, {is_max}>({acc}, ({acc_t}){ident});",
-                      f"if (threadIdx.x == 0) reinterpret_cast<{acc_t}*>(gd_part + {slot * n_outer * chunks}LL)"
+                      f"if (threadIdx.x == 0) reinterpret_cast<{acc_t}*>(gd_part + {slots[id(e)] * n_outer * chunks}LL)"
                       f"[o * {chunks}LL + c] = {red};"]
         head = [f"const long long o = b / {chunks}LL, c = b % {chunks}LL;",
                 f"const long long end = (c + 1) * {size}LL < {n_inner}LL ? (c + 1) * {size}LL : {n_inner}LL;"] + \
@@ -361,10 +379,10 @@ class _CudaKernel:
     def render(self) -> str:
         k = self.k
         out = []
-        if split_chunks(k):
-            out += [f'extern "C" __global__ void {self.name}_partials({self.params()}) {{'] + \
-                ["  " + s for s in self.partials()] + ["}", ""]
-            self.em, self.cached = Emitter(CUDA, self.load_text), {}  # the row kernel starts afresh
+        for level in range(len(reduction_levels(k)) if split_chunks(k) else 0):
+            out += [f'extern "C" __global__ void {self.name}_partials{level}({self.params()}) {{'] + \
+                ["  " + s for s in self.partials(level)] + ["}", ""]
+            self.em, self.cached = Emitter(CUDA, self.load_text), {}  # each kernel starts afresh
         body = self.columns() if k.columnar else self.row() if k.is_row_kernel else self.elementwise()
         return "\n".join(out + [f'extern "C" __global__ void {self.name}({self.params()}) {{'] +
                          ["  " + s for s in body] + ["}", ""])
@@ -388,16 +406,36 @@ def split_chunks(k: KernelIR) -> int:
     return min(SPLIT_MAX, -(-n_inner // SPLIT_CHUNK))
 
 
-def independent_reductions(k: KernelIR) -> list[Expr]:
-    """The reductions whose operand reads no other reduction (a sum, a max; not a variance's second pass)."""
-    return [e for e in k.reductions if not _reads_a_reduction(e.args[0], set())]
+def reduction_levels(k: KernelIR) -> list[list[Expr]]:
+    """The row's reductions by dependency: level 0 reads no other reduction (a sum, a max), level n reads one of
+    level n - 1 (a variance's second pass reads the mean; softmax's sum of exponentials reads the max). A split
+    row kernel computes each level's partials in a launch of its own, in order."""
+    depth: dict[int, int] = {}
+
+    def level(e: Expr) -> int:
+        if id(e) not in depth:
+            depth[id(e)] = 1 + max((level(r) for r in _reductions_read(e.args[0], set())), default=-1)
+        return depth[id(e)]
+    levels: list[list[Expr]] = []
+    for e in k.reductions:
+        n = level(e)
+        levels += [[] for _ in range(n + 1 - len(levels))]
+        levels[n].append(e)
+    return levels
 
 
-def _reads_a_reduction(e, seen: set[int]) -> bool:
+def split_reductions(k: KernelIR) -> list[Expr]:
+    """Every reduction in level order: its position is its slot in the partials scratch."""
+    return [e for level in reduction_levels(k) for e in level]
+
+
+def _reductions_read(e, seen: set[int]) -> list[Expr]:
     if not isinstance(e, Expr) or id(e) in seen:
-        return False
+        return []
     seen.add(id(e))
-    return e.is_reduction or any(_reads_a_reduction(a, seen) for a in e.args)
+    if e.is_reduction:
+        return [e]
+    return [r for a in e.args for r in _reductions_read(a, seen)]
 
 
 def _accumulator(e: Expr, ctype: str) -> tuple[str, str, str]:
@@ -451,5 +489,5 @@ def partials_grid(k: KernelIR) -> int:
 
 
 def partials_bytes(k: KernelIR) -> int:
-    """Scratch the partials take: 8 bytes per (independent reduction, row, chunk)."""
-    return 8 * len(independent_reductions(k)) * partials_grid(k)
+    """Scratch the partials take: 8 bytes per (reduction, row, chunk)."""
+    return 8 * len(k.reductions) * partials_grid(k)

@@ -72,8 +72,8 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
                   if n.op != CONSTANT and program.memory.kind.get(n.id) == "output"
                   and any(s.node.id == n.id for s in k.stores)]
 
-        if cgen.split_chunks(k):  # a few long rows: partials by many blocks first, into scratch of its own
-            partials = module.get_function(ck.name + "_partials")
+        if cgen.split_chunks(k):  # a few long rows: partials by many blocks first, a launch per level
+            levels = [module.get_function(f"{ck.name}_partials{n}") for n in range(len(cgen.reduction_levels(k)))]
             scratch = xp.empty(cgen.partials_bytes(k), np.uint8)
             blocks = min(cgen.partials_grid(k), 65535 * 32)
 
@@ -81,7 +81,8 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
                 for _, i, pool in pooled:
                     env[i] = pool.take()
                 args = tuple(env[i] for i in idx) + (scratch,)
-                partials((blocks,), (block,), args)
+                for partials in levels:
+                    partials((blocks,), (block,), args)
                 fn((grid,), (block,), args)
             return run
 
