@@ -35,7 +35,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from compare.harness import COLUMNS, CORRECTNESS_METRICS, RunConfig, run_cell
-from compare.modes import MODES
+from compare.modes import MODES, OURS
 from compare.workloads import get as get_workload
 
 STRUCTURE = ("ir_nodes", "kernels", "fusion_groups")
@@ -89,7 +89,7 @@ def from_pytest_benchmark(data: dict) -> pd.DataFrame:
         stats = b.get("stats", {})
         samples = stats.get("data") or [stats.get("median", math.nan)]
         rows.append({"workload": b.get("group") or base, "kind": "forward", "size": "-", "mode": mode or "eager",
-                     "family": "ours" if mode in ("eager", "traced", "compiled") else "peer", "device": "cpu",
+                     "family": "ours" if mode in OURS else "peer", "device": "cpu",
                      "metric": "time", "value": float(np.median(samples)), "unit": "s", "status": "ok",
                      "detail": name, "samples": [float(s) for s in samples], "expected_divergence": False})
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -143,7 +143,7 @@ def prepare_traced(wl: Workload, arrays: dict, device: str) -> Runner:
     return Runner(call, _state_of(prog), {"trace_time": trace_s}, structure_of(traced), traced, prog, _clock(device))
 
 
-def prepare_compiled(wl: Workload, arrays: dict, device: str) -> Runner:
+def prepare_compiled(wl: Workload, arrays: dict, device: str, cuda_graph: bool = False) -> Runner:
     eager = _eager_lib(device)
     compiler = _import("compiler", "install graphduel")
     if not hasattr(compiler, "compile"):
@@ -153,12 +153,12 @@ def prepare_compiled(wl: Workload, arrays: dict, device: str) -> Runner:
     with warnings.catch_warnings(), _fresh_kernel_cache():
         warnings.simplefilter("ignore")  # as for tracing: assumptions are reported with the divergence
         t0 = time.perf_counter()
-        compiled = compiler.compile(prog.fn, *prog.args, device=device)
+        compiled = compiler.compile(prog.fn, *prog.args, device=device, cuda_graph=cuda_graph)
         cold_s = time.perf_counter() - t0
         # The same program compiled again, on a fresh copy so no state is shared: kernels now come from cache.
         again = _build(wl, eager, arrays, device)
         t0 = time.perf_counter()
-        second = compiler.compile(again.fn, *again.args, device=device)
+        second = compiler.compile(again.fn, *again.args, device=device, cuda_graph=cuda_graph)
         cached_s = time.perf_counter() - t0
     sync = _sync_eager(device)
 
@@ -171,6 +171,14 @@ def prepare_compiled(wl: Workload, arrays: dict, device: str) -> Runner:
              "compile_cold": getattr(compiled, "compile_seconds", cold_s),
              "compile_cached": getattr(second, "compile_seconds", cached_s)}
     return Runner(call, _state_of(prog), setup, structure_of(compiled), compiled, prog, _clock(device))
+
+
+def prepare_compiled_graph(wl: Workload, arrays: dict, device: str) -> Runner:
+    """The compiled step captured once as a CUDA graph and replayed (``compile(..., cuda_graph=True)``): one
+    launch per call besides copying the batch in and the outputs out; state is updated in place."""
+    if device != "cuda":
+        raise Skip("CUDA graph replay runs on --device cuda only")
+    return prepare_compiled(wl, arrays, device, cuda_graph=True)
 
 
 @contextlib.contextmanager
@@ -304,6 +312,8 @@ MODES: dict[str, Mode] = {m.name: m for m in [
     Mode("eager", "ours", prepare_eager),
     Mode("traced", "ours", prepare_traced),
     Mode("compiled", "ours", prepare_compiled),
+    Mode("compiled+graph", "ours", prepare_compiled_graph, quick=False,
+         why_not_quick="CUDA graph replay runs on --device cuda only (graphduel run --device cuda adds it)"),
     Mode("numpy", "peer", prepare_numpy),
     Mode("jax", "peer", _prepare_jax(jit=False)),
     Mode("jax.jit", "peer", _prepare_jax(jit=True)),

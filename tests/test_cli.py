@@ -65,6 +65,14 @@ def test_dynamic_net_is_a_traced_eager_divergence_not_a_crash(quick_report):
     assert "diverged (expected)" in report
 
 
+def test_cuda_graph_mode_is_left_out_on_the_cpu_and_says_why_when_asked(quick_report, tmp_path):
+    assert "compiled+graph" not in set(_rows(quick_report)["mode"])
+    assert main(["run", "--quick", "--workloads", "softmax", "--modes", "compiled+graph", "--peers", "none",
+                 "--out", str(tmp_path)]) == 0
+    graph = _rows(tmp_path).query("mode == 'compiled+graph'")
+    assert len(graph) and (graph.status == "skip").all() and "--device cuda" in graph.detail.iloc[0]
+
+
 def test_report_rerenders_from_results(quick_report, tmp_path, capsys):
     assert main(["report", str(quick_report / "results.json"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.html").exists() and "report:" in capsys.readouterr().out
@@ -99,11 +107,12 @@ def test_a_cuda_run_passes_every_correctness_cell_and_times_with_cuda_events(tmp
                  "--out", str(tmp_path)]) == 0
     df = _rows(tmp_path)
     checks = df[df.metric.isin(CORRECTNESS_METRICS)]
-    assert set(checks["mode"]) == {"eager", "traced", "compiled"} and (checks.device == "cuda").all()
+    assert set(checks["mode"]) == {"eager", "traced", "compiled", "compiled+graph"}
+    assert (checks.device == "cuda").all()
     failed = checks[checks.status != "pass"]
     assert set(failed.workload) <= {"dynamic_net"}, failed[["workload", "mode", "metric", "detail"]].to_string()
     times = df[df.metric == "time"]
-    assert len(times) == 3 * len(SELECTION) and (times.value > 0).all()
+    assert len(times) == 4 * len(SELECTION) and (times.value > 0).all()
     assert "gpu" in json.loads((tmp_path / "results.json").read_text())["meta"]
 
 
