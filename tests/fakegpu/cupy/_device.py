@@ -38,8 +38,13 @@ def capturing() -> Capture | None:
     return CURRENT["capture"]
 
 
+# every host<->device copy and wait so far: a test can assert that a compiled step makes none per call
+TRANSFERS = {"D2H": 0, "H2D": 0, "sync": 0}
+
+
 def check_no_sync(what: str) -> None:
     """Waiting for the device is not allowed while a stream captures (it invalidates the capture)."""
+    TRANSFERS["sync"] += 1
     if CURRENT["capture"] is not None:
         raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported",
                                f"{what} synchronises with the host, which is not permitted when a stream is "
@@ -48,6 +53,7 @@ def check_no_sync(what: str) -> None:
 
 def check_no_transfer(direction: str) -> None:
     """CuPy refuses host<->device copies while capturing (before any CUDA call: the capture stays valid)."""
+    TRANSFERS[direction] += 1
     if CURRENT["capture"] is not None:
         raise RuntimeError(f"the current stream is capturing, so {direction} transfers are disallowed")
 
