@@ -81,26 +81,46 @@ def reference(graph: Graph, arrays: list, dtype=np.float64) -> list[np.ndarray]:
     return [env[n.id] for n in graph.outputs] + [env[v.id] for _, v in graph.updates]
 
 
-def nvcc_check(sources: list[str], arch: str = "sm_80") -> str | None:
-    """Compile CUDA sources with ``nvcc -c`` (one invocation); returns the error text, or None when it built."""
+def cuda_compilers() -> list[str]:
+    """The CUDA compilers this machine has for source checks: ``nvcc`` and/or ``nvrtc`` (what CuPy uses)."""
+    import shutil
+
+    from compiler import nvrtc
+    return [name for name, ok in (("nvcc", shutil.which("nvcc") is not None),
+                                  ("nvrtc", nvrtc.library() is not None)) if ok]
+
+
+def cuda_compile_check(sources: list[str]) -> str | None:
+    """Compile CUDA sources with every compiler present: ``nvcc -c`` for sm_80, and NVRTC with the cuda backend's
+    own options, as ``cupy.RawModule`` would (it rejects host headers and macros nvcc lets through). Returns the
+    first error text, or None when all built (or none is installed: check ``cuda_compilers()``)."""
     import os
     import shutil
     import subprocess
     import tempfile
+
+    from compiler import nvrtc
+    from compiler.runtime.cuda import NVRTC_OPTIONS
+    source = "\n".join(sources)
     nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "kernels.cu")
-        with open(src, "w") as f:
-            f.write("\n".join(sources))
-        proc = subprocess.run([nvcc, "-c", f"-arch={arch}", "-std=c++17", "--fmad=false", src, "-o",
-                               os.path.join(d, "k.o")],
-                              capture_output=True, text=True)
-        return None if proc.returncode == 0 else proc.stderr[-4000:]
+    if nvcc is not None:
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "kernels.cu")
+            with open(src, "w") as f:
+                f.write(source)
+            proc = subprocess.run([nvcc, "-c", "-arch=sm_80", "-std=c++17", "--fmad=false", src, "-o",
+                                   os.path.join(d, "k.o")], capture_output=True, text=True)
+            if proc.returncode != 0:
+                return "nvcc: " + proc.stderr[-4000:]
+    if nvrtc.library() is not None:
+        try:
+            nvrtc.compile_ptx(source, NVRTC_OPTIONS)
+        except nvrtc.NvrtcError as e:
+            return str(e)
+    return None
 
 
 def cuda_module_source(program) -> str:
-    """The CUDA module a program would load on a GPU (for nvcc checks on machines without one)."""
+    """The CUDA module a program would load on a GPU (for compile checks on machines without one)."""
     from compiler.runtime.cuda import generate, module_source
     return module_source(generate(program))

@@ -4,8 +4,6 @@ with nvcc (where nvcc exists, even without a GPU)."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -14,7 +12,7 @@ from compiler.codegen.dialect import CUDA, C, full_template_table
 from compiler.passes import optimize
 from compiler.program import build
 from compiler.runtime.cpu import build_executable
-from compiler.testing import capture, cuda_module_source, nvcc_check
+from compiler.testing import capture, cuda_compile_check, cuda_compilers, cuda_module_source
 from eager.primitives import ELEMENTWISE, PRIMITIVES
 
 CUDA_SOURCES: list[str] = []
@@ -140,15 +138,15 @@ def test_literals_take_the_kernels_type():
     assert "((float)0.1)" in ex.kernels[0].source
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA source not compiled")
-def test_generated_cuda_source_compiles_with_nvcc():
+@pytest.mark.skipif(not cuda_compilers(), reason="neither nvcc nor NVRTC is installed: CUDA source not compiled")
+def test_generated_cuda_source_compiles_with_nvcc_and_nvrtc():
     assert CUDA_SOURCES, "run with the other tests of this module"
     from compiler.codegen.cuda import header
     bodies = [s.replace(header(), "") for s in CUDA_SOURCES]
     # kernel names repeat across programs: give each program's kernels a unique prefix
     renamed = [b.replace('extern "C" __global__ void k', f'extern "C" __global__ void p{i}_k')
                for i, b in enumerate(bodies)]
-    error = nvcc_check([header()] + renamed)
+    error = cuda_compile_check([header()] + renamed)
     assert error is None, error
 
 
@@ -162,8 +160,8 @@ def test_integer_powers_are_exact_and_wrap_like_numpy(dtype):
     got = build_executable(program).run([x, e])[0]
     assert got.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(got, x ** e)
-    if shutil.which("nvcc"):
-        assert nvcc_check([cuda_module_source(program)]) is None
+    if cuda_compilers():
+        assert cuda_compile_check([cuda_module_source(program)]) is None
 
 
 def test_cuda_float4_loop_runs_only_on_16_byte_aligned_pointers():
@@ -177,8 +175,8 @@ def test_cuda_float4_loop_runs_only_on_16_byte_aligned_pointers():
     assert "& 15ULL) == 0)" in src and "float4" in src
     vector, scalar = src.split("} else {")
     assert "reinterpret_cast<float4*>" in vector and "float4" not in scalar
-    if shutil.which("nvcc"):
-        assert nvcc_check([cuda_module_source(program)]) is None
+    if cuda_compilers():
+        assert cuda_compile_check([cuda_module_source(program)]) is None
 
 
 def _one_kernel(fn, x):

@@ -14,10 +14,10 @@ import eager
 import eager.nn as nn
 import eager.nn.functional as F
 import eager.optim as optim
-from compiler.testing import cuda_module_source, nvcc_check, reference
+from compiler.testing import cuda_compile_check, cuda_compilers, cuda_module_source, reference
 
 TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
-COMPILED: list = []  # every program compiled here: its CUDA source must build with nvcc too
+COMPILED: list = []  # every program compiled here: its CUDA source must build with nvcc and NVRTC too
 
 
 def _compile(fn, *args, **kwargs):
@@ -243,8 +243,8 @@ def test_cuda_device_without_cupy_or_gpu_is_a_clear_error():
         compiler.compile(lambda t: t * 2, eager.ones(2), device="cuda")
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA source not compiled")
-def test_every_compiled_program_has_cuda_source_that_nvcc_builds():
+@pytest.mark.skipif(not cuda_compilers(), reason="neither nvcc nor NVRTC is installed: CUDA source not compiled")
+def test_every_compiled_program_has_cuda_source_that_nvcc_and_nvrtc_build():
     from compiler.codegen.cuda import header
     assert COMPILED, "run with the other tests of this module"
     seen, bodies = set(), []
@@ -255,7 +255,7 @@ def test_every_compiled_program_has_cuda_source_that_nvcc_builds():
             seen.add(id(lowered))
             body = cuda_module_source(lowered.program).replace(header(), "")
             bodies.append(body.replace('extern "C" __global__ void k', f'extern "C" __global__ void p{len(bodies)}_k'))
-    error = nvcc_check([header()] + bodies)
+    error = cuda_compile_check([header()] + bodies)
     assert error is None, error
 
 

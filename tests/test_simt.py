@@ -16,6 +16,7 @@ import eager.nn.functional as F
 from compiler.codegen.cuda import BLOCK, header
 from compiler.runtime.cuda import build_cuda
 from compiler.runtime.simt import SimtError, SimtModule
+from compiler.testing import cuda_compilers
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the emulator cannot build")
 
@@ -230,12 +231,12 @@ def test_reductions_over_leading_dims_run_as_coalesced_column_kernels(shape, op)
     COLUMN_SOURCES.extend(k.source.replace('void k', f'void c{len(COLUMN_SOURCES)}_k') for k in f.kernels)
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA source not compiled")
-def test_column_kernels_build_with_nvcc():
-    from compiler.testing import nvcc_check
+@pytest.mark.skipif(not cuda_compilers(), reason="neither nvcc nor NVRTC is installed: CUDA source not compiled")
+def test_column_kernels_build_with_nvcc_and_nvrtc():
+    from compiler.testing import cuda_compile_check
     if not COLUMN_SOURCES:  # run alone: generate the sources here
         test_reductions_over_leading_dims_run_as_coalesced_column_kernels((300, 70), "softmax")
-    assert nvcc_check([header()] + COLUMN_SOURCES) is None
+    assert cuda_compile_check([header()] + COLUMN_SOURCES) is None
 
 
 @pytest.mark.parametrize("shape", [(37, 10), (9, 1000), (100, 33), (5, 1024), (3, 1025)])
@@ -274,9 +275,9 @@ def test_an_empty_row_builds_without_a_zero_sized_register_array():
     f = compiler.compile(lambda t: F.softmax(t, dim=-1), eager.zeros(3, 0), backend="simt")
     assert f(eager.zeros(3, 0)).shape == (3, 0)
     assert all("[0];" not in k.source for k in f.kernels)
-    if shutil.which("nvcc"):  # nvcc (and NVRTC) reject zero-sized arrays; g++ would not have noticed
-        from compiler.testing import nvcc_check
-        assert nvcc_check([header()] + [k.source for k in f.kernels]) is None
+    if cuda_compilers():  # nvcc and NVRTC reject zero-sized arrays; g++ would not have noticed
+        from compiler.testing import cuda_compile_check
+        assert cuda_compile_check([header()] + [k.source for k in f.kernels]) is None
 
 
 SPLIT_SOURCES: list[str] = []
@@ -305,12 +306,12 @@ def test_a_few_long_rows_are_reduced_by_many_blocks(shape, op):
     SPLIT_SOURCES.extend(k.source.replace("void k", f"void s{len(SPLIT_SOURCES)}_k") for k in split)
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA source not compiled")
-def test_split_reductions_build_with_nvcc():
-    from compiler.testing import nvcc_check
+@pytest.mark.skipif(not cuda_compilers(), reason="neither nvcc nor NVRTC is installed: CUDA source not compiled")
+def test_split_reductions_build_with_nvcc_and_nvrtc():
+    from compiler.testing import cuda_compile_check
     if not SPLIT_SOURCES:  # run alone: generate the sources here
         test_a_few_long_rows_are_reduced_by_many_blocks((3, 70000), "layer_norm")
-    assert nvcc_check([header()] + SPLIT_SOURCES) is None
+    assert cuda_compile_check([header()] + SPLIT_SOURCES) is None
 
 
 def test_no_rows_launch_no_partials_and_an_empty_launch_is_an_error():

@@ -402,10 +402,15 @@ class RawModule:
 
     def __init__(self, code: str | None = None, *, path=None, options: tuple = (), backend: str = "nvrtc",
                  translate_cucomplex: bool = False, jitify: bool = False, name_expressions=None):
+        from compiler import nvrtc
         from compiler.runtime.simt import SimtModule
         if code is None:
             raise NotImplementedError("fake cupy: RawModule(path=...) is not supported; pass code=")
+        if not isinstance(options, tuple):
+            raise TypeError(f"options must be a tuple, not {type(options).__name__} (CuPy)")
         _check_options(options)
+        if nvrtc.library() is not None:  # CuPy compiles with NVRTC: so does the fake where it is installed
+            nvrtc.compile_ptx(code, options)
         self._module = SimtModule(code)
 
     def get_function(self, name: str) -> RawKernel:
