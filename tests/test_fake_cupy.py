@@ -156,3 +156,17 @@ def test_static_cuda_steps_neither_copy_to_the_host_nor_wait_per_call(workload, 
     for _ in range(3):
         run(*args)
     assert cupy._device.TRANSFERS == before, {k: cupy._device.TRANSFERS[k] - v for k, v in before.items()}
+
+
+def test_a_graph_needs_the_memory_it_uses_from_before_its_capture_too():
+    x = cupy.ones(3, np.float32)
+    out = cupy.empty(3, np.float32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cupy.multiply(x, 2, out=out)
+        graph = stream.end_capture()
+    graph.launch()
+    del out
+    with pytest.raises(RuntimeError, match="released"):
+        graph.launch()

@@ -100,6 +100,7 @@ def _apply(fn, args: tuple, kwargs: dict, *, writes: bool = False, allow_host: b
     cap = _device.capturing()
     if cap is not None and writes:  # recorded, not run
         cap.thunks.append(lambda: fn(*uargs, **ukwargs))
+        cap.uses(x._mem for x in unwrap.arrays)
         if out is not None:
             return out[0] if isinstance(out, tuple) and len(out) == 1 else out
         return None
@@ -123,6 +124,7 @@ def _apply(fn, args: tuple, kwargs: dict, *, writes: bool = False, allow_host: b
             for k, target in slots:
                 _np.copyto(target, again[k])
         cap.thunks.append(rerun)
+        cap.uses(x._mem for x in unwrap.arrays)
         for a in fresh:
             _device.poison(a)
     return wrapped
@@ -439,6 +441,7 @@ class RawKernel:
         cap = _device.capturing()
         if cap is not None:
             cap.thunks.append(lambda: self._fn(grid, block, tuple(arrays)))
+            cap.uses(a._mem for a in args)
         else:
             self._fn(grid, block, tuple(arrays))
 

@@ -28,7 +28,16 @@ class Capture:
     def __init__(self, stream):
         self.stream = stream
         self.thunks: list = []
-        self.allocated: list = []  # weakrefs to the Memory allocated during capture
+        self.allocated: list = []  # (weakref to a Memory, where it was allocated or first used by the graph)
+
+    def uses(self, memories) -> None:
+        """Memory that recorded work reads or writes (allocated before the capture too): it must outlive the
+        graph as well."""
+        seen = {id(ref()) for ref, _ in self.allocated}
+        for mem in memories:
+            if id(mem) not in seen:
+                seen.add(id(mem))
+                self.allocated.append((weakref.ref(mem), _caller()))
 
 
 CURRENT = {"stream": None, "capture": None}

@@ -95,9 +95,9 @@ class Graph:
         freed = [where for ref, where in self._allocated if ref() is None]
         if freed:
             raise RuntimeError(f"fake cupy: graph launched after {len(freed)} of the {len(self._allocated)} arrays "
-                               "allocated during its capture were released: CuPy's pool may have handed that memory "
-                               "to other arrays, which every replay now overwrites. Keep what the captured work "
-                               f"allocates alive as long as the graph. Released: {'; '.join(freed)}")
+                               "it uses (allocated during its capture or before) were released: CuPy's pool may "
+                               "have handed that memory to other arrays, which every replay now overwrites. Keep "
+                               f"what the captured work uses alive as long as the graph. Released: {'; '.join(freed)}")
         for thunk in self._thunks:
             thunk()
 
