@@ -40,8 +40,8 @@ def _progress_bar(total: int, desc: str):
 
 def _config(args):
     from compare.harness import RunConfig
-    from compare.modes import MODES, OURS, PEERS
-    modes = list(args.modes or [m for m in OURS if MODES[m].quick or args.device == "cuda"])
+    from compare.modes import MODES, PEERS, default_modes
+    modes = list(args.modes or default_modes(args.device))
     peers = args.peers if args.peers is not None else [p for p in PEERS if MODES[p].quick or not args.quick]
     if "none" in peers:
         peers = []
@@ -53,9 +53,7 @@ def _config(args):
     if args.repeats:
         options["repeats"] = args.repeats
     cfg = RunConfig.quick(**options) if args.quick else RunConfig(**options)
-    # left out with a stated reason (a skip in the report), except what cannot run on this device at all
-    cfg.excluded = {m: why for m, why in cfg.excluded.items() if m not in chosen and args.peers is None
-                    and (m in PEERS or args.device == "cuda")}
+    cfg.excluded = {m: why for m, why in cfg.excluded.items() if m not in chosen and args.peers is None}
     return cfg
 
 

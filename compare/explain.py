@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 
 from compare.harness import CORRECTNESS_METRICS, RunConfig, run_cell
-from compare.modes import Skip, _build, _eager_lib, _import
+from compare.modes import Skip, _build, _eager_lib, _import, default_modes
 from compare.workloads import get as get_workload
 
 
@@ -35,7 +35,7 @@ def _report_text(report) -> str:
 def explain(name: str, size: str = "small", device: str = "cpu", modes: list[str] | None = None) -> str:
     """The explanation as text (the CLI prints it)."""
     wl = get_workload(name)
-    modes = modes or ["eager", "traced", "compiled"]
+    modes = modes or default_modes(device)
     out = io.StringIO()
     out.write(f"workload {wl.name} ({wl.kind}), defined at {wl.source}\n")
     if wl.note:

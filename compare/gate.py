@@ -88,7 +88,8 @@ def from_pytest_benchmark(data: dict) -> pd.DataFrame:
         mode = (b.get("extra_info") or {}).get("mode") or (b.get("params") or {}).get("mode") or ident.rstrip("]")
         stats = b.get("stats", {})
         samples = stats.get("data") or [stats.get("median", math.nan)]
-        rows.append({"workload": b.get("group") or base, "kind": "forward", "size": "-", "mode": mode or "eager",
+        mode = mode or "eager"
+        rows.append({"workload": b.get("group") or base, "kind": "forward", "size": "-", "mode": mode,
                      "family": "ours" if mode in OURS else "peer", "device": "cpu",
                      "metric": "time", "value": float(np.median(samples)), "unit": "s", "status": "ok",
                      "detail": name, "samples": [float(s) for s in samples], "expected_divergence": False})

@@ -59,12 +59,14 @@ class RunConfig:
     @classmethod
     def quick(cls, **overrides) -> RunConfig:
         """Small sizes, 5 repeats of about 4 ms, modes marked quick (torch.compile is left out, with its reason)."""
-        excluded = {m: spec.why_not_quick for m, spec in MODES.items() if not spec.quick}
+        device = overrides.get("device", "cpu")
+        excluded = {m: spec.why_not_quick for m, spec in MODES.items() if not spec.quick and device in spec.devices}
         return cls(**{"sizes": ["small"], "repeats": 5, "warmup": 1, "target_s": 0.004, "excluded": excluded,
                       **overrides})
 
     def selected_modes(self) -> list[str]:
-        modes = self.modes or [m for m, spec in MODES.items() if spec.quick or m not in self.excluded]
+        modes = self.modes or [m for m, spec in MODES.items()
+                               if self.device in spec.devices and (spec.quick or m not in self.excluded)]
         unknown = [m for m in modes if m not in MODES]
         if unknown:
             raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")

@@ -1,4 +1,5 @@
-"""The ways a workload runs: our modes (eager, traced, compiled) and the peers (NumPy, JAX, PyTorch).
+"""The ways a workload runs: our modes (eager, traced, compiled, and on cuda compiled+graph) and the peers
+(NumPy, JAX, PyTorch).
 
 A mode is a name plus ``prepare(workload, arrays, device) -> Runner``. ``prepare`` raises :class:`Skip`
 with a reason when the mode cannot run this workload here (package not installed or not written yet,
@@ -55,6 +56,7 @@ class Mode:
     prepare: Callable[[Workload, dict, str], Runner]
     quick: bool = True  # part of the default selection
     why_not_quick: str = ""
+    devices: tuple[str, ...] = ("cpu", "cuda")  # elsewhere it is neither run nor listed by default
 
 
 def to_numpy(x) -> np.ndarray | None:
@@ -312,8 +314,7 @@ MODES: dict[str, Mode] = {m.name: m for m in [
     Mode("eager", "ours", prepare_eager),
     Mode("traced", "ours", prepare_traced),
     Mode("compiled", "ours", prepare_compiled),
-    Mode("compiled+graph", "ours", prepare_compiled_graph, quick=False,
-         why_not_quick="CUDA graph replay runs on --device cuda only (graphduel run --device cuda adds it)"),
+    Mode("compiled+graph", "ours", prepare_compiled_graph, devices=("cuda",)),
     Mode("numpy", "peer", prepare_numpy),
     Mode("jax", "peer", _prepare_jax(jit=False)),
     Mode("jax.jit", "peer", _prepare_jax(jit=True)),
@@ -324,4 +325,9 @@ MODES: dict[str, Mode] = {m.name: m for m in [
                        "ask for it with --peers torch.compile"),
 ]}
 OURS = [m for m in MODES if MODES[m].family == "ours"]
+
+
+def default_modes(device: str, family: str = "ours") -> list[str]:
+    """The modes of ``family`` that run on ``device`` by default."""
+    return [m for m, spec in MODES.items() if spec.family == family and device in spec.devices]
 PEERS = [m for m in MODES if MODES[m].family == "peer"]

@@ -170,3 +170,20 @@ def test_a_graph_needs_the_memory_it_uses_from_before_its_capture_too():
     del out
     with pytest.raises(RuntimeError, match="released"):
         graph.launch()
+
+
+def test_every_host_device_copy_and_wait_is_counted_once():
+    x = cupy.arange(5, dtype=np.float32)
+    counts = cupy._device.TRANSFERS
+
+    def delta(fn):
+        before = dict(counts)
+        fn()
+        return {k: counts[k] - v for k, v in before.items() if counts[k] != v}
+    assert delta(lambda: cupy.nonzero(x > 2)) == {"D2H": 1}  # its result's size is on the device
+    assert delta(lambda: cupy.unique(x)) == {"D2H": 1}
+    assert delta(lambda: cupy.array([1.0, 2.0])) == {"H2D": 1}
+    assert delta(lambda: cupy.asarray(3.0)) == {"H2D": 1}
+    assert delta(lambda: x[np.array([0, 1])]) == {"H2D": 1}
+    assert delta(lambda: float(x[0])) == {"D2H": 1}
+    assert delta(lambda: x * 2 + 1) == {}

@@ -93,8 +93,7 @@ def _apply(fn, args: tuple, kwargs: dict, *, writes: bool = False, allow_host: b
     _device.check_stream()
     unwrap = _Unwrap(allow_host)
     uargs, ukwargs = unwrap(args), unwrap(kwargs)
-    if _device.capturing() is not None:
-        _check_capturable(getattr(fn, "__name__", ""), uargs)
+    _check_transfers(getattr(fn, "__name__", ""), uargs)
     out = kwargs.get("out")
     writes = writes or out is not None
     cap = _device.capturing()
@@ -130,11 +129,14 @@ def _apply(fn, args: tuple, kwargs: dict, *, writes: bool = False, allow_host: b
     return wrapped
 
 
-def _check_capturable(name: str, uargs: tuple) -> None:
-    if name in _CUBLAS and any(isinstance(a, _np.ndarray) and a.dtype.kind in "fc" for a in uargs):
-        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+def _check_transfers(name: str, uargs: tuple) -> None:
+    """A result whose size depends on the data waits for the device and copies to the host (always, not only
+    while capturing); cuBLAS cannot be called while capturing."""
     if name in _DATA_SIZED or (name == "where" and len(uargs) == 1):
         _device.check_no_transfer("D2H")
+    if (_device.capturing() is not None and name in _CUBLAS
+            and any(isinstance(a, _np.ndarray) and a.dtype.kind in "fc" for a in uargs)):
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
 
 
 class _Pointer:
@@ -337,7 +339,7 @@ def _check_key(key) -> None:
     """A list or host index array is copied to the device (H2D); a boolean mask's result size depends on the
     data (a synchronisation): neither is allowed while capturing."""
     for k in _parts(key):
-        if isinstance(k, (list, _np.ndarray)):
+        if isinstance(k, list):  # (a host index array is counted where it is unwrapped)
             _device.check_no_transfer("H2D")
         if isinstance(k, ndarray) and k.dtype == bool:
             _device.check_no_transfer("D2H")
@@ -364,6 +366,8 @@ class _Ufunc:
 
 def _function(name: str, fn):
     def run(*args, **kwargs):
+        if name in _HOST_OK and args and not isinstance(args[0], (ndarray, _np.ndarray)):
+            _device.check_no_transfer("H2D")  # a list or a scalar is copied to the device
         if name == "copyto" and isinstance(args[1], _np.ndarray) and args[1].size > 1:
             raise ValueError("cupy.copyto: a NumPy array source of more than one element is not supported")
         return _apply(fn, args, kwargs, allow_host=name in _HOST_OK or name == "copyto",
@@ -373,8 +377,8 @@ def _function(name: str, fn):
 
 
 def asarray(a, dtype=None, order=None, *, blocking=False):
-    if isinstance(a, (list, tuple)):
-        _device.check_no_transfer("H2D")
+    if not isinstance(a, (ndarray, _np.ndarray)):
+        _device.check_no_transfer("H2D")  # a list or a scalar is copied to the device
     if isinstance(a, ndarray) and (dtype is None or _np.dtype(dtype) == a.dtype) and order in (None, "K", "A"):
         return a
     return _apply(_np.array, (a,), {"dtype": dtype, "order": order or "K", "copy": True}, allow_host=True)
