@@ -195,8 +195,14 @@ class _CudaKernel:
         keys = self.cache_keys(per_thread)
         lines = em.outer
 
+        chunks = split_chunks(k)
+        assert not (chunks and keys), "a split row is longer than the register cache"
+
         def loop(body):
             head = decompose("r", k.inner, inner_idx, "long long")
+            if chunks:  # a split row: this block's chunk only
+                return [f"for (long long r = c * {-(-n_inner // chunks)}LL + {tid}; r < end; r += {width}) {{"] + \
+                       ["  " + s for s in head + body] + ["}"]
             if not keys:
                 return [f"for (long long r = {tid}; r < {n_inner}LL; r += {width}) {{"] + \
                        ["  " + s for s in head + body] + ["}"]
@@ -217,7 +223,7 @@ class _CudaKernel:
                 self.cached[key] = name
             lines += loop(preload)
 
-        chunks, slots = split_chunks(k), {id(e): i for i, e in enumerate(split_reductions(k))}
+        slots = {id(e): i for i, e in enumerate(split_reductions(k))}
         for e in k.reductions:
             ctype = CUDA.ctype(e.dtype)
             acc_t, ident, combine = _accumulator(e, ctype)
@@ -243,14 +249,19 @@ class _CudaKernel:
             lines += loop(em.inner + body)
         for s in row_stores:
             v = em.ref(s.expr)
-            once = " && o == 0" if not any(s.form) else ""
+            once = (" && o == 0" if not any(s.form) else "") + (" && c == 0" if chunks else "")
             target = f"p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}]"
             lines.append(f"if ({tid} == 0{once}) {target} = {v};")
         n_outer = math.prod(k.outer)
         head = decompose("o", k.outer, outer_idx, "long long")
-        rows = (f"for (long long o = blockIdx.x * {WARPS}LL + (threadIdx.x >> 5); o < {n_outer}LL; "
-                f"o += gridDim.x * {WARPS}LL) {{") if by_warp else \
-            f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"
+        if chunks:  # a block per (row, chunk): each combines its row's partials and writes its chunk of the row
+            rows = f"for (long long b = blockIdx.x; b < {n_outer * chunks}LL; b += gridDim.x) {{"
+            head = _chunk_of_block(chunks, n_inner) + head
+        elif by_warp:
+            rows = (f"for (long long o = blockIdx.x * {WARPS}LL + (threadIdx.x >> 5); o < {n_outer}LL; "
+                    f"o += gridDim.x * {WARPS}LL) {{")
+        else:
+            rows = f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"
         return em.hoisted + [rows] + ["  " + s for s in head + lines] + ["}"]
 
     # ------------------------------------------------------------ column kernels
@@ -370,9 +381,7 @@ class _CudaKernel:
             lines += [f"const {acc_t} {red} = gd_block_reduce<{acc_t}, {is_max}>({acc}, ({acc_t}){ident});",
                       f"if (threadIdx.x == 0) reinterpret_cast<{acc_t}*>(gd_part + {slots[id(e)] * n_outer * chunks}LL)"
                       f"[o * {chunks}LL + c] = {red};"]
-        head = [f"const long long o = b / {chunks}LL, c = b % {chunks}LL;",
-                f"const long long end = (c + 1) * {size}LL < {n_inner}LL ? (c + 1) * {size}LL : {n_inner}LL;"] + \
-            decompose("o", k.outer, outer_idx, "long long")
+        head = _chunk_of_block(chunks, n_inner) + decompose("o", k.outer, outer_idx, "long long")
         return em.hoisted + [f"for (long long b = blockIdx.x; b < {n_outer * chunks}LL; b += gridDim.x) {{"] + \
             ["  " + s for s in head + lines] + ["}"]
 
@@ -404,6 +413,13 @@ def split_chunks(k: KernelIR) -> int:
     if not 0 < n_outer < SPLIT_ROWS or n_inner < SPLIT_MIN:  # no rows: no partials (a grid of 0 is no launch)
         return 0
     return min(SPLIT_MAX, -(-n_inner // SPLIT_CHUNK))
+
+
+def _chunk_of_block(chunks: int, n_inner: int) -> list[str]:
+    """A split kernel's block ``b`` takes chunk ``c`` of row ``o``: elements ``[c * size, end)``."""
+    size = -(-n_inner // chunks)
+    return [f"const long long o = b / {chunks}LL, c = b % {chunks}LL;",
+            f"const long long end = (c + 1) * {size}LL < {n_inner}LL ? (c + 1) * {size}LL : {n_inner}LL;"]
 
 
 def reduction_levels(k: KernelIR) -> list[list[Expr]]:
@@ -475,8 +491,8 @@ def launch_config(k: KernelIR) -> tuple[int, int]:
         return max(1, min(-(-math.prod(k.outer) // 32), 65535 * 32)), BLOCK
     if warp_per_row(k):
         return max(1, min(-(-math.prod(k.outer) // WARPS), 65535 * 32)), BLOCK
-    if split_chunks(k):  # the row kernel; its ``_partials`` kernel takes ``partials_grid`` blocks
-        return max(1, math.prod(k.outer)), BLOCK
+    if split_chunks(k):  # the row kernel, a block per (row, chunk) as its ``_partials<level>`` kernels
+        return max(1, min(partials_grid(k), 65535 * 32)), BLOCK
     if k.is_row_kernel:
         return max(1, min(math.prod(k.outer), 65535 * 32)), BLOCK
     total = math.prod(s for s, _ in k.loops)
