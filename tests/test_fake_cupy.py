@@ -11,6 +11,15 @@ pytestmark = [pytest.mark.fakegpu,
               pytest.mark.skipif(not getattr(cupy, "IS_FAKE", False), reason="runs against the fake CuPy only")]
 
 
+def _capture(work):
+    """Run ``work()`` while a fresh stream captures; returns the graph and what ``work`` returned."""
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        result = work()
+        return stream.end_capture(), result
+
+
 def test_device_arrays_never_cross_to_the_host_implicitly():
     a = cupy.arange(4, dtype=np.float32)
     with pytest.raises(TypeError, match="Implicit conversion"):
@@ -34,12 +43,11 @@ def test_fresh_memory_is_garbage_not_zeros():
 
 def test_capture_records_work_and_the_graph_runs_it():
     x = cupy.ones(3, np.float32)
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
+    def work():
         y = x * 2
-        x += 1  # in place: recorded, not run
-        graph = stream.end_capture()
+        np.add(x, 1, out=x)  # in place: recorded, not run
+        return y
+    graph, y = _capture(work)
     assert np.isnan(y.get()).all() and x.get().tolist() == [1, 1, 1]
     graph.launch()
     assert y.get().tolist() == [2, 2, 2] and x.get().tolist() == [2, 2, 2]
@@ -91,12 +99,7 @@ def test_capturing_needs_its_own_stream_for_all_work():
 
 def test_launching_a_graph_whose_memory_was_released_is_an_error():
     x = cupy.ones(3, np.float32)
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        y = x * 2
-        z = y + 1
-        graph = stream.end_capture()
+    graph, (y, z) = _capture(lambda: (lambda y: (y, y + 1))(x * 2))
     graph.launch()
     assert z.get().tolist() == [3, 3, 3]
     del y  # the pool may now hand y's memory to someone else, while each launch still writes it
@@ -127,11 +130,7 @@ def test_out_of_range_index_arrays_wrap_around_as_on_cupy():
 
 def test_writes_without_out_keyword_are_recorded_not_run_while_capturing():
     x, o = cupy.ones(3, np.float32), cupy.zeros(3, np.float32)
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        cupy.multiply(x, 2, o)  # a positional out
-        graph = stream.end_capture()
+    graph = _capture(lambda: cupy.multiply(x, 2, o))[0]  # a positional out
     assert o.get().tolist() == [0, 0, 0]
     graph.launch()
     assert o.get().tolist() == [2, 2, 2]
@@ -160,14 +159,10 @@ def test_static_cuda_steps_neither_copy_to_the_host_nor_wait_per_call(workload, 
 
 def test_a_graph_needs_the_memory_it_uses_from_before_its_capture_too():
     x = cupy.ones(3, np.float32)
-    out = cupy.empty(3, np.float32)
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        cupy.multiply(x, 2, out=out)
-        graph = stream.end_capture()
+    held = [cupy.empty(3, np.float32)]  # allocated before the capture
+    graph = _capture(lambda: cupy.multiply(x, 2, out=held[0]))[0]
     graph.launch()
-    del out
+    held.clear()
     with pytest.raises(RuntimeError, match="released"):
         graph.launch()
 
