@@ -34,10 +34,6 @@ class IndexOutOfRange(ShapeError, IndexError, OpError):
     out-of-range index tensors raised before, so existing ``except OpError`` handlers still catch it)."""
 
 
-# primitives whose index arrays (from this input position on) are bounds-checked on CuPy
-_BOUNDS_CHECKED = {"getitem": 1, "index_add": 2}
-
-
 def apply(prim: Primitive, *inputs, **params) -> Tensor:
     """Run ``prim`` on ``inputs`` (Tensors or Python scalars) with static ``params``."""
     mode = MODE.get()
@@ -57,9 +53,9 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
     if xp is None:
         xp = namespace(params["device"])
     try:
-        if xp is not np and prim.name in _BOUNDS_CHECKED and len(arrays) > _BOUNDS_CHECKED[prim.name]:
+        if xp is not np and prim.index_from is not None and len(arrays) > prim.index_from:
             # CuPy wraps an out-of-range index around: eager raises, as on the CPU
-            check_index_bounds(arrays[0].shape, params["key"], arrays[_BOUNDS_CHECKED[prim.name]:])
+            check_index_bounds(arrays[0].shape, params["key"], arrays[prim.index_from:])
         out = prim.impl(xp, *arrays, **params)
     except Exception as e:
         raise _op_error(prim, inputs, params, e) from e

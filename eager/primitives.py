@@ -54,6 +54,7 @@ class Primitive:
     c_expr: str | None = None
     saves_out: bool = False  # the VJP reads the output (so backward checks the output was not modified)
     random: bool = False  # draws from the device's default generator: never merged, folded away or dropped
+    index_from: int | None = None  # inputs from here on are index arrays into input 0 (bounds-checked on CuPy)
     backward_name: str = field(init=False)  # "IndexAddBackward": computed once, read on every recorded op
 
     def __post_init__(self):
@@ -67,8 +68,9 @@ class Primitive:
 PRIMITIVES: dict[str, Primitive] = {}
 
 
-def _register(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False, random=False) -> Primitive:
-    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random)
+def _register(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False, random=False,
+              index_from=None) -> Primitive:
+    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random, index_from)
     PRIMITIVES[name] = prim
     return prim
 
@@ -500,7 +502,7 @@ def check_index_bounds(shape, key, idx) -> None:
 
 
 GETITEM = _reg("getitem", MOVEMENT, lambda xp, a, *idx, key: a[build_key(key, idx)], _getitem_rule,
-               lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx))
+               lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx), index_from=1)
 
 
 def _index_add_impl(xp, base, values, *idx, key):
@@ -515,7 +517,8 @@ def _index_add_impl(xp, base, values, *idx, key):
 
 INDEX_ADD = _reg("index_add", MOVEMENT, _index_add_impl, _index_add_rule,
                  lambda g, out, base, values, *idx, key: (g, g[build_key(key, idx)] if idx else
-                                                          _getitem_plain(g, key)) + (None,) * len(idx))
+                                                          _getitem_plain(g, key)) + (None,) * len(idx),
+                 index_from=2)
 
 
 def _getitem_plain(g, key):
