@@ -33,3 +33,9 @@ def test_the_gpu_proof_script_runs_end_to_end_on_the_fake_gpu(tmp_path):
     assert {"./h100/report.html", "./h100/results.json", "./compiler-h100.md", "./gpu-tests.log"} <= names
     assert "compiled+graph" in (out / "h100-report.md").read_text()
     assert "CUDA graph" in (out / "compiler-h100.md").read_text()
+
+
+def test_the_gpu_proof_script_refuses_an_unknown_part(tmp_path):
+    proc = subprocess.run(["bash", "scripts/gpu_proof.sh", str(tmp_path), "benchmark"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown part 'benchmark'" in proc.stdout
