@@ -201,8 +201,7 @@ class _CudaKernel:
         def loop(body):
             head = decompose("r", k.inner, inner_idx, "long long")
             if chunks:  # a split row: this block's chunk only
-                return [f"for (long long r = c * {-(-n_inner // chunks)}LL + {tid}; r < end; r += {width}) {{"] + \
-                       ["  " + s for s in head + body] + ["}"]
+                return [_chunk_loop(k, tid, width)] + ["  " + s for s in head + body] + ["}"]
             if not keys:
                 return [f"for (long long r = {tid}; r < {n_inner}LL; r += {width}) {{"] + \
                        ["  " + s for s in head + body] + ["}"]
@@ -234,10 +233,8 @@ class _CudaKernel:
                 em.new_loop()
                 v = em.ref(e.args[0])
                 lines += [f"{acc_t} {j} = ({acc_t}){ident};"] + loop(em.inner + [combine.format(a=j, b=v)])
-            is_max = "true" if e.op == "max" else "false"
             red = em.fresh("red")
-            combined = (f"gd_warp_{e.op}({j})" if by_warp else
-                        f"gd_block_reduce<{acc_t}, {is_max}>({j}, ({acc_t}){ident})")
+            combined = f"gd_warp_{e.op}({j})" if by_warp else _block_reduce(e, j)
             lines.append(f"const {ctype} {red} = ({ctype}){combined};")
             em.bind(e, red)
         inner_stores = [s for s in k.stores if any(s.form[k.n_outer:])]
@@ -256,7 +253,7 @@ class _CudaKernel:
         head = decompose("o", k.outer, outer_idx, "long long")
         if chunks:  # a block per (row, chunk): each combines its row's partials and writes its chunk of the row
             rows = f"for (long long b = blockIdx.x; b < {n_outer * chunks}LL; b += gridDim.x) {{"
-            head = _chunk_of_block(chunks, n_inner) + head
+            head = _chunk_of_block(k) + head
         elif by_warp:
             rows = (f"for (long long o = blockIdx.x * {WARPS}LL + (threadIdx.x >> 5); o < {n_outer}LL; "
                     f"o += gridDim.x * {WARPS}LL) {{")
@@ -355,18 +352,14 @@ class _CudaKernel:
         outer_idx = [f"i{j}" for j in range(k.n_outer)]
         inner_idx = [f"r{j}" for j in range(len(k.inner))]
         self.names = outer_idx + inner_idx
-        n_outer, n_inner, chunks = math.prod(k.outer), math.prod(k.inner), split_chunks(k)
-        size = -(-n_inner // chunks)
+        n_outer, chunks = math.prod(k.outer), split_chunks(k)
         levels = reduction_levels(k)
         slots = {id(e): i for i, e in enumerate(split_reductions(k))}
         lines = em.outer
         for e in [e for lower in levels[:level] for e in lower]:
-            acc_t, ident, _ = _accumulator(e, CUDA.ctype(e.dtype))
-            acc, red = em.fresh("acc"), em.fresh("red")
-            is_max = "true" if e.op == "max" else "false"
+            acc, red, ctype = em.fresh("acc"), em.fresh("red"), CUDA.ctype(e.dtype)
             lines += self.combine_partials(e, slots[id(e)], acc, "threadIdx.x", BLOCK)
-            lines.append(f"const {CUDA.ctype(e.dtype)} {red} = ({CUDA.ctype(e.dtype)})"
-                         f"gd_block_reduce<{acc_t}, {is_max}>({acc}, ({acc_t}){ident});")
+            lines.append(f"const {ctype} {red} = ({ctype}){_block_reduce(e, acc)};")
             em.bind(e, red)
         for e in levels[level]:
             em.new_loop()
@@ -374,14 +367,12 @@ class _CudaKernel:
             acc_t, ident, combine = _accumulator(e, CUDA.ctype(e.dtype))
             acc, red = em.fresh("acc"), em.fresh("red")
             head = decompose("r", k.inner, inner_idx, "long long")
-            lines += [f"{acc_t} {acc} = ({acc_t}){ident};",
-                      f"for (long long r = c * {size}LL + threadIdx.x; r < end; r += {BLOCK}) {{"] + \
+            lines += [f"{acc_t} {acc} = ({acc_t}){ident};", _chunk_loop(k, "threadIdx.x", BLOCK)] + \
                 ["  " + s for s in head + em.inner + [combine.format(a=acc, b=v)]] + ["}"]
-            is_max = "true" if e.op == "max" else "false"
-            lines += [f"const {acc_t} {red} = gd_block_reduce<{acc_t}, {is_max}>({acc}, ({acc_t}){ident});",
+            lines += [f"const {acc_t} {red} = {_block_reduce(e, acc)};",
                       f"if (threadIdx.x == 0) reinterpret_cast<{acc_t}*>(gd_part + {slots[id(e)] * n_outer * chunks}LL)"
                       f"[o * {chunks}LL + c] = {red};"]
-        head = _chunk_of_block(chunks, n_inner) + decompose("o", k.outer, outer_idx, "long long")
+        head = _chunk_of_block(k) + decompose("o", k.outer, outer_idx, "long long")
         return em.hoisted + [f"for (long long b = blockIdx.x; b < {n_outer * chunks}LL; b += gridDim.x) {{"] + \
             ["  " + s for s in head + lines] + ["}"]
 
@@ -405,8 +396,8 @@ def warp_per_row(k: KernelIR) -> bool:
 
 
 def split_chunks(k: KernelIR) -> int:
-    """How many chunks each row's independent reductions are split into (0: not split). Only for a row kernel
-    with few rows (fewer than SPLIT_ROWS, so a block per row leaves SMs idle) that are long."""
+    """How many chunks each row is split into (0: not split). Only for a row kernel with few rows (fewer than
+    SPLIT_ROWS, so a block per row leaves SMs idle) that are long."""
     if not k.is_row_kernel or k.columnar or warp_per_row(k):
         return 0
     n_inner, n_outer = math.prod(k.inner), math.prod(k.outer)
@@ -415,11 +406,26 @@ def split_chunks(k: KernelIR) -> int:
     return min(SPLIT_MAX, -(-n_inner // SPLIT_CHUNK))
 
 
-def _chunk_of_block(chunks: int, n_inner: int) -> list[str]:
+def _chunk_size(k: KernelIR) -> int:
+    return -(-math.prod(k.inner) // split_chunks(k))
+
+
+def _chunk_of_block(k: KernelIR) -> list[str]:
     """A split kernel's block ``b`` takes chunk ``c`` of row ``o``: elements ``[c * size, end)``."""
-    size = -(-n_inner // chunks)
+    chunks, size, n_inner = split_chunks(k), _chunk_size(k), math.prod(k.inner)
     return [f"const long long o = b / {chunks}LL, c = b % {chunks}LL;",
             f"const long long end = (c + 1) * {size}LL < {n_inner}LL ? (c + 1) * {size}LL : {n_inner}LL;"]
+
+
+def _chunk_loop(k: KernelIR, tid: str, width: int) -> str:
+    """The head of a loop over this block's chunk of the row, ``width`` threads striding from ``tid``."""
+    return f"for (long long r = c * {_chunk_size(k)}LL + {tid}; r < end; r += {width}) {{"
+
+
+def _block_reduce(e: Expr, acc: str) -> str:
+    """``acc`` combined across the block (every thread gets the result) for reduction ``e``."""
+    acc_t, ident, _ = _accumulator(e, CUDA.ctype(e.dtype))
+    return f"gd_block_reduce<{acc_t}, {'true' if e.op == 'max' else 'false'}>({acc}, ({acc_t}){ident})"
 
 
 def reduction_levels(k: KernelIR) -> list[list[Expr]]:
@@ -500,7 +506,8 @@ def launch_config(k: KernelIR) -> tuple[int, int]:
 
 
 def partials_grid(k: KernelIR) -> int:
-    """Blocks of a split kernel's ``_partials`` launch: one per chunk of every row."""
+    """Blocks of a split kernel's launches (each ``_partials<level>`` and the row kernel): one per chunk of every
+    row."""
     return math.prod(k.outer) * split_chunks(k)
 
 

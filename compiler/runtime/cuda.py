@@ -51,14 +51,17 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
     """The executable of ``program``; ``simulate``: on NumPy arrays with the SIMT emulator; ``static``: fixed
     buffers for a ``StaticReplay`` (``cuda_graph=True``), which it gets as ``.replay``."""
     kernels = generate(program)
-    if simulate:
-        from compiler.runtime.simt import SimtModule
-        xp = np
-        direct = {k.name for k in kernels if not k.ir.is_row_kernel}  # elementwise kernels never synchronise
-        module = SimtModule(module_source(kernels), direct) if kernels else None
-    else:
-        xp = cp = _cupy()  # raises a clear RuntimeError without CuPy or a GPU
-        module = cp.RawModule(code=module_source(kernels), options=NVRTC_OPTIONS) if kernels else None
+    xp = np if simulate else _cupy()  # _cupy raises a clear RuntimeError without CuPy or a GPU
+
+    def load(source: str, direct: frozenset = frozenset()):
+        """The compiled module: CuPy's (NVRTC) or the emulator's (``direct``: kernels that never synchronise)."""
+        if simulate:
+            from compiler.runtime.simt import SimtModule
+            return SimtModule(source, direct)
+        return xp.RawModule(code=source, options=NVRTC_OPTIONS)
+
+    elementwise = frozenset(k.name for k in kernels if not k.ir.is_row_kernel)
+    module = load(module_source(kernels), elementwise) if kernels else None
     by_group = {k.ir.group.id: k for k in kernels}
 
     def kernel_step(k, step, ex: Executable):
@@ -75,14 +78,13 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
         if cgen.split_chunks(k):  # a few long rows: partials by many blocks first, a launch per level
             levels = [module.get_function(f"{ck.name}_partials{n}") for n in range(len(cgen.reduction_levels(k)))]
             scratch = xp.empty(cgen.partials_bytes(k), np.uint8)
-            blocks = min(cgen.partials_grid(k), 65535 * 32)
 
             def run(env):
                 for _, i, pool in pooled:
                     env[i] = pool.take()
                 args = tuple(env[i] for i in idx) + (scratch,)
-                for partials in levels:
-                    partials((blocks,), (block,), args)
+                for partials in levels:  # the same (row, chunk) grid as the row kernel
+                    partials((grid,), (block,), args)
                 fn((grid,), (block,), args)
             return run
 
@@ -91,12 +93,6 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
                 env[i] = pool.take()
             fn((grid,), (block,), tuple(env[i] for i in idx))
         return run
-
-    def load(source: str):
-        if simulate:
-            from compiler.runtime.simt import SimtModule
-            return SimtModule(source)
-        return cp.RawModule(code=source, options=NVRTC_OPTIONS)
 
     ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp, static=static,
                     library_step=(lambda step, ex: gemm_step(step, ex, load)) if static else None)
