@@ -54,13 +54,17 @@ class OutputPool:
             # loop variable, and enumerate's reused tuple, would each add a reference and no array would qualify.)
             if _getrefcount(arrays[j]) == 2:
                 return self._hand_out(arrays[j]), self.pointers[j]
-        a = self.xp.empty(self.shape, self.dtype)
         if len(arrays) >= 3:
             arrays.pop(0)
             self.pointers.pop(0)
-        arrays.append(a)
-        self.pointers.append(a.ctypes.data if self.xp is np else a.data.ptr)
+        a = self._allocate()
         return self._hand_out(a), self.pointers[-1]
+
+    def _allocate(self):
+        a = self.xp.empty(self.shape, self.dtype)
+        self.arrays.append(a)
+        self.pointers.append(a.ctypes.data if self.xp is np else a.data.ptr)
+        return a
 
     def _hand_out(self, a):
         # CuPy arrays are handed out as they are: views there are not proven (no GPU run yet) to keep the
@@ -75,9 +79,7 @@ class StaticPool(OutputPool):
 
     def take_with_pointer(self) -> tuple[np.ndarray, int]:
         if not self.arrays:
-            a = self.xp.empty(self.shape, self.dtype)
-            self.arrays.append(a)
-            self.pointers.append(a.ctypes.data if self.xp is np else a.data.ptr)
+            self._allocate()
         return self.arrays[0], self.pointers[0]
 
 
