@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tracer.interpret import Rule, evaluate
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
 
 
@@ -56,12 +57,25 @@ class Rebuilder:
         return self.new
 
 
+class _VisitRule(Rule):
+    """Passes as a rule of the one IR loop: the value of an old node is its node in the new graph."""
+
+    def __init__(self, rb: Rebuilder, visit: Callable[[Rebuilder, Node], object]):
+        self.rb, self.visit = rb, visit
+
+    def placeholder(self, node: Node, value) -> Node:
+        return self.rb.copy(node)
+
+    def constant(self, node: Node) -> Node | None:
+        return self.call(node, [])
+
+    def call(self, node: Node, args: list) -> Node | None:
+        self.visit(self.rb, node)  # the pass reads its args through rb.arg, which knows aliases
+        return self.rb.env.get(node.id)
+
+
 def rebuild(graph: Graph, visit: Callable[[Rebuilder, Node], object]) -> Graph:
     """Run ``visit(rebuilder, node)`` for each node in order and return the new, validated graph."""
     rb = Rebuilder(graph)
-    for n in graph.nodes:
-        if n.op == PLACEHOLDER:
-            rb.copy(n)
-        else:
-            visit(rb, n)
+    evaluate(graph, [None] * len(graph.placeholders), _VisitRule(rb, visit), keep=True)
     return rb.finish().validate()

@@ -16,7 +16,8 @@ import numpy as np
 
 from eager.backend import to_numpy
 from eager.primitives import PRIMITIVES, build_key
-from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
+from tracer.interpret import Rule, evaluate
+from tracer.ir import Graph, Node
 
 
 def _overrides():
@@ -42,33 +43,38 @@ def _overrides():
     }
 
 
+class _JaxRule(Rule):
+    """Each node as ``jax.numpy``: the table's impl with ``jnp`` as the namespace, or the override."""
+
+    def __init__(self, overrides: dict):
+        self.overrides = overrides
+
+    def constant(self, node: Node):
+        import jax.numpy as jnp
+        return jnp.asarray(to_numpy(node.value))
+
+    def call(self, node: Node, args: list):
+        import jax.numpy as jnp
+        impl = self.overrides.get(node.op) or PRIMITIVES[node.op].impl
+        out = impl(jnp, *args, **node.params)
+        return out.astype(node.dtype) if out.dtype != node.dtype else out
+
+
 class XlaExecutable:
     backend = "xla"
 
     def __init__(self, graph: Graph, device: str = "cpu"):
         import jax
-        import jax.numpy as jnp
         self.graph = graph
         self.kernels = []
         overrides = _overrides()
         wide = any(n.dtype.itemsize == 8 for n in graph.nodes)
         self._x64 = wide
 
+        rule = _JaxRule(overrides)
+
         def program(*arrays):
-            env = {}
-            for p, a in zip(graph.placeholders, arrays):
-                env[p.id] = a
-            for n in graph.nodes:
-                if n.op == PLACEHOLDER:
-                    continue
-                if n.op == CONSTANT:
-                    env[n.id] = jnp.asarray(to_numpy(n.value))
-                    continue
-                impl = overrides.get(n.op) or PRIMITIVES[n.op].impl
-                vals = [env[a.id] if isinstance(a, Node) else a for a in n.args]
-                out = impl(jnp, *vals, **n.params)
-                env[n.id] = out.astype(n.dtype) if out.dtype != n.dtype else out
-            return [env[n.id] for n in graph.outputs] + [env[v.id] for _, v in graph.updates]
+            return evaluate(graph, arrays, rule)
 
         self._jitted = jax.jit(program)
 

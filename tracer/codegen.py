@@ -34,6 +34,7 @@ from numpy import dtype  # noqa: F401  (name used by generated code)
 
 from eager.backend import namespace, namespace_of  # noqa: F401  (used by code for graphs on two devices)
 from eager.primitives import PRIMITIVES, IndexSlot  # noqa: F401  (IndexSlot: name used by generated code)
+from tracer.interpret import Rule, evaluate
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
 
 RESERVED = {"xp", "constants", "P", "IndexSlot", "dtype", "np", "forward", "namespace", "namespace_of", "slice",
@@ -100,52 +101,53 @@ def literal(value, constants: dict, key: str) -> str:
     return f"constants[{key!r}]"
 
 
+class _SourceRule(Rule):
+    """Values are Python names; each call appends its line to ``body`` and dead names get a ``del``."""
+
+    def __init__(self, graph: Graph, constants: dict):
+        self.constants = constants
+        self.body: list[str] = []
+        self.mixed = any(n.op == "to_device" for n in graph.nodes)  # two devices: xp per call, as eager does
+
+    def constant(self, n: Node) -> str:
+        self.constants[n.id] = n.value
+        self.body.append(f"c{n.id} = constants[{n.id}]  # {n.aval} constant")
+        return f"c{n.id}"
+
+    def call(self, n: Node, args: list) -> str:
+        xp = "xp"
+        if self.mixed:
+            first = next((v for v, a in zip(args, n.args) if isinstance(a, Node)), None)
+            xp = f"namespace_of({first})" if first is not None else \
+                f"namespace({str(n.params.get('device', 'cpu'))!r})"
+        texts = [xp] + [v if isinstance(a, Node) else literal(a, self.constants, f"n{n.id}_arg{i}")
+                        for i, (a, v) in enumerate(zip(n.args, args))]
+        texts += [f"{k}={literal(v, self.constants, f'n{n.id}_{k}')}" for k, v in n.params.items()]
+        note = f"  {n.source}" if n.source else ""
+        call = f"P.{n.op}({', '.join(texts)})"
+        if n.shape == ():  # NumPy hands back scalars from 0-d ops; keep arrays, as eager does
+            call = f"{xp}.asarray({call})"
+        self.body.append(f"v{n.id} = {call}  # {n.aval}{note}")
+        return f"v{n.id}"
+
+    def free(self, nodes: list[Node]) -> None:
+        dead = [f"c{n.id}" if n.op == CONSTANT else f"v{n.id}" for n in nodes if n.op != PLACEHOLDER]
+        if dead:
+            self.body.append(f"del {', '.join(dead)}")
+
+
 def python_source(graph: Graph, constants: dict | None = None) -> str:
     """The graph as a Python function; fills ``constants`` (if given) with what the code reads from it."""
     constants = {} if constants is None else constants
     names = placeholder_names(graph)
-    var = dict(names)
-    last = graph.last_uses()
-    keep = {n.id for n in graph.outputs} | {v.id for _, v in graph.updates}
-    body: list[str] = []
-    index = {n.id: i for i, n in enumerate(graph.nodes)}
-    dying: dict[int, list[str]] = {}
-    for n in graph.nodes:
-        if n.op not in (PLACEHOLDER,) and n.id not in keep and n.id in last:
-            dying.setdefault(last[n.id], []).append(n.id)
-    mixed = any(n.op == "to_device" for n in graph.nodes)  # arrays on two devices: pick xp per call, as eager does
-    for n in graph.nodes:
-        if n.op == PLACEHOLDER:
-            continue
-        if n.op == CONSTANT:
-            var[n.id] = f"c{n.id}"
-            constants[n.id] = n.value
-            body.append(f"c{n.id} = constants[{n.id}]  # {n.aval} constant")
-        else:
-            var[n.id] = f"v{n.id}"
-            xp = "xp"
-            if mixed:
-                first = next((a for a in n.args if isinstance(a, Node)), None)
-                xp = f"namespace_of({var[first.id]})" if first is not None else \
-                    f"namespace({str(n.params.get('device', 'cpu'))!r})"
-            args = [xp] + [var[a.id] if isinstance(a, Node) else literal(a, constants, f"n{n.id}_arg{i}")
-                             for i, a in enumerate(n.args)]
-            args += [f"{k}={literal(v, constants, f'n{n.id}_{k}')}" for k, v in n.params.items()]
-            note = f"  {n.source}" if n.source else ""
-            call = f"P.{n.op}({', '.join(args)})"
-            if n.shape == ():  # NumPy hands back scalars from 0-d ops; keep arrays, as eager does
-                call = f"{xp}.asarray({call})"
-            body.append(f"v{n.id} = {call}  # {n.aval}{note}")
-        dead = [var[i] for i in dying.get(index[n.id], ()) if i in var and not i == n.id]
-        if dead:
-            body.append(f"del {', '.join(dead)}")
-    results = [var[n.id] for n in graph.outputs] + [var[v.id] for _, v in graph.updates]
-    body.append(f"return [{', '.join(results)}]")
     ph = graph.placeholders
+    rule = _SourceRule(graph, constants)
+    results = evaluate(graph, [names[n.id] for n in ph], rule)
+    body = rule.body + [f"return [{', '.join(results)}]"]
     head = [f"# graphduel traced graph: {_count(len(graph.calls), 'call')}, {_count(len(ph), 'placeholder')}, "
             f"{_count(sum(n.op == CONSTANT for n in graph.nodes), 'constant')}",
             "# every call is a primitive of eager.primitives on arrays: P.<name>(xp, *arrays, **params)",
-            "from tracer.codegen import P, IndexSlot, dtype, np" + (", namespace, namespace_of" if mixed else ""),
+            "from tracer.codegen import P, IndexSlot, dtype, np" + (", namespace, namespace_of" if rule.mixed else ""),
             "",
             f"def forward({', '.join(['xp', 'constants'] + [names[n.id] for n in ph])}):"]
     return "\n".join(head + ["    " + line for line in body]) + "\n"

@@ -9,7 +9,7 @@ Two interpreters of the same graph:
 
 - the fast path runs the generated source (``tracer.codegen``): straight-line calls of primitive impls with
   values deleted after their last use;
-- ``Interpreter`` walks a precomputed instruction list (same calls, same frees). It can keep every value
+- ``Interpreter`` runs the graph through the one IR loop (same calls, same frees). It can keep every value
   (``check()`` compares them with an eager run) and it names the failing node: when the fast path raises,
   the interpreter re-runs the graph to report ``while executing %5 = matmul(...)  # model.py:14``.
 
@@ -33,7 +33,8 @@ import numpy as np
 from eager.backend import namespace, namespace_of
 from eager.primitives import PRIMITIVES
 from tracer.codegen import compile_source, python_source
-from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
+from tracer.interpret import Rule, evaluate
+from tracer.ir import CONSTANT, Graph, Node
 
 _COUNTER = itertools.count()
 
@@ -52,74 +53,59 @@ def _xp_for(arrays, graph: Graph):
     return np
 
 
+class GeneratedCodeError(RuntimeError):
+    """The generated Python failed where the interpreter of the same graph did not: a bug in our codegen."""
+
+
+class _ImplRule(Rule):
+    """Runs each primitive's ``impl`` on arrays; a failure names the node, its inputs and its source line."""
+
+    def __init__(self, xp, mixed: bool):
+        self.xp, self.mixed = xp, mixed
+
+    def call(self, node: Node, args: list):
+        xp = self.xp
+        try:
+            if self.mixed:  # two devices: the namespace comes from the inputs, as in eager
+                first = next((a for a, n in zip(args, node.args) if isinstance(n, Node)), None)
+                xp = namespace_of(first) if first is not None else namespace(node.params.get("device", "cpu"))
+            out = PRIMITIVES[node.op].impl(xp, *args, **node.params)
+        except Exception as e:
+            raise ExecutionError(_failure(node, args, e)) from e
+        return np.asarray(out) if xp is np and type(out) is not np.ndarray else out
+
+
 class Interpreter:
-    """Walks the graph's instruction list; ``run(arrays, keep=True)`` also returns every node's value."""
+    """The graph run through the one IR loop (``tracer.interpret.evaluate``) on primitive impls.
+
+    ``run(arrays, keep=True)`` also returns every node's value (``check()`` compares them with an eager run).
+    """
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        nodes = graph.nodes
-        slot = {n.id: i for i, n in enumerate(nodes)}
-        last = graph.last_uses()
-        frees: dict[int, list[int]] = {}
-        for node_id, at in last.items():
-            if at < len(nodes):
-                frees.setdefault(at, []).append(slot[node_id])
-        self.placeholder_slots = [slot[n.id] for n in graph.placeholders]
-        self.instructions = []
-        for i, n in enumerate(nodes):
-            if n.op == PLACEHOLDER:
-                continue
-            if n.op == CONSTANT:
-                self.instructions.append((None, n.value, (), {}, i, frees.get(i, ()), n))
-                continue
-            args = tuple((True, slot[a.id]) if isinstance(a, Node) else (False, a) for a in n.args)
-            self.instructions.append((PRIMITIVES[n.op].impl, None, args, n.params, i, frees.get(i, ()), n))
-        self.result_slots = [slot[n.id] for n in graph.outputs] + [slot[v.id] for _, v in graph.updates]
-        self.mixed = any(n.op == "to_device" for n in nodes)  # two devices: xp per call from its inputs
+        self.mixed = any(n.op == "to_device" for n in graph.nodes)
 
     def run(self, arrays: list, keep: bool = False):
         """Outputs + update values; with ``keep=True`` a pair (results, {node id: value})."""
         graph = self.graph
-        if len(arrays) != len(self.placeholder_slots):
-            raise ExecutionError(f"the graph takes {len(self.placeholder_slots)} placeholder arrays "
+        n_inputs = len(graph.placeholders)
+        if len(arrays) != n_inputs:
+            raise ExecutionError(f"the graph takes {n_inputs} placeholder arrays "
                                  f"({', '.join(n.name for n in graph.placeholders)}), got {len(arrays)}")
-        xp = _xp_for(arrays, graph)
-        env: list = [None] * len(graph.nodes)
-        for s, a in zip(self.placeholder_slots, arrays):
-            env[s] = a
-        seen = {} if keep else None
-        for impl, value, args, params, out, frees, node in self.instructions:
-            if impl is None:
-                env[out] = value
-            else:
-                try:
-                    if self.mixed:
-                        first = next((env[x] for is_ref, x in args if is_ref), None)
-                        xp = namespace_of(first) if first is not None else namespace(params.get("device", "cpu"))
-                    env[out] = impl(xp, *[env[x] if is_ref else x for is_ref, x in args], **params)
-                except Exception as e:
-                    raise ExecutionError(_failure(node, args, env, e)) from e
-                if type(env[out]) is not np.ndarray and xp is np:
-                    env[out] = np.asarray(env[out])
-            if keep:
-                seen[node.id] = env[out]
-            else:
-                for f in frees:
-                    env[f] = None
-        results = [env[s] for s in self.result_slots]
-        return (results, seen) if keep else results
+        return evaluate(graph, arrays, _ImplRule(_xp_for(arrays, graph), self.mixed), keep=keep)
 
 
-def _failure(node: Node, args, env, exc) -> str:
-    shapes = ", ".join(f"{getattr(env[x], 'dtype', '?')}{list(getattr(env[x], 'shape', ()))}" if is_ref else repr(x)
-                       for is_ref, x in args)
+def _failure(node: Node, args: list, exc: Exception) -> str:
+    shapes = ", ".join(f"{getattr(v, 'dtype', '?')}{list(getattr(v, 'shape', ()))}" if isinstance(a, Node) else repr(v)
+                       for a, v in zip(node.args, args))
     where = f"    # {node.source}" if node.source else ""
     return (f"while executing {node.format()}: {type(exc).__name__}: {exc} (inputs: {shapes}){where}. "
             "The graph was traced with other inputs: check the call's shapes and dtypes against traced.graph.")
 
 
 class StaticExecutor:
-    """The default lowering: runs the generated source; falls back to the interpreter to explain a failure."""
+    """The default lowering: runs the generated source. When it raises, the interpreter re-runs the graph only to
+    explain the failure (``ExecutionError`` naming the node); it never stands in for the generated source."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
@@ -138,8 +124,13 @@ class StaticExecutor:
         xp = np if (arrays and type(arrays[0]) is np.ndarray) else _xp_for(arrays, self.graph)
         try:
             return self._forward(xp, self.constants, *arrays)
-        except Exception:
-            return self.interpreter.run(arrays)  # raises ExecutionError naming the node, or succeeds
+        except Exception as e:
+            # a primitive failed on these inputs: the interpreter runs the same calls and names the node
+            self.interpreter.run(arrays)
+            raise GeneratedCodeError(
+                f"the generated source of this graph ({len(self.graph.calls)} calls) raised "
+                f"{type(e).__name__}: {e}, but the interpreter ran the same graph on the same arrays without "
+                "error: a bug in tracer.codegen (please report it with traced.graph and this message)") from e
 
 
 def default_lower(graph: Graph) -> StaticExecutor:

@@ -21,7 +21,8 @@ from eager.dispatch import apply
 from eager.ops import zeros_like
 from eager.primitives import PRIMITIVES, STOP_GRADIENT
 from eager.tensor import Tensor
-from tracer.ir import CONSTANT, PLACEHOLDER
+from tracer.interpret import Rule, evaluate
+from tracer.ir import Node
 from tracer.signature import signature_of
 from tracer.traced import Traced, trace
 
@@ -77,20 +78,7 @@ def grad(fn, *example_inputs, argnums: int | tuple[int, ...] = 0, wrt_params: bo
                 env[node.id] = slots[node.id].get()
                 if env[node.id]._requires_grad:
                     params[param_names[node.id]] = env[node.id]
-            recorder = MODE.get().recorders[-1] if MODE.get().recorders else None
-            for n in graph.nodes:
-                if n.op == PLACEHOLDER:
-                    continue
-                if n.op == CONSTANT:
-                    env[n.id] = Tensor(n.value)
-                    continue
-                if recorder is not None:
-                    recorder.source_hint = n.source
-                env[n.id] = apply(PRIMITIVES[n.op], *[env[a.id] if hasattr(a, "op") else a for a in n.args],
-                                  **n.params)
-            if recorder is not None:
-                recorder.source_hint = None
-            value = env[out.id]
+            value = evaluate(graph, [env[n.id] for n in graph.placeholders], _ReplayRule())[0]
             wrt = xs + (list(params.values()) if wrt_params else [])
             grads = autograd_grad(value.sum() if value.shape else value, wrt, allow_unused=True)
         grads = [zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
@@ -109,6 +97,26 @@ def grad(fn, *example_inputs, argnums: int | tuple[int, ...] = 0, wrt_params: bo
                     extra_params={param_names[n.id]: slots[n.id] for n in others})
     traced.entry_for(*example_inputs)
     return traced
+
+
+class _ReplayRule(Rule):
+    """Replays each node through eager ``apply``, so autograd records it; inside a trace, each recorded call
+    keeps the source line of the forward node it replays."""
+
+    def __init__(self):
+        self.recorder = MODE.get().recorders[-1] if MODE.get().recorders else None
+
+    def constant(self, node: Node) -> Tensor:
+        return Tensor(node.value)
+
+    def call(self, node: Node, args: list) -> Tensor:
+        if self.recorder is None:
+            return apply(PRIMITIVES[node.op], *args, **node.params)
+        self.recorder.source_hint = node.source
+        try:
+            return apply(PRIMITIVES[node.op], *args, **node.params)
+        finally:
+            self.recorder.source_hint = None
 
 
 def _leaf_index_of_args(args) -> list[int | None]:
