@@ -328,9 +328,68 @@ def test_keys_of_one_state_dict_resolve_together_without_creating_any():
         root.state = state
         slots = [Slot(f"opt.state[w].{k}", root, (("attr", "state"), ("item", w), ("item", k))) for k in ("step", "m")]
         (segment,) = _reader_segments(slots)
-        assert segment[0] is root and segment[2] and segment[1](root) == (1, 2)
+        assert segment.root is root and segment.many and segment.get(root) == (1, 2)
         missing = [Slot("opt.state[v].step", root, (("attr", "state"), ("item", eager.ones(1)), ("item", "step")))]
         missing.append(Slot("opt.state[v].m", root, missing[0].steps[:-1] + (("item", "m"),)))
         with pytest.raises(FETCH_ERRORS):
-            _reader_segments(missing)[0][1](root)
+            _reader_segments(missing)[0].get(root)
         assert len(state) == 1
+
+
+def test_old_state_import_path_gives_the_objects_of_the_modules_that_own_them():
+    import tracer.state as state
+    from tracer import rng, roots, slots, snapshot, world
+
+    owners = {"Slot": slots, "MISSING": slots, "FETCH_ERRORS": slots, "layout_of": slots, "World": world,
+              "Known": world, "PyState": world, "Snapshot": snapshot, "function_roots": roots, "rng_state": rng,
+              "set_rng_state": rng}
+    for name, module in owners.items():
+        assert getattr(state, name) is getattr(module, name), name
+
+
+def test_closure_walking_finds_modules_optimizers_and_tensors_with_their_locations():
+    from tracer.roots import function_roots
+
+    model = nn.Linear(2, 1)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    scale = eager.ones(1)
+    extras = {"shift": eager.zeros(1), "note": "not state"}
+
+    def step(x):
+        return model(x) * scale + extras["shift"], opt
+
+    found = {r.name: r for r in function_roots(step)}
+    assert set(found) == {"model", "opt", "scale", "extras['shift']"}
+    assert found["scale"].slot.get() is scale and found["extras['shift']"].slot.get() is extras["shift"]
+    assert found["model"].obj is model and found["opt"].obj is opt
+
+
+def test_a_snapshot_puts_back_tensors_grads_and_containers_and_may_keep_python_scalars():
+    from tracer.snapshot import Snapshot
+    from tracer.world import World
+
+    model = nn.Linear(2, 1)
+    model.counter = 1
+    weight = model.weight.tolist()
+    for keep_python in (False, True):
+        snap = Snapshot.of(World.discover(model, ()))
+        model.weight.data = eager.zeros(1, 2)
+        model.weight.grad = eager.ones(1, 2)
+        model.counter = 2
+        model.extra = eager.ones(1)
+        snap.restore(python=not keep_python)
+        assert model.weight.tolist() == weight and model.weight.grad is None and not hasattr(model, "extra")
+        assert model.counter == (2 if keep_python else 1)
+        model.counter = 1
+
+
+def test_a_plan_names_the_locations_it_updates_writes_and_guards():
+    model, opt, step = make(optim.SGD, lr=0.1, momentum=0.9)
+    x, y = data(0)
+    traced = tracer.trace(step, x, y)
+    first, steady = traced.entries
+    assert {g.slot.name for g in first.plan.guard} >= {"0.weight.grad", "opt.state[0.weight].momentum_buffer"}
+    assert [g.layout for g in first.plan.guard if g.slot.name == "0.weight.grad"] == [None]
+    assert {s.name for s in first.plan.extra_slots} >= {"0.weight.grad", "opt.state[0.weight].momentum_buffer"}
+    assert {t.name for t in steady.plan.update_targets} >= {"0.weight", "opt.state[0.weight].momentum_buffer"}
+    assert [n.role for n in steady.graph.placeholders[:4]] == ["input", "input", "param", "param"]

@@ -11,21 +11,92 @@ Decisions taken here, once the run is over and everything it touched is known:
 - dead code: calls whose values reach no output or update are dropped, except random draws (dropping one
   would shift the random stream of the draws after it);
 - guards: the presence/shape of every touched location, so a later call with different state retraces.
+
+    >>> import eager
+    >>> from eager.autograd.mode import add_recorder
+    >>> from tracer.snapshot import Snapshot
+    >>> from tracer.world import World
+    >>> w = eager.ones(2).requires_grad_(True)
+    >>> def step(x):
+    ...     return (x * w).sum()
+    >>> world = World.discover(step, ())
+    >>> x, snap, before = eager.ones(2), Snapshot.of(World.discover(step, ())), occupants(world)
+    >>> rec = Recorder([x], snap.tensors)
+    >>> with add_recorder(rec):
+    ...     result = step(x)
+    >>> plan = build(RunRecord(rec, world, result, before, ["x"], snap.tensors))
+    >>> [(n.name, n.role) for n in plan.graph.placeholders], [c.op for c in plan.graph.calls]
+    ([('x', 'input'), ('w', 'state')], ['mul', 'sum'])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from eager.primitives import PRIMITIVES
 from eager.tensor import Tensor
+from tracer.conversions import CONVERSIONS, conversion_for
 from tracer.ir import Graph, Node
 from tracer.pytree import LEAF
-from tracer.recorder import Recorder, Ref
-from tracer.state import MISSING, Slot, World, layout_of
+from tracer.recorder import Call, Escape, Leaf, Recorder, Ref, Tape
+from tracer.slots import MISSING, Slot, array_layout, layout_of
+from tracer.snapshot import SavedTensor
+from tracer.world import World
 
-CONVERSIONS = {"item", "float", "int", "tolist", "bool"}
+
+class Held(NamedTuple):
+    """A location and what it held (before the run, for ``RunRecord.pre_slots`` and guards)."""
+
+    slot: Slot
+    value: Any
+
+
+class Write(NamedTuple):
+    """A location that holds another tensor after the run: the graph outputs value ``vid`` for it."""
+
+    slot: Slot
+    vid: int
+
+
+class StaticWrite(NamedTuple):
+    """A location a call sets to a Python value (or empties, with ``MISSING``/None) after running the graph."""
+
+    slot: Slot
+    value: Any
+
+
+class Update(NamedTuple):
+    """A pre-existing tensor rebound in place: its placeholder's value ``leaf`` gets the new value ``new``."""
+
+    leaf: int
+    new: int
+    target: Slot | int          # where the tensor lives: a Slot, or the index of the input argument
+
+
+class Guard(NamedTuple):
+    """A call may run the program only while ``slot`` holds something of ``layout`` (see ``layout_of``)."""
+
+    slot: Slot
+    layout: tuple | None
+
+
+class EscapeSite(NamedTuple):
+    """A value that left the graph, with the ref of the graph node it came from (None if dropped)."""
+
+    escape: Escape
+    node: str | None
+
+
+class Role(NamedTuple):
+    """What a leaf of the run becomes in the graph."""
+
+    kind: str                   # "input" | "param" | "state" | "constant"
+    name: str
+    slot: Slot | None           # where a param/state placeholder's value is read at each call
+
+
+CONSTANT = Role("constant", "", None)
 
 
 @dataclass
@@ -35,14 +106,14 @@ class Plan:
     graph: Graph
     n_inputs: int                                        # placeholders 0..n-1 are the flattened tensor args
     readers: list[Slot]                                  # one per param/state placeholder, in order
-    reader_layouts: list[tuple]                          # (shape, dtype, array type) each reader must hold
+    reader_layouts: list[tuple]                          # layout_of what each reader must hold
     out_spec: Any                                        # pytree spec of the result (LEAF per user output)
     conversions: list[str | None]                        # per user output: None (a Tensor) or "item", ...
     extra_slots: list[Slot] = field(default_factory=list)       # graph.outputs[n_user:] are assigned here
     update_targets: list = field(default_factory=list)          # per update: Slot (rebind) or input index
-    static_writes: list[tuple[Slot, Any]] = field(default_factory=list)
-    guard: list[tuple[Slot, Any]] = field(default_factory=list)
-    escapes: list = field(default_factory=list)          # (Escape, node ref)
+    static_writes: list[StaticWrite] = field(default_factory=list)
+    guard: list[Guard] = field(default_factory=list)
+    escapes: list[EscapeSite] = field(default_factory=list)
     node_vids: dict[int, int] = field(default_factory=dict)   # node id -> recorded value id (for check)
 
     @property
@@ -57,159 +128,220 @@ class RunRecord:
     recorder: Recorder
     world: World
     result: Any
-    pre_slots: dict[str, tuple[Slot, Any]]               # watched locations and what they held before
+    pre_slots: dict[str, Held]                           # watched locations and what they held before
     input_names: list[str]
-    snapshot_tensors: dict[int, tuple]                   # id -> (tensor, data, version, grad, ...) before
+    snapshot_tensors: dict[int, SavedTensor]             # id -> the tensor and what it held before
+
+
+def occupants(world: World) -> dict[str, Held]:
+    """What each location a run may rebind holds now (taken before the run; ``build`` compares after it)."""
+    return {s.name: Held(s, s.get()) for s in world.rebindable_slots()}
 
 
 def build(run: RunRecord) -> Plan:
-    rec, world = run.recorder, run.world
-    tape = rec.tape
+    """The graph and plan of a recorded run (see the module docstring for the decisions taken)."""
+    rec = run.recorder
+    result = _Result()
+    spec = _flatten_result(run.result, rec, result)
+    changes = _changed_locations(run)
+    first_leaf = _first_leaves(rec.tape)
+    updates = _updates(run, first_leaf, changes.touched)
+    roles = _roles(run, first_leaf, updates, changes)
+    outputs = result.vids + [w.vid for w in changes.writes]
+    calls, live = _live_calls(rec.tape, outputs + [u.new for u in updates])
+    live |= {u.leaf for u in updates}
 
-    # ---- outputs (the function's result)
-    out_vids: list[int] = []
-    conversions: list[str | None] = []
-    out_spec = _flatten_result(run.result, rec, out_vids, conversions)
+    g = Graph()
+    node_of: dict[int, Node] = {}
+    n_inputs = _add_inputs(g, run, node_of)
+    readers = _add_state(g, run, roles, live, node_of)
+    _add_constants(g, rec.tape, roles, live, node_of)
+    for call in calls:
+        args = tuple(node_of[a.vid] if isinstance(a, Ref) else a for a in call.args)
+        node_of[call.out] = g.call(call.op, args, call.params, rec.aval(call.out), source=call.source)
+    g.outputs.extend(node_of[v] for v in outputs)
+    g.updates.extend((node_of[u.leaf], node_of[u.new]) for u in updates)
+    g.validate()
 
-    # ---- locations whose occupant changed: extra outputs and static writes
-    post_slots = {s.name: s for s in world.watched_slots() + world.module_tensor_attrs()}
-    all_slots = {**{n: s for n, (s, _) in run.pre_slots.items()}, **post_slots}
-    extra: list[tuple[Slot, int]] = []
-    static_writes: list[tuple[Slot, Any]] = []
-    touched: dict[str, tuple[Slot, Any]] = {}
-    for name, slot in all_slots.items():
-        before = run.pre_slots[name][1] if name in run.pre_slots else MISSING
+    return Plan(graph=g, n_inputs=n_inputs, readers=[roles[v].slot for v in readers],
+                reader_layouts=[array_layout(rec.tape.arrays[v]) for v in readers],
+                out_spec=spec, conversions=result.conversions,
+                extra_slots=[w.slot for w in changes.writes], update_targets=[u.target for u in updates],
+                static_writes=changes.static_writes, guard=_guards(changes.touched),
+                escapes=[EscapeSite(e, node_of[e.vid].ref if e.vid in node_of else None) for e in rec.tape.escapes],
+                node_vids={n.id: vid for vid, n in node_of.items()})
+
+
+# ---------------------------------------------------------------- locations whose occupant changed
+
+
+@dataclass
+class _Changes:
+    """What the run left at the locations it could rebind, and every location the program depends on."""
+
+    writes: list[Write] = field(default_factory=list)              # extra outputs
+    static_writes: list[StaticWrite] = field(default_factory=list)
+    touched: dict[str, Held] = field(default_factory=dict)         # guarded, with what each held before
+
+
+def _changed_locations(run: RunRecord) -> _Changes:
+    post = {s.name: s for s in run.world.rebindable_slots()}
+    slots = {**{name: held.slot for name, held in run.pre_slots.items()}, **post}
+    changes = _Changes()
+    for name, slot in slots.items():
+        before = run.pre_slots[name].value if name in run.pre_slots else MISSING
         after = slot.get()
         if after is before:
             continue
-        touched[name] = (slot, before)
+        changes.touched[name] = Held(slot, before)
         if isinstance(after, Tensor):
-            vid = rec.lookup(after)
-            extra.append((slot, vid if vid is not None else rec.vid_of(after)))
+            changes.writes.append(Write(slot, run.recorder.vid_after(after)))
         elif after is MISSING or after is None:
             if before is not MISSING and before is not None:
-                static_writes.append((slot, after))
+                changes.static_writes.append(StaticWrite(slot, after))
         elif before is MISSING:  # a new Python value (e.g. a step count): written back as traced
-            static_writes.append((slot, after))
+            changes.static_writes.append(StaticWrite(slot, after))
+    return changes
 
-    # ---- tensors rebound in place: updates
-    mutated = dict(tape.mutated)
-    for tid, (t, data, *_rest) in run.snapshot_tensors.items():
-        if t._data is not data and tid not in mutated:
-            mutated[tid] = t  # changed without the recorder hearing of it (``t.data = ...``)
-    first_leaf = {}
+
+def _guards(touched: dict[str, Held]) -> list[Guard]:
+    # a slot that is a tensor itself (no path) always holds that tensor: nothing to guard
+    return [Guard(h.slot, layout_of(h.value)) for h in touched.values()
+            if not (h.slot.steps == () and isinstance(h.slot.root, Tensor))]
+
+
+# ---------------------------------------------------------------- tensors rebound in place
+
+
+def _first_leaves(tape: Tape) -> dict[int, int]:
+    """id(tensor) -> the first leaf recorded for it (the value a placeholder stands for)."""
+    first: dict[int, int] = {}
     for leaf in tape.leaves.values():
-        if leaf.tensor is not None and id(leaf.tensor) not in first_leaf:
-            first_leaf[id(leaf.tensor)] = leaf.vid
-    updates: list[tuple[int, int, Any]] = []   # (placeholder vid, new vid, target)
-    for tid, t in mutated.items():
-        known = world.known.get(tid)
-        leaf_vid = first_leaf.get(tid)
-        if leaf_vid is None:
-            if tid not in run.snapshot_tensors:
-                continue  # created during the run: internal
-            _, data0, version0, grad0, *_ = run.snapshot_tensors[tid]
-            leaf_vid = rec.late_leaf(t, data0, version0, grad0)
-            first_leaf[tid] = leaf_vid
-        leaf = tape.leaves[leaf_vid]
-        if leaf.input_index is None and known is None and tid not in run.snapshot_tensors:
-            continue  # made during the run outside apply (eager.tensor(...)) and then modified: internal
-        new_vid = rec.lookup(t)
-        if new_vid is None:
-            new_vid = rec.vid_of(t)
-        if new_vid == leaf_vid:
-            continue
-        if leaf.input_index is not None:
-            target = leaf.input_index
-        elif known is not None:
-            if known.slot.get() is not t:
-                continue  # no longer at its location: the location's new occupant is written back instead
-            target = known.slot
-            touched.setdefault(known.slot.name, (known.slot, t))
-        else:
-            target = Slot(f"tensor@{tid:x}", t, ())
-        updates.append((leaf_vid, new_vid, target))
+        if leaf.tensor is not None and id(leaf.tensor) not in first:
+            first[id(leaf.tensor)] = leaf.vid
+    return first
 
-    # ---- roles of the leaves
-    update_leaves = {u[0] for u in updates}
-    replaced = {slot.name for slot, _ in extra} | {slot.name for slot, _ in static_writes}
-    roles: dict[int, tuple[str, str, Slot | None]] = {}
-    for leaf in tape.leaves.values():
-        t = leaf.tensor
-        if leaf.input_index is not None:
-            roles[leaf.vid] = ("input", run.input_names[leaf.input_index], None)
-        elif t is None or first_leaf.get(id(t)) != leaf.vid:
-            roles[leaf.vid] = ("constant", "", None)
-        else:
-            known = world.known.get(id(t))
-            trainable = t._requires_grad and t.grad_fn is None
-            if known is not None and known.role in ("param", "state"):
-                roles[leaf.vid] = (known.role, known.name, known.slot)
-            elif known is not None and (trainable or leaf.vid in update_leaves or known.slot.name in replaced):
-                roles[leaf.vid] = ("state", known.name, known.slot)
-            elif trainable or leaf.vid in update_leaves:
-                roles[leaf.vid] = ("state", f"tensor{leaf.vid}", Slot(f"tensor{leaf.vid}", t, ()))
-            else:
-                roles[leaf.vid] = ("constant", "", None)
-            if roles[leaf.vid][0] in ("param", "state") and known is not None:
-                touched.setdefault(known.slot.name, (known.slot, t))
 
-    # ---- liveness (dead-code elimination that keeps random draws)
-    live = set(out_vids) | {v for _, v in extra} | {u[1] for u in updates}
-    kept_calls = []
+def _mutated(run: RunRecord) -> dict[int, Tensor]:
+    mutated = dict(run.recorder.tape.mutated)
+    for tid, saved in run.snapshot_tensors.items():
+        if saved.tensor._data is not saved.data and tid not in mutated:
+            mutated[tid] = saved.tensor  # changed without the recorder hearing of it (``t.data = ...``)
+    return mutated
+
+
+def _updates(run: RunRecord, first_leaf: dict[int, int], touched: dict[str, Held]) -> list[Update]:
+    updates = [_update_of(run, tid, t, first_leaf, touched) for tid, t in _mutated(run).items()]
+    return [u for u in updates if u is not None]
+
+
+def _update_of(run: RunRecord, tid: int, t: Tensor, first_leaf: dict[int, int],
+               touched: dict[str, Held]) -> Update | None:
+    """The update for a mutated tensor, or None when it is internal to the run or its location moved on."""
+    rec = run.recorder
+    known = run.world.known.get(tid)
+    leaf_vid = first_leaf.get(tid)
+    if leaf_vid is None:
+        saved = run.snapshot_tensors.get(tid)
+        if saved is None:
+            return None  # created during the run: internal
+        leaf_vid = first_leaf[tid] = rec.late_leaf(t, saved.data, saved.version, saved.grad)
+    leaf = rec.tape.leaves[leaf_vid]
+    if leaf.input_index is None and known is None and tid not in run.snapshot_tensors:
+        return None  # made during the run outside apply (eager.tensor(...)) and then modified: internal
+    new_vid = rec.vid_after(t)
+    if new_vid == leaf_vid:
+        return None
+    if leaf.input_index is not None:
+        return Update(leaf_vid, new_vid, leaf.input_index)
+    if known is None:
+        return Update(leaf_vid, new_vid, Slot(f"tensor@{tid:x}", t, ()))
+    if known.slot.get() is not t:
+        return None  # no longer at its location: the location's new occupant is written back instead
+    touched.setdefault(known.slot.name, Held(known.slot, t))
+    return Update(leaf_vid, new_vid, known.slot)
+
+
+# ---------------------------------------------------------------- roles of the leaves
+
+
+def _roles(run: RunRecord, first_leaf: dict[int, int], updates: list[Update], changes: _Changes) -> dict[int, Role]:
+    updated = {u.leaf for u in updates}
+    replaced = {w.slot.name for w in changes.writes} | {w.slot.name for w in changes.static_writes}
+    roles: dict[int, Role] = {}
+    for leaf in run.recorder.tape.leaves.values():
+        role = roles[leaf.vid] = _role_of(leaf, run, first_leaf, updated, replaced)
+        known = run.world.known.get(id(leaf.tensor)) if role.kind in ("param", "state") else None
+        if known is not None:
+            changes.touched.setdefault(known.slot.name, Held(known.slot, leaf.tensor))
+    return roles
+
+
+def _role_of(leaf: Leaf, run: RunRecord, first_leaf: dict[int, int], updated: set[int], replaced: set[str]) -> Role:
+    t = leaf.tensor
+    if leaf.input_index is not None:
+        return Role("input", run.input_names[leaf.input_index], None)
+    if t is None or first_leaf.get(id(t)) != leaf.vid:
+        return CONSTANT
+    known = run.world.known.get(id(t))
+    changes = (t._requires_grad and t.grad_fn is None) or leaf.vid in updated  # trainable or mutated
+    if known is not None and known.role in ("param", "state"):
+        return Role(known.role, known.name, known.slot)
+    if known is not None and (changes or known.slot.name in replaced):
+        return Role("state", known.name, known.slot)
+    if changes:
+        return Role("state", f"tensor{leaf.vid}", Slot(f"tensor{leaf.vid}", t, ()))
+    return CONSTANT
+
+
+# ---------------------------------------------------------------- liveness and the graph's nodes
+
+
+def _live_calls(tape: Tape, roots: list[int]) -> tuple[list[Call], set[int]]:
+    """Dead-code elimination that keeps random draws: the calls kept, and every value they read."""
+    live = set(roots)
+    kept = []
     for call in reversed(tape.calls):
         if call.out in live or PRIMITIVES[call.op].random:
-            kept_calls.append(call)
+            kept.append(call)
             live.update(a.vid for a in call.args if isinstance(a, Ref))
-    kept_calls.reverse()
-    live |= update_leaves
+    kept.reverse()
+    return kept, live
 
-    # ---- the graph
-    g = Graph()
-    node_of: dict[int, Node] = {}
-    inputs = sorted((leaf for leaf in tape.leaves.values() if leaf.input_index is not None),
+
+def _add_inputs(g: Graph, run: RunRecord, node_of: dict[int, Node]) -> int:
+    """One ``input`` placeholder per argument tensor, in argument order; returns how many."""
+    rec = run.recorder
+    leaves = sorted((leaf for leaf in rec.tape.leaves.values() if leaf.input_index is not None),
                     key=lambda leaf: leaf.input_index)
-    seen_inputs = set()
-    for leaf in inputs:
-        if leaf.input_index in seen_inputs:
-            continue
-        seen_inputs.add(leaf.input_index)
-        node_of[leaf.vid] = g.placeholder(run.input_names[leaf.input_index], rec.aval(leaf.vid), "input")
-    readers: list[Slot] = []
-    reader_layouts: list[tuple] = []
-    names_used = {n.name for n in g.placeholders}
-    param_order = {id(k.tensor): i for i, k in enumerate(world.known.values())}
-    for role in ("param", "state"):
-        leaves = [v for v, r in roles.items() if r[0] == role and v in live]
-        if role == "param":
-            leaves.sort(key=lambda v: param_order.get(id(tape.leaves[v].tensor), 1 << 30))
-        for vid in leaves:
-            _, name, slot = roles[vid]
-            name = _unique(name, names_used)
-            node_of[vid] = g.placeholder(name, rec.aval(vid), role)
-            readers.append(slot)
-            a = tape.arrays[vid]
-            reader_layouts.append((a.shape, a.dtype, type(a)))
-    for vid, (role, _, _) in roles.items():
-        if role == "constant" and vid in live and vid not in node_of:
-            node_of[vid] = g.constant(tape.arrays[vid])
-    for call in kept_calls:
-        args = tuple(node_of[a.vid] if isinstance(a, Ref) else a for a in call.args)
-        node_of[call.out] = g.call(call.op, args, call.params, rec.aval(call.out), source=call.source)
-    g.outputs.extend(node_of[v] for v in out_vids)
-    g.outputs.extend(node_of[v] for _, v in extra)
-    for leaf_vid, new_vid, _ in updates:
-        g.updates.append((node_of[leaf_vid], node_of[new_vid]))
-    g.validate()
+    seen = set()
+    for leaf in leaves:
+        if leaf.input_index not in seen:  # the same tensor passed twice reads through its first leaf
+            seen.add(leaf.input_index)
+            node_of[leaf.vid] = g.placeholder(run.input_names[leaf.input_index], rec.aval(leaf.vid), "input")
+    return len(seen)
 
-    guard = [(slot, layout_of(before)) for slot, before in touched.values()
-             if not (slot.steps == () and isinstance(slot.root, Tensor))]
-    escapes = [(e, node_of[e.vid].ref if e.vid in node_of else None) for e in tape.escapes]
-    return Plan(graph=g, n_inputs=len(seen_inputs), readers=readers, reader_layouts=reader_layouts,
-                out_spec=out_spec, conversions=conversions,
-                extra_slots=[s for s, _ in extra], update_targets=[u[2] for u in updates],
-                static_writes=static_writes, guard=guard, escapes=escapes,
-                node_vids={n.id: vid for vid, n in node_of.items()})
+
+def _add_state(g: Graph, run: RunRecord, roles: dict[int, Role], live: set[int], node_of: dict[int, Node]) -> list[int]:
+    """``param`` placeholders (in the world's order: state_dict order), then ``state``; returns their values."""
+    rec = run.recorder
+    names_used = {n.name for n in g.placeholders}
+    param_order = {id(k.tensor): i for i, k in enumerate(run.world.known.values())}
+    order: list[int] = []
+    for kind in ("param", "state"):
+        vids = [v for v, r in roles.items() if r.kind == kind and v in live]
+        if kind == "param":
+            vids.sort(key=lambda v: param_order.get(id(rec.tape.leaves[v].tensor), 1 << 30))
+        for vid in vids:
+            node_of[vid] = g.placeholder(_unique(roles[vid].name, names_used), rec.aval(vid), kind)
+            order.append(vid)
+    return order
+
+
+def _add_constants(g: Graph, tape: Tape, roles: dict[int, Role], live: set[int], node_of: dict[int, Node]) -> None:
+    for vid, role in roles.items():
+        if role.kind == "constant" and vid in live and vid not in node_of:
+            node_of[vid] = g.constant(tape.arrays[vid])
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -221,12 +353,22 @@ def _unique(name: str, used: set[str]) -> str:
     return name
 
 
-def _flatten_result(obj, rec: Recorder, out_vids: list[int], conversions: list):
+# ---------------------------------------------------------------- the function's result
+
+
+@dataclass
+class _Result:
+    """The graph values the function returned, and how each is handed back (None: as a Tensor)."""
+
+    vids: list[int] = field(default_factory=list)
+    conversions: list[str | None] = field(default_factory=list)
+
+
+def _flatten_result(obj, rec: Recorder, out: _Result):
     """Spec of the function's result; tensors (and Python numbers read out of tensors) become outputs."""
     if isinstance(obj, Tensor):
-        vid = rec.lookup(obj)
-        out_vids.append(vid if vid is not None else rec.vid_of(obj))
-        conversions.append(None)
+        out.vids.append(rec.vid_after(obj))
+        out.conversions.append(None)
         return LEAF
     if type(obj) in (float, int, list) and id(obj) in rec.escape_values:
         vid, kind = rec.escape_values[id(obj)]
@@ -234,15 +376,15 @@ def _flatten_result(obj, rec: Recorder, out_vids: list[int], conversions: list):
             for esc in rec.tape.escapes:
                 if esc.value is obj:
                     esc.returned = True
-            out_vids.append(vid)
-            conversions.append("tolist" if type(obj) is list else type(obj).__name__)
+            out.vids.append(vid)
+            out.conversions.append(conversion_for(obj))
             return LEAF
     t = type(obj)
     if t is tuple or t is list:
-        return (t.__name__, tuple(_flatten_result(o, rec, out_vids, conversions) for o in obj))
+        return (t.__name__, tuple(_flatten_result(o, rec, out) for o in obj))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return ("namedtuple", t, tuple(_flatten_result(o, rec, out_vids, conversions) for o in obj))
+        return ("namedtuple", t, tuple(_flatten_result(o, rec, out) for o in obj))
     if t is dict:
         keys = tuple(obj)
-        return ("dict", keys, tuple(_flatten_result(obj[k], rec, out_vids, conversions) for k in keys))
+        return ("dict", keys, tuple(_flatten_result(obj[k], rec, out) for k in keys))
     return ("const", obj)

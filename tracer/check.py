@@ -19,7 +19,7 @@ escape at the same source line that saw another value, or Python state that no l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,12 +27,14 @@ from eager.autograd.mode import add_recorder
 from eager.backend import float32, float64, to_numpy
 from eager.tensor import Tensor
 from tracer.assumptions import Assumption
-from tracer.build import RunRecord, build
+from tracer.build import Plan, RunRecord, build, occupants
 from tracer.executor import Interpreter
 from tracer.ir import Node
 from tracer.recorder import Recorder
+from tracer.rng import RngState, rng_state, set_rng_state
 from tracer.signature import signature_of
-from tracer.state import World, _rng_state, _set_rng_state
+from tracer.snapshot import Snapshot
+from tracer.world import World
 
 # (rtol, atol) per dtype: eager and traced run the same impls in the same order, so these are generous
 TOLERANCES = {float32: (1e-5, 1e-6), float64: (1e-10, 1e-12)}
@@ -109,71 +111,91 @@ def _flat_values(obj, out: list) -> list:
     return out
 
 
+@dataclass
+class _EagerRun:
+    """The original function run on the same inputs under a recorder, and what it produced."""
+
+    recorder: Recorder
+    plan: Plan                    # its own graph (``plan.node_vids`` maps its nodes to recorded values)
+    result: Any
+    values: list                  # the result's arrays, flattened
+    state: dict[str, Any]         # new values of the state the traced program updates
+    python_before: dict[str, Any]  # Python state before the run
+
+
 def check(traced, args: tuple, kwargs: dict, rtol: float | None = None, atol: float | None = None) -> CheckReport:
+    """Run ``traced``'s function eagerly, then its traced program, on ``args``; report where they differ."""
     entry = traced.entry_for(*args, **kwargs)
     leaves, _ = signature_of(args, kwargs)
-    world = World.discover(traced.fn, args, traced._extra_params)
-    snap = world.snapshot(leaves)
-
-    # ---- the eager run, recorded (its own graph, its escapes, its Python state)
-    watched = world.watched_slots() + world.module_tensor_attrs()
-    pre_slots = {s.name: (s, s.get()) for s in watched}
-    py_before = {name: ps.value for name, ps in world.python_state().items()}
-    rec = Recorder(leaves, {tid: v[:4] for tid, v in snap.tensors.items()})
-    try:
-        with add_recorder(rec):
-            eager_result = traced.fn(*args, **kwargs)
-        eager_plan = build(RunRecord(rec, world, eager_result, pre_slots, entry.names, snap.tensors))
-        eager_state = _state_values(entry, leaves)
-        eager_values = _flat_values(eager_result, [])
-    finally:
-        snap.restore(python=False)
-
-    # ---- the traced run (for real: state updates are applied once)
-    rng = _rng_state()
+    eager = _run_eager(traced, entry, args, kwargs, leaves)
+    rng = rng_state()
     arrays = entry.gather(leaves)
     if arrays is None:
         raise RuntimeError(f"check: the state {traced.name} reads no longer has the traced types after the eager "
                            "run; call the traced function once, then check again.")
-    results = entry.exe.run(arrays)
-    traced_result = entry.finish(leaves, results)
-    traced_state = _state_values(entry, leaves)
-    traced_values = _flat_values(traced_result, [])
+    traced_result = entry.finish(leaves, entry.exe.run(arrays))  # for real: state updates are applied once
+    divergences = _compare(_flat_values(traced_result, []), _state_values(entry, leaves), eager, rtol, atol)
+    if divergences:
+        _locate(traced, entry, arrays, rng, eager, divergences, rtol, atol)
+    return CheckReport(not divergences, divergences, eager.result, traced_result)
 
+
+def _run_eager(traced, entry, args: tuple, kwargs: dict, leaves: list) -> _EagerRun:
+    """The eager run, recorded (its own graph, its escapes, its Python state); then tensors, optimizer state
+    and the random generators are put back (Python attributes keep what the run did, as an eager call would)."""
+    world = World.discover(traced.fn, args, traced._extra_params)
+    snap = Snapshot.of(world, leaves)
+    pre_slots = occupants(world)
+    py_before = {name: ps.value for name, ps in world.python_state().items()}
+    rec = Recorder(leaves, snap.tensors)
+    try:
+        with add_recorder(rec):
+            result = traced.fn(*args, **kwargs)
+        plan = build(RunRecord(rec, world, result, pre_slots, entry.names, snap.tensors))
+        return _EagerRun(rec, plan, result, _flat_values(result, []), _state_values(entry, leaves), py_before)
+    finally:
+        snap.restore(python=False)
+
+
+def _compare(traced_values: list, traced_state: dict, eager: _EagerRun, rtol, atol) -> list[Divergence]:
+    """Outputs and updated state, traced against eager."""
     divergences = []
-    if len(traced_values) != len(eager_values):
+    if len(traced_values) != len(eager.values):
         divergences.append(Divergence("output", None, None, f"the traced call returned {len(traced_values)} values, "
-                                      f"the eager call {len(eager_values)}"))
-    for i, (a, b) in enumerate(zip(traced_values, eager_values)):
+                                      f"the eager call {len(eager.values)}"))
+    for i, (a, b) in enumerate(zip(traced_values, eager.values)):
         ok, why = _close(a, b, rtol, atol)
         if not ok:
             divergences.append(Divergence("output", None, None, f"output {i}: {why}"))
     for name, a in traced_state.items():
-        b = eager_state.get(name)
+        b = eager.state.get(name)
         if b is None:
             continue
         ok, why = _close(a, b, rtol, atol)
         if not ok:
             divergences.append(Divergence("state", None, None, f"new value of {name}: {why}"))
-    if not divergences:
-        return CheckReport(True, [], eager_result, traced_result)
+    return divergences
 
-    # ---- locate: replay the traced graph keeping values, walk it beside the eager run's graph
-    _set_rng_state(rng)
-    saved_rng = _rng_state()
+
+def _locate(traced, entry, arrays: list, rng: RngState, eager: _EagerRun, divergences: list[Divergence],
+            rtol, atol) -> None:
+    """Replay the traced graph keeping values (from the random state the traced run started with), walk it
+    beside the eager run's graph, and put the first diverging call and the broken assumption in front."""
+    set_rng_state(rng)
+    saved_rng = rng_state()
     try:
         _, traced_node_values = Interpreter(entry.graph).run(arrays, keep=True)
     finally:
-        _set_rng_state(saved_rng)
-    eager_node_values = {nid: rec.tape.arrays[vid] for nid, vid in eager_plan.node_vids.items()}
-    first = _first_divergence(entry.graph, traced_node_values, eager_plan.graph, eager_node_values, rtol, atol)
-    broken = _broken_assumption(traced, rec, py_before)
+        set_rng_state(saved_rng)
+    rec = eager.recorder
+    eager_node_values = {nid: rec.tape.arrays[vid] for nid, vid in eager.plan.node_vids.items()}
+    first = _first_divergence(entry.graph, traced_node_values, eager.plan.graph, eager_node_values, rtol, atol)
+    broken = _broken_assumption(traced, rec, eager.python_before)
     if first is not None:
         first.assumption = broken
         divergences.insert(0, first)
     else:
         divergences[0].assumption = broken
-    return CheckReport(False, divergences, eager_result, traced_result)
 
 
 def _state_values(entry, leaves) -> dict[str, Any]:
@@ -193,8 +215,18 @@ def _state_values(entry, leaves) -> dict[str, Any]:
     return out
 
 
-def _static_args(n: Node) -> list:
-    return [("node", a.aval) if isinstance(a, Node) else ("scalar", a) for a in n.args]
+class _StaticArg(NamedTuple):
+    """What a call argument is when values are set aside: a node's type, or a scalar baked into the call."""
+
+    kind: str       # "node" | "scalar"
+    value: Any      # the node's Aval, or the scalar
+
+    def __str__(self) -> str:
+        return str(self.value) if self.kind == "node" else repr(self.value)
+
+
+def _static_args(n: Node) -> list[_StaticArg]:
+    return [_StaticArg("node", a.aval) if isinstance(a, Node) else _StaticArg("scalar", a) for a in n.args]
 
 
 def _first_divergence(tg, tvals, eg, evals, rtol, atol) -> Divergence | None:
@@ -204,18 +236,9 @@ def _first_divergence(tg, tvals, eg, evals, rtol, atol) -> Divergence | None:
             return Divergence("control flow", tn.format(), tn.source,
                               f"the traced graph runs {_call_text(tn)} here, but the eager run did {_call_text(en)} at "
                               f"{en.source}: Python took another path")
-        ta, ea = _static_args(tn), _static_args(en)
-        if ta != ea or tn.aval != en.aval or _params_differ(tn.params, en.params):
-            what = []
-            for i, (x, y) in enumerate(zip(ta, ea)):
-                if x != y:
-                    what.append(f"argument {i}: traced {_show(x)}, eager {_show(y)}")
-            if _params_differ(tn.params, en.params):
-                what.append(f"params: traced {tn.params}, eager {en.params}")
-            if tn.aval != en.aval:
-                what.append(f"type: traced {tn.aval}, eager {en.aval}")
-            kind = "baked value" if any(x[0] == "scalar" for x in ta) and ta != ea else "control flow"
-            return Divergence(kind, tn.format(), tn.source, f"{tn.op} differs from the eager run: " + "; ".join(what))
+        differs = _static_difference(tn, en)
+        if differs is not None:
+            return differs
         if tn.id in tvals and en.id in evals:
             ok, why = _close(tvals[tn.id], evals[en.id], rtol, atol)
             if not ok:
@@ -229,6 +252,20 @@ def _first_divergence(tg, tvals, eg, evals, rtol, atol) -> Divergence | None:
     return None
 
 
+def _static_difference(tn: Node, en: Node) -> Divergence | None:
+    """The same op with other static arguments, parameters or type: a baked scalar changed, or control flow."""
+    ta, ea = _static_args(tn), _static_args(en)
+    if ta == ea and tn.aval == en.aval and not _params_differ(tn.params, en.params):
+        return None
+    what = [f"argument {i}: traced {x}, eager {y}" for i, (x, y) in enumerate(zip(ta, ea)) if x != y]
+    if _params_differ(tn.params, en.params):
+        what.append(f"params: traced {tn.params}, eager {en.params}")
+    if tn.aval != en.aval:
+        what.append(f"type: traced {tn.aval}, eager {en.aval}")
+    kind = "baked value" if any(x.kind == "scalar" for x in ta) and ta != ea else "control flow"
+    return Divergence(kind, tn.format(), tn.source, f"{tn.op} differs from the eager run: " + "; ".join(what))
+
+
 def _call_text(n: Node) -> str:
     return n.format().split("    # ")[0].split(" = ", 1)[-1]
 
@@ -237,10 +274,6 @@ def _params_differ(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return True
     return any(repr(a[k]) != repr(b[k]) for k in a)
-
-
-def _show(x) -> str:
-    return str(x[1]) if x[0] == "node" else repr(x[1])
 
 
 def _broken_assumption(traced, rec: Recorder, py_before: dict) -> Assumption | None:

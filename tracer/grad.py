@@ -14,6 +14,7 @@ any eager autograd.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 from eager.autograd.functional import grad as autograd_grad
 from eager.autograd.mode import MODE, enable_grad
@@ -22,8 +23,9 @@ from eager.ops import zeros_like
 from eager.primitives import PRIMITIVES, STOP_GRADIENT
 from eager.tensor import Tensor
 from tracer.interpret import Rule, evaluate
-from tracer.ir import Node
+from tracer.ir import Graph, Node
 from tracer.signature import signature_of
+from tracer.slots import Slot
 from tracer.traced import Traced, trace
 
 
@@ -37,6 +39,28 @@ def grad(fn, *example_inputs, argnums: int | tuple[int, ...] = 0, wrt_params: bo
     """
     forward = fn if isinstance(fn, Traced) else trace(fn, *example_inputs)
     entry = forward.entry_for(*example_inputs)
+    _require_pure_loss(forward, entry)
+    graph = entry.graph
+    others = [n for n in graph.placeholders if n.role != "input"]
+    backward = _Backward(graph, _wanted_leaves(forward, example_inputs, argnums),
+                         dict(zip((n.id for n in others), entry.plan.readers)),
+                         wrt_params, return_value, single=isinstance(argnums, int))
+
+    def backward_program(*args):
+        return backward(args)
+
+    try:  # the backward program takes the forward's arguments: name them alike in graphs and messages
+        backward_program.__signature__ = inspect.signature(getattr(forward.fn, "forward", forward.fn))
+    except (TypeError, ValueError):
+        pass
+    traced = Traced(backward_program, name=f"grad({forward.name})",
+                    extra_params={n.name: backward.slots[n.id] for n in others})
+    traced.entry_for(*example_inputs)
+    return traced
+
+
+def _require_pure_loss(forward: Traced, entry) -> None:
+    """grad differentiates a pure function whose first output is a floating-point scalar."""
     graph = entry.graph
     if graph.updates or entry.plan.extra_slots:
         changed = [p.name for p, _ in graph.updates] + [s.name for s in entry.plan.extra_slots]
@@ -47,8 +71,11 @@ def grad(fn, *example_inputs, argnums: int | tuple[int, ...] = 0, wrt_params: bo
         what = "nothing" if out is None else f"{out.aval}"
         raise ValueError(f"tracer.grad: {forward.name} must return a scalar floating-point tensor first (a loss); "
                          f"it returns {what}. Reduce it first (e.g. .sum() or .mean()).")
+
+
+def _wanted_leaves(forward: Traced, example_inputs: tuple, argnums) -> set[int]:
+    """The tensor leaves (input placeholders) of the arguments named by ``argnums``, checked."""
     wanted = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    leaves, _ = signature_of(example_inputs, {})
     leaf_of_arg = _leaf_index_of_args(example_inputs)
     for i in wanted:
         if not (0 <= i < len(example_inputs)) or leaf_of_arg[i] is None:
@@ -57,46 +84,51 @@ def grad(fn, *example_inputs, argnums: int | tuple[int, ...] = 0, wrt_params: bo
         if example_inputs[i].dtype.kind != "f":
             raise ValueError(f"tracer.grad: argument {i} is {example_inputs[i].dtype}; only floating-point "
                              "inputs have gradients.")
-    wanted_leaves = {leaf_of_arg[i] for i in wanted}
-    inputs = graph.inputs_with_role("input")
-    others = [n for n in graph.placeholders if n.role != "input"]
-    slots = dict(zip((n.id for n in others), entry.plan.readers))
-    param_names = {n.id: n.name for n in others}
+    return {leaf_of_arg[i] for i in wanted}
 
-    def backward_program(*args):
-        args_leaves, _ = signature_of(args, {})
-        env = {}
-        xs = []
+
+@dataclass
+class _Backward:
+    """The program ``grad`` traces: replay the forward graph under autograd, then differentiate it."""
+
+    graph: Graph
+    wanted: set[int]              # input leaves to differentiate
+    slots: dict[int, Slot]        # param/state placeholder id -> where its tensor is read
+    wrt_params: bool
+    return_value: bool
+    single: bool                  # argnums was one int: give one gradient, not a tuple
+
+    def __call__(self, args: tuple):
+        leaves, _ = signature_of(args, {})
         with enable_grad():
-            for i, (node, t) in enumerate(zip(inputs, args_leaves)):
-                if i in wanted_leaves:
-                    t = apply(STOP_GRADIENT, t).requires_grad_(True)
-                    xs.append(t)
-                env[node.id] = t
-            params = {}
-            for node in others:
-                env[node.id] = slots[node.id].get()
-                if env[node.id]._requires_grad:
-                    params[param_names[node.id]] = env[node.id]
-            value = evaluate(graph, [env[n.id] for n in graph.placeholders], _ReplayRule())[0]
-            wrt = xs + (list(params.values()) if wrt_params else [])
+            env, xs, params = self._feed(leaves)
+            value = evaluate(self.graph, [env[n.id] for n in self.graph.placeholders], _ReplayRule())[0]
+            wrt = xs + (list(params.values()) if self.wrt_params else [])
             grads = autograd_grad(value.sum() if value.shape else value, wrt, allow_unused=True)
         grads = [zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
         result = tuple(grads[:len(xs)])
-        if wrt_params:
+        if self.wrt_params:
             result = result + (dict(zip(params, grads[len(xs):])),)
-        elif len(result) == 1 and isinstance(argnums, int):
+        elif len(result) == 1 and self.single:
             result = result[0]
-        return (value, result) if return_value else result
+        return (value, result) if self.return_value else result
 
-    try:  # the backward program takes the forward's arguments: name them alike in graphs and messages
-        backward_program.__signature__ = inspect.signature(getattr(forward.fn, "forward", forward.fn))
-    except (TypeError, ValueError):
-        pass
-    traced = Traced(backward_program, name=f"grad({forward.name})",
-                    extra_params={param_names[n.id]: slots[n.id] for n in others})
-    traced.entry_for(*example_inputs)
-    return traced
+    def _feed(self, leaves: list) -> tuple[dict[int, Tensor], list[Tensor], dict[str, Tensor]]:
+        """Each placeholder's tensor; the wanted inputs as fresh leaves that require grad; the trainable params."""
+        env: dict[int, Tensor] = {}
+        xs: list[Tensor] = []
+        for i, (node, t) in enumerate(zip(self.graph.inputs_with_role("input"), leaves)):
+            if i in self.wanted:
+                t = apply(STOP_GRADIENT, t).requires_grad_(True)
+                xs.append(t)
+            env[node.id] = t
+        params: dict[str, Tensor] = {}
+        for node in self.graph.placeholders:
+            if node.role != "input":
+                t = env[node.id] = self.slots[node.id].get()
+                if t._requires_grad:
+                    params[node.name] = t
+        return env, xs, params
 
 
 class _ReplayRule(Rule):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +35,15 @@ from eager.autograd.mode import _package_dirs
 from eager.backend import to_numpy
 from eager.primitives import Aval
 from eager.tensor import Tensor
+from tracer.snapshot import SavedTensor
+
+
+class _Seen(NamedTuple):
+    """A tensor the recorder has seen, the array it held then (None: unknown) and that value's id."""
+
+    tensor: Tensor
+    array: Any
+    vid: int
 
 
 class Ref:
@@ -107,13 +116,13 @@ def user_frame():
 class Recorder:
     """Attach with ``eager.autograd.mode.add_recorder(rec)``; read ``rec.tape`` afterwards."""
 
-    def __init__(self, inputs=(), known_before: dict[int, tuple] | None = None):
+    def __init__(self, inputs=(), known_before: dict[int, SavedTensor] | None = None):
         self.tape = Tape()
         self.calls = self.tape.calls
-        self._by_tensor: dict[int, tuple] = {}   # id(tensor) -> (tensor, array, vid)
+        self._by_tensor: dict[int, _Seen] = {}   # id(tensor) -> what it held when last seen
         self._by_data: dict[int, int] = {}       # id(array) -> vid
         self._keep: list = []                    # tensors and escaped values kept alive during the run
-        self._known_before = known_before or {}  # id(tensor) -> (tensor, data, version, grad) before the run
+        self._known_before = known_before or {}  # id(tensor) -> the tensor and what it held before the run
         self.source_hint: str | None = None      # set by replays that know the original source line
         self.escape_values: dict[int, tuple[int, str]] = {}   # id(Python value) -> (vid, kind)
         for i, t in enumerate(inputs):
@@ -134,7 +143,7 @@ class Recorder:
     def _leaf(self, t: Tensor, input_index: int | None = None) -> int:
         vid = self._new_value(t._data)
         self.tape.leaves[vid] = Leaf(vid, t, t._data, t._version, t._grad, input_index)
-        self._by_tensor[id(t)] = (t, t._data, vid)
+        self._by_tensor[id(t)] = _Seen(t, t._data, vid)
         return vid
 
     def late_leaf(self, t: Tensor, data, version: int, grad) -> int:
@@ -147,20 +156,25 @@ class Recorder:
         """The value a tensor holds now (recording it as a leaf if the trace never saw it)."""
         entry = self._by_tensor.get(id(t))
         data = t._data
-        if entry is not None and entry[1] is data:
-            return entry[2]
+        if entry is not None and entry.array is data:
+            return entry.vid
         vid = self._by_data.get(id(data))
         if vid is None:
             if entry is not None:  # a known tensor whose array changed without ``mutate`` (``t.data = ...``)
                 self.tape.mutated[id(t)] = t
             return self._leaf(t) if entry is None else self._rebound_leaf(t)
-        self._by_tensor[id(t)] = (t, data, vid)
+        self._by_tensor[id(t)] = _Seen(t, data, vid)
         return vid
+
+    def vid_after(self, t: Tensor) -> int:
+        """The value a tensor holds after the run (recording it as a leaf if the trace never saw it)."""
+        vid = self.lookup(t)
+        return vid if vid is not None else self.vid_of(t)
 
     def _rebound_leaf(self, t: Tensor) -> int:
         vid = self._new_value(t._data)
         self.tape.leaves[vid] = Leaf(vid, None, t._data, t._version, None)
-        self._by_tensor[id(t)] = (t, t._data, vid)
+        self._by_tensor[id(t)] = _Seen(t, t._data, vid)
         return vid
 
     def array_vid(self, array) -> int:
@@ -184,22 +198,21 @@ class Recorder:
                 args.append(x)
         source = self.source_hint or user_frame()[0]
         vid = self._new_value(out._data)
-        self._by_tensor[id(out)] = (out, out._data, vid)
+        self._by_tensor[id(out)] = _Seen(out, out._data, vid)
         self.calls.append(Call(prim.name, tuple(args), dict(params), vid, source))
 
     def mutate(self, tensor: Tensor, new: Tensor) -> None:
         if id(tensor) not in self._by_tensor:
             before = self._known_before.get(id(tensor))
             if before is not None:  # rebound before the trace read it: its old value becomes a leaf
-                _, data0, version, grad = before
-                vid0 = self.late_leaf(tensor, data0, version, grad)
+                vid0 = self.late_leaf(tensor, before.data, before.version, before.grad)
             else:  # out of the tracer's reach: the old value is gone; the new value stands in for its type
                 vid0 = self._new_value(tensor._data, index=False)
                 self.tape.leaves[vid0] = Leaf(vid0, tensor, None, tensor._version - 1, tensor._grad)
-            self._by_tensor[id(tensor)] = (tensor, None, vid0)
+            self._by_tensor[id(tensor)] = _Seen(tensor, None, vid0)
         self.tape.mutated[id(tensor)] = tensor
         vid = self.vid_of(new)
-        self._by_tensor[id(tensor)] = (tensor, tensor._data, vid)
+        self._by_tensor[id(tensor)] = _Seen(tensor, tensor._data, vid)
 
     def escape(self, tensor: Tensor, kind: str, value) -> None:
         vid = self.vid_of(tensor)
@@ -226,6 +239,6 @@ class Recorder:
         if not isinstance(value, Tensor):
             return None
         entry = self._by_tensor.get(id(value))
-        if entry is not None and entry[1] is value._data:
-            return entry[2]
+        if entry is not None and entry.array is value._data:
+            return entry.vid
         return self._by_data.get(id(value._data))

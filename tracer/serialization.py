@@ -33,20 +33,22 @@ import json
 import math
 import os
 import zipfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from eager.backend import DTYPES, Device, canonical_device, to_device, to_numpy
 from eager.primitives import PRIMITIVES, Aval, IndexSlot
 from eager.tensor import Tensor
+from tracer.conversions import CONVERSIONS, convert
+from tracer.interpret import Rule, evaluate
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, GraphError, Node
 from tracer.pytree import LEAF, unflatten
 from tracer.signature import SignatureError
 
 FORMAT = "graphduel.graph"
 VERSION = 1
-_TAGS = {"ref", "float", "tuple", "list", "dict", "slice", "ellipsis", "index_slot", "dtype", "device", "scalar"}
 _OBJECT_TAGS = {"py/object", "py/reduce", "py/type", "py/function", "py/repr", "__class__", "__reduce__",
                 "__reduce_ex__", "__import__", "pickle", "object", "module", "callable", "function", "class",
                 "eval", "exec", "import", "code", "lambda", "type"}
@@ -59,38 +61,102 @@ class FormatError(ValueError):
 # ---------------------------------------------------------------- values
 
 
+class _Tag(NamedTuple):
+    """One tagged value encoding: which values use it, their JSON body, and how a body reads back."""
+
+    applies: Callable[[Any], bool]
+    body: Callable[[Any, str], Any]                         # (value, where) -> JSON body
+    read: Callable[[Any, dict, str, dict | None], Any]      # (body, the whole object, where, nodes) -> value
+    extra: Callable[[Any], dict] = lambda value: {}          # further keys beside the tag (a scalar's dtype)
+
+
+def _read_ref(body, obj, where, nodes):
+    if nodes is None or not isinstance(body, int) or body not in nodes:
+        raise FormatError(f"{where}: reference to node %{body}, which is not defined before it")
+    return nodes[body]
+
+
+def _read_device(body, obj, where, nodes):
+    if body not in ("cpu", "cuda"):
+        raise FormatError(f"{where}: unknown device {body!r}")
+    return canonical_device(body)
+
+
+def _read_float(body, obj, where, nodes):
+    if body not in ("inf", "-inf", "nan"):
+        raise FormatError(f"{where}: {{\"float\": {body!r}}} must be 'inf', '-inf' or 'nan'")
+    return float(body)
+
+
+def _is_scalar(value) -> bool:
+    # a NumPy float is a Python float, written as a number (as it always was); other NumPy scalars keep their dtype
+    return isinstance(value, np.generic) and not isinstance(value, float) and value.dtype.name in DTYPES
+
+
+def _read_scalar(body, obj, where, nodes):
+    dt = _dtype(obj.get("dtype"), where)
+    value = decode(body, where)
+    if not isinstance(value, (bool, int, float)):
+        raise FormatError(f"{where}: a scalar's value must be a number, got {body!r:.60}")
+    return dt.type(value)
+
+
+def _dtype_body(value: np.dtype, where: str) -> str:
+    if value.name not in DTYPES:
+        raise FormatError(f"{where}: dtype {value} cannot be saved (supported: {', '.join(DTYPES)})")
+    return value.name
+
+
+def _read_index_slot(body, obj, where, nodes):
+    if type(body) is not int or body < 0:
+        raise FormatError(f"{where}: index_slot must be a non-negative int, got {body!r}")
+    return IndexSlot(body)
+
+
+def _read_slice(body, obj, where, nodes):
+    parts = _list(body, where)
+    if len(parts) != 3 or not all(p is None or type(p) is int for p in parts):
+        raise FormatError(f"{where}: a slice is [start, stop, step] of ints or nulls, got {body!r}")
+    return slice(*parts)
+
+
+def _items(values, where: str) -> list:
+    return [encode(v, where) for v in values]
+
+
+# every tagged encoding, in the order ``encode`` tries them (an IndexSlot is a tuple, a Device a string); values
+# no tag applies to are plain JSON: None, booleans, strings, ints and finite floats
+_TAGS: dict[str, _Tag] = {
+    "ref": _Tag(lambda v: isinstance(v, Node), lambda v, where: v.id, _read_ref),
+    "device": _Tag(lambda v: isinstance(v, Device), lambda v, where: str(v), _read_device),
+    "float": _Tag(lambda v: isinstance(v, float) and not math.isfinite(v), lambda v, where: str(v), _read_float),
+    "scalar": _Tag(_is_scalar, lambda v, where: encode(v.item(), where), _read_scalar,
+                   extra=lambda v: {"dtype": v.dtype.name}),
+    "dtype": _Tag(lambda v: isinstance(v, np.dtype), _dtype_body, lambda body, obj, where, nodes: _dtype(body, where)),
+    "index_slot": _Tag(lambda v: isinstance(v, IndexSlot), lambda v, where: v.position, _read_index_slot),
+    "slice": _Tag(lambda v: isinstance(v, slice), lambda v, where: _items((v.start, v.stop, v.step), where),
+                  _read_slice),
+    "ellipsis": _Tag(lambda v: v is Ellipsis, lambda v, where: None, lambda body, obj, where, nodes: Ellipsis),
+    "tuple": _Tag(lambda v: type(v) is tuple or (isinstance(v, tuple) and hasattr(v, "_fields")), _items,
+                  lambda body, obj, where, nodes: tuple(decode(v, where, nodes) for v in _list(body, where))),
+    "list": _Tag(lambda v: type(v) is list, _items,
+                 lambda body, obj, where, nodes: [decode(v, where, nodes) for v in _list(body, where)]),
+    "dict": _Tag(lambda v: type(v) is dict,
+                 lambda v, where: [[encode(k, where), encode(x, where)] for k, x in v.items()],
+                 lambda body, obj, where, nodes: {decode(k, where, nodes): decode(v, where, nodes)
+                                                  for k, v in _list(body, where)}),
+}
+
+
 def encode(value, where: str):
     """JSON for a static value (see module docstring); ``where`` names the node for errors."""
-    if isinstance(value, Node):
-        return {"ref": value.id}
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, Device):
-        return {"device": str(value)}
-    if isinstance(value, str):
+    for tag, t in _TAGS.items():
+        if t.applies(value):
+            return {tag: t.body(value, where), **t.extra(value)}
+    if value is None or isinstance(value, (bool, str, float)):
         return value
     if isinstance(value, int):
         return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"float": str(value)}
-    if isinstance(value, np.generic) and value.dtype.name in DTYPES:
-        return {"scalar": encode(value.item(), where), "dtype": value.dtype.name}
-    if isinstance(value, np.dtype):
-        if value.name not in DTYPES:
-            raise FormatError(f"{where}: dtype {value} cannot be saved (supported: {', '.join(DTYPES)})")
-        return {"dtype": value.name}
-    if isinstance(value, IndexSlot):
-        return {"index_slot": value.position}
-    if isinstance(value, slice):
-        return {"slice": [encode(v, where) for v in (value.start, value.stop, value.step)]}
-    if value is Ellipsis:
-        return {"ellipsis": None}
-    if type(value) is tuple or (isinstance(value, tuple) and hasattr(value, "_fields")):
-        return {"tuple": [encode(v, where) for v in value]}
-    if type(value) is list:
-        return {"list": [encode(v, where) for v in value]}
-    if type(value) is dict:
-        return {"dict": [[encode(k, where), encode(v, where)] for k, v in value.items()]}
     raise FormatError(f"{where}: a {type(value).__name__} ({value!r:.60}) cannot be saved; a saved graph holds "
                       "only numbers, strings, tuples, slices, dtypes and arrays.")
 
@@ -108,51 +174,16 @@ def decode(obj, where: str, nodes: dict[int, Node] | None = None):
         _refuse_objects(obj, where)
         raise FormatError(f"{where}: a value must be one tagged object, got keys {sorted(obj)}")
     (tag,) = keys
-    body = obj[tag]
     if tag not in _TAGS:
         _refuse_objects(obj, where)
         raise FormatError(f"{where}: unknown value encoding {tag!r} (known: {', '.join(sorted(_TAGS))})")
+    body = obj[tag]
     try:
-        if tag == "ref":
-            if nodes is None or not isinstance(body, int) or body not in nodes:
-                raise FormatError(f"{where}: reference to node %{body}, which is not defined before it")
-            return nodes[body]
-        if tag == "float":
-            if body not in ("inf", "-inf", "nan"):
-                raise FormatError(f"{where}: {{\"float\": {body!r}}} must be 'inf', '-inf' or 'nan'")
-            return float(body)
-        if tag == "tuple":
-            return tuple(decode(v, where, nodes) for v in _list(body, where))
-        if tag == "list":
-            return [decode(v, where, nodes) for v in _list(body, where)]
-        if tag == "dict":
-            return {decode(k, where, nodes): decode(v, where, nodes) for k, v in _list(body, where)}
-        if tag == "slice":
-            parts = _list(body, where)
-            if len(parts) != 3 or not all(p is None or type(p) is int for p in parts):
-                raise FormatError(f"{where}: a slice is [start, stop, step] of ints or nulls, got {body!r}")
-            return slice(*parts)
-        if tag == "ellipsis":
-            return Ellipsis
-        if tag == "index_slot":
-            if type(body) is not int or body < 0:
-                raise FormatError(f"{where}: index_slot must be a non-negative int, got {body!r}")
-            return IndexSlot(body)
-        if tag == "dtype":
-            return _dtype(body, where)
-        if tag == "device":
-            return canonical_device(body) if body in ("cpu", "cuda") else _bad(where, f"unknown device {body!r}")
-        if tag == "scalar":
-            dt = _dtype(obj.get("dtype"), where)
-            value = decode(body, where)
-            if not isinstance(value, (bool, int, float)):
-                raise FormatError(f"{where}: a scalar's value must be a number, got {body!r:.60}")
-            return dt.type(value)
+        return _TAGS[tag].read(body, obj, where, nodes)
+    except FormatError:
+        raise
     except (TypeError, ValueError) as e:
-        if isinstance(e, FormatError):
-            raise
         raise FormatError(f"{where}: malformed {tag!r} value {body!r:.60}: {e}") from None
-    raise FormatError(f"{where}: unhandled tag {tag!r}")
 
 
 def _refuse_objects(obj: dict, where: str) -> None:
@@ -173,10 +204,6 @@ def _dtype(name, where) -> np.dtype:
     if name not in DTYPES:
         raise FormatError(f"{where}: unsupported dtype {name!r} (supported: {', '.join(DTYPES)})")
     return DTYPES[name]
-
-
-def _bad(where, why):
-    raise FormatError(f"{where}: {why}")
 
 
 def _encode_spec(spec, conversions_iter, where="result"):
@@ -218,47 +245,64 @@ def save(traced, path) -> None:
     """Write the program a call would run now (latest signature, current state layout) and its state."""
     entry = _current_entry(traced)
     graph, plan = entry.graph, entry.plan
-    arrays: dict[str, np.ndarray] = {}
-    nodes = []
-    others = [n for n in graph.placeholders if n.role != "input"]
-    values = dict(zip((n.id for n in others), plan.readers))
-    for n in graph.nodes:
-        where = f"node {n.ref} ({n.op})"
-        item: dict[str, Any] = {"id": n.id, "op": n.op, "shape": list(n.shape),
-                                "dtype": encode(n.dtype, where)["dtype"]}
-        if n.op == PLACEHOLDER:
-            item.update(name=n.name, role=n.role)
-            if n.role != "input":
-                t = values[n.id].get()
-                if not isinstance(t, Tensor):
-                    raise FormatError(f"save: {n.name} holds no tensor now ({t!r:.40}); call the traced function "
-                                      "once before saving.")
-                arrays[f"placeholder_{n.id}"] = to_numpy(t._data)
-        elif n.op == CONSTANT:
-            item.update(array=f"constant_{n.id}")
-            arrays[f"constant_{n.id}"] = to_numpy(n.value)
-        else:
-            item.update(args=[encode(a, where) for a in n.args],
-                        params={k: encode(v, f"{where} param {k!r}") for k, v in n.params.items()})
-        if n.source:
-            item["source"] = n.source
-        nodes.append(item)
+    readers = dict(zip((n.id for n in graph.placeholders if n.role != "input"), plan.readers))
+    rule = _SaveRule()
+    evaluate(graph, [readers.get(n.id) for n in graph.placeholders], rule)
     doc = {
         "format": FORMAT, "version": VERSION, "name": traced.name, "signature": traced.signature,
-        "nodes": nodes,
+        "nodes": rule.nodes,
         "outputs": [n.id for n in graph.outputs],
         "updates": [[p.id, v.id] for p, v in graph.updates],
         "writes": [s.name for s in plan.extra_slots],
         "result": _encode_spec(plan.out_spec, iter(plan.conversions)),
         "conversions": list(plan.conversions),
     }
-    for a in arrays.values():
+    for a in rule.arrays.values():
         if a.dtype.name not in DTYPES:
             raise FormatError(f"save: array of dtype {a.dtype} cannot be saved")
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "graph.json"), "w") as f:
         f.write(_dumps(doc))
-    np.savez(os.path.join(path, "arrays.npz"), **arrays)
+    np.savez(os.path.join(path, "arrays.npz"), **rule.arrays)
+
+
+class _SaveRule(Rule):
+    """A node's value is its JSON reference (``{"ref": id}``); each node appends its entry to ``nodes``, and
+    the arrays of param/state placeholders (fed their reader slots) and of constants go into ``arrays``."""
+
+    def __init__(self):
+        self.nodes: list[dict] = []
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def placeholder(self, n: Node, slot) -> dict:
+        if n.role != "input":
+            t = slot.get()
+            if not isinstance(t, Tensor):
+                raise FormatError(f"save: {n.name} holds no tensor now ({t!r:.40}); call the traced function "
+                                  "once before saving.")
+            self.arrays[f"placeholder_{n.id}"] = to_numpy(t._data)
+        return self._entry(n, name=n.name, role=n.role)
+
+    def constant(self, n: Node) -> dict:
+        self.arrays[f"constant_{n.id}"] = to_numpy(n.value)
+        return self._entry(n, array=f"constant_{n.id}")
+
+    def call(self, n: Node, args: list) -> dict:
+        where = _where(n)
+        return self._entry(n, args=[v if isinstance(a, Node) else encode(a, where) for a, v in zip(n.args, args)],
+                           params={k: encode(v, f"{where} param {k!r}") for k, v in n.params.items()})
+
+    def _entry(self, n: Node, **fields) -> dict:
+        item: dict[str, Any] = {"id": n.id, "op": n.op, "shape": list(n.shape),
+                                "dtype": encode(n.dtype, _where(n))["dtype"], **fields}
+        if n.source:
+            item["source"] = n.source
+        self.nodes.append(item)
+        return encode(n, _where(n))
+
+
+def _where(n: Node) -> str:
+    return f"node {n.ref} ({n.op})"
 
 
 def _dumps(doc: dict) -> str:
@@ -327,40 +371,8 @@ def _read_graph(doc: dict, arrays: dict, graph_file: str) -> tuple[Graph, dict[i
     for item in nodes:
         if not isinstance(item, dict):
             raise FormatError(f"load: {graph_file} is corrupt: node entry {item!r:.60} is not an object")
-        _refuse_objects(item, "node")
-        nid, op = item.get("id"), item.get("op")
-        where = f"node %{nid} ({op})"
-        if type(nid) is not int or nid in by_id:
-            raise FormatError(f"load: {where}: missing, non-integer or duplicate id")
-        if not isinstance(op, str):
-            raise FormatError(f"load: {where}: missing op name")
-        shape = item.get("shape")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise FormatError(f"load: {where}: shape must be a list of non-negative ints, got {shape!r:.60}")
-        aval = Aval(tuple(shape), _dtype(item.get("dtype"), f"load: {where}"))
-        source = item.get("source")
-        source = source if isinstance(source, str) else None
-        if op == PLACEHOLDER:
-            role = item.get("role")
-            if role not in ("input", "param", "state") or not isinstance(item.get("name"), str):
-                raise FormatError(f"load: {where}: a placeholder needs a name and a role (input/param/state)")
-            node = Node(nid, PLACEHOLDER, aval=aval, name=item["name"], role=role)
-            if role != "input":
-                values[nid] = _array(arrays, f"placeholder_{nid}", aval, where)
-        elif op == CONSTANT:
-            node = Node(nid, CONSTANT, aval=aval, source=source, value=_array(arrays, item.get("array"), aval, where))
-        elif op in PRIMITIVES:
-            args = item.get("args", [])
-            params = item.get("params", {})
-            if not isinstance(args, list) or not isinstance(params, dict):
-                raise FormatError(f"load: {where}: args must be a list and params an object")
-            node = Node(nid, op, tuple(decode(a, f"load: {where} arg {i}", by_id) for i, a in enumerate(args)),
-                        {str(k): decode(v, f"load: {where} param {k!r}") for k, v in params.items()}, aval, source)
-        else:
-            raise FormatError(f"load: {where}: unknown primitive {op!r}. The file was written by a graphduel with "
-                              "other primitives, or is corrupt; known primitives: "
-                              f"{', '.join(sorted(PRIMITIVES))}.")
-        by_id[nid] = node
+        node = _read_node(item, by_id, arrays, values)
+        by_id[node.id] = node
         g._add(node)
     try:
         g.outputs.extend(by_id[i] for i in _list(doc.get("outputs"), "outputs"))
@@ -374,6 +386,40 @@ def _read_graph(doc: dict, arrays: dict, graph_file: str) -> tuple[Graph, dict[i
     return g, values
 
 
+def _read_node(item: dict, by_id: dict[int, Node], arrays: dict, values: dict[int, np.ndarray]) -> Node:
+    """One node entry; a param/state placeholder's array goes into ``values``."""
+    _refuse_objects(item, "node")
+    nid, op = item.get("id"), item.get("op")
+    where = f"node %{nid} ({op})"
+    if type(nid) is not int or nid in by_id:
+        raise FormatError(f"load: {where}: missing, non-integer or duplicate id")
+    if not isinstance(op, str):
+        raise FormatError(f"load: {where}: missing op name")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise FormatError(f"load: {where}: shape must be a list of non-negative ints, got {shape!r:.60}")
+    aval = Aval(tuple(shape), _dtype(item.get("dtype"), f"load: {where}"))
+    source = item.get("source")
+    source = source if isinstance(source, str) else None
+    if op == PLACEHOLDER:
+        role = item.get("role")
+        if role not in ("input", "param", "state") or not isinstance(item.get("name"), str):
+            raise FormatError(f"load: {where}: a placeholder needs a name and a role (input/param/state)")
+        if role != "input":
+            values[nid] = _array(arrays, f"placeholder_{nid}", aval, where)
+        return Node(nid, PLACEHOLDER, aval=aval, name=item["name"], role=role)
+    if op == CONSTANT:
+        return Node(nid, CONSTANT, aval=aval, source=source, value=_array(arrays, item.get("array"), aval, where))
+    if op not in PRIMITIVES:
+        raise FormatError(f"load: {where}: unknown primitive {op!r}. The file was written by a graphduel with "
+                          f"other primitives, or is corrupt; known primitives: {', '.join(sorted(PRIMITIVES))}.")
+    args, params = item.get("args", []), item.get("params", {})
+    if not isinstance(args, list) or not isinstance(params, dict):
+        raise FormatError(f"load: {where}: args must be a list and params an object")
+    return Node(nid, op, tuple(decode(a, f"load: {where} arg {i}", by_id) for i, a in enumerate(args)),
+                {str(k): decode(v, f"load: {where} param {k!r}") for k, v in params.items()}, aval, source)
+
+
 def _array(arrays: dict, key, aval: Aval, where: str) -> np.ndarray:
     if not isinstance(key, str) or key not in arrays:
         raise FormatError(f"load: {where}: array {key!r} is missing from arrays.npz")
@@ -381,6 +427,15 @@ def _array(arrays: dict, key, aval: Aval, where: str) -> np.ndarray:
     if tuple(a.shape) != aval.shape or a.dtype != aval.dtype:
         raise FormatError(f"load: {where}: array {key!r} is {a.dtype}{list(a.shape)}, the graph says {aval}")
     return a
+
+
+def _conversions(body) -> list[str | None]:
+    """Per user output: None (a tensor) or one of ``tracer.conversions.CONVERSIONS``."""
+    out = _list(body, "conversions")
+    for c in out:
+        if c is not None and c not in CONVERSIONS:
+            raise FormatError(f"load: conversions: unknown conversion {c!r} (known: {', '.join(CONVERSIONS)})")
+    return out
 
 
 class LoadedGraph:
@@ -405,9 +460,7 @@ class LoadedGraph:
         self.written: dict[str, Tensor] = {}
         writes = doc.get("writes", [])
         self._writes = [str(w) for w in writes] if isinstance(writes, list) else []
-        conv = doc.get("conversions", [])
-        self._conversions = [c if c in (None, "item", "float", "int", "bool", "tolist") else
-                             _bad("load: conversions", f"unknown conversion {c!r}") for c in _list(conv, "conversions")]
+        self._conversions = _conversions(doc.get("conversions", []))
         self._spec = _decode_spec(doc.get("result", "T"))
         self.exe = (lower or default_lower)(graph)
 
@@ -421,7 +474,6 @@ class LoadedGraph:
         return python_source(self.graph)
 
     def __call__(self, *inputs: Tensor):
-        from tracer.traced import _convert
         if len(inputs) != len(self._inputs):
             raise TypeError(f"loaded graph {self.name} takes {len(self._inputs)} input tensor(s) "
                             f"({', '.join(n.name for n in self._inputs)}), got {len(inputs)}")
@@ -442,7 +494,7 @@ class LoadedGraph:
                 t._data, t._version = arr, t._version + 1
             else:
                 self.state[p.name]._data = arr
-        outs = [Tensor(a) if c is None else _convert(a, c) for a, c in zip(results[:n_user], self._conversions)]
+        outs = [Tensor(a) if c is None else convert(a, c) for a, c in zip(results[:n_user], self._conversions)]
         return unflatten(self._spec, outs)
 
     def __repr__(self) -> str:

@@ -32,12 +32,13 @@ import threading
 import time
 from collections import OrderedDict
 from operator import attrgetter
+from typing import Any, NamedTuple
 
 from eager.autograd.mode import MODE, add_recorder
-from eager.backend import to_numpy
 from eager.tensor import Tensor
 from tracer.assumptions import Assumption, Ledger, python_state_site
-from tracer.build import Plan, RunRecord, build
+from tracer.build import Plan, RunRecord, build, occupants
+from tracer.conversions import convert
 from tracer.executor import default_lower
 from tracer.ir import Graph
 from tracer.pytree import LEAF, flatten, unflatten
@@ -50,28 +51,47 @@ from tracer.signature import (
     format_signature,
     signature_of,
 )
-from tracer.state import FETCH_ERRORS, MISSING, World, chain, describe_layout, item_lookup, layout_of
+from tracer.slots import FETCH_ERRORS, MISSING, chain, describe_layout, item_lookup, layout_of
+from tracer.snapshot import Snapshot
+from tracer.world import World
 
 logger = logging.getLogger("graphduel.tracer")
 _ORDER = itertools.count()
 
 
+class PyGuard(NamedTuple):
+    """Python state the run read and did not change: ``container[key]`` must still be ``value``."""
+
+    name: str
+    container: dict
+    key: Any
+    value: Any
+
+
+class Segment(NamedTuple):
+    """A run of readers resolved in one lookup: ``get(root)`` gives one tensor, or a tuple of them (``many``)."""
+
+    root: Any
+    get: Any
+    many: bool
+
+
 class Entry:
     """One traced program: its graph, plan, executable and guards (one signature, one state layout)."""
 
-    def __init__(self, key: tuple, plan: Plan, exe, seconds: float, py_guard: list, names: list[str],
+    def __init__(self, key: tuple, plan: Plan, exe, seconds: float, py_guard: list[PyGuard], names: list[str],
                  steady: bool):
         self.key = key
         self.plan = plan
         self.graph: Graph = plan.graph
         self.exe = exe
         self.trace_seconds = seconds
-        self.py_guard = py_guard       # [(name, dict, key, value)]: Python state the run did not change
+        self.py_guard = py_guard       # [PyGuard]: Python state the run did not change
         self.names = names
         self.steady = steady           # traced from the state a previous run left (see module docstring)
         read = {slot.name for slot in plan.readers}
         # layouts of slots the call reads are checked while gathering; the others here
-        self.layout_guard = [(slot, layout) for slot, layout in plan.guard if slot.name not in read]
+        self.layout_guard = [g for g in plan.guard if g.slot.name not in read]
         self.reader_layouts = plan.reader_layouts
         # an update whose location the call just read rebinds the tensor gather found there, without resolving
         # the path again (opt.state[param].exp_avg costs several lookups); not when finish first puts a fresh
@@ -122,11 +142,11 @@ class Entry:
         found = [] if tensors is None else tensors
         start = len(found)
         try:
-            for root, getter, many in self._segments:
+            for root, get, many in self._segments:
                 if many:
-                    found.extend(getter(root))
+                    found.extend(get(root))
                 else:
-                    found.append(getter(root))
+                    found.append(get(root))
             for t in found[start:]:
                 a = t._data
                 shape, dtype, array_type = next(layouts)
@@ -159,8 +179,8 @@ class Entry:
             slot.assign(value)
         if plan.out_spec == LEAF:
             conv = plan.conversions[0]
-            return Tensor._make(results[0], False, None) if conv is None else _convert(results[0], conv)
-        outs = [Tensor._make(a, False, None) if c is None else _convert(a, c)
+            return Tensor._make(results[0], False, None) if conv is None else convert(results[0], conv)
+        outs = [Tensor._make(a, False, None) if c is None else convert(a, c)
                 for a, c in zip(results, plan.conversions)]
         return unflatten(plan.out_spec, outs)
 
@@ -168,22 +188,22 @@ class Entry:
         return self.finish(leaves, self.exe.run(arrays), tensors)
 
 
-def _reader_segments(readers) -> list[tuple]:
-    """``(root, getter, many)`` per run of readers: consecutive attribute paths from one root (a module's
+def _reader_segments(readers) -> list[Segment]:
+    """A ``Segment`` per run of readers: consecutive attribute paths from one root (a module's
     parameters) resolve in one C-level ``attrgetter`` call returning all their tensors (``many``), consecutive
     keys of one dict (an optimizer's state for one parameter) in one lookup of the dict; any other slot is its
     own segment, resolved by its compiled path (``Slot.fetch``)."""
-    segments: list[tuple] = []
+    segments: list[Segment] = []
     run: list = []
 
     def close():
         if len(run) > 1 and run[0]._get_path is not None:
-            segments.append((run[0].root, attrgetter(*(slot._get_path for slot in run)), True))
+            segments.append(Segment(run[0].root, attrgetter(*(slot._get_path for slot in run)), True))
         elif len(run) > 1:
             keys = [slot.steps[-1][1] for slot in run]
-            segments.append((run[0].root, chain([run[0]._parent, item_lookup(*keys)]), True))
+            segments.append(Segment(run[0].root, chain([run[0]._parent, item_lookup(*keys)]), True))
         elif run:
-            segments.append((run[0].root, run[0].fetch, False))
+            segments.append(Segment(run[0].root, run[0].fetch, False))
         run.clear()
 
     def joins(slot) -> bool:
@@ -221,14 +241,6 @@ class RunOnceFirst:
             return default_lower(self.graph).run(arrays)
         self.lowered = self.lower(self.graph)
         return self.lowered.run(arrays)
-
-
-def _convert(array, kind: str):
-    value = to_numpy(array)
-    if kind == "tolist":
-        return value.tolist()
-    item = value.reshape(()).item()
-    return {"float": float, "int": int, "bool": bool}.get(kind, lambda v: v)(item)
 
 
 class Traced:
@@ -346,7 +358,7 @@ class Traced:
     # ------------------------------------------------------------ tracing
     def _trace(self, args, kwargs, leaves, key, names) -> list[Entry]:
         world = World.discover(self.fn, args, self._extra_params)
-        snap = world.snapshot(leaves)
+        snap = Snapshot.of(world, leaves)
         try:
             first = self._record(world, snap, args, kwargs, leaves, key, names, steady=False)
             entries = [first]
@@ -355,9 +367,9 @@ class Traced:
                 for t in leaves:
                     saved = snap.tensors.get(id(t))
                     if saved is not None:
-                        t._data, t._version = saved[1], saved[2]
+                        t._data, t._version = saved.data, saved.version
                 world2 = World.discover(self.fn, args, self._extra_params)
-                snap2 = world2.snapshot(leaves)
+                snap2 = Snapshot.of(world2, leaves)
                 steady = self._record(world2, snap2, args, kwargs, leaves, key, names, steady=True)
                 steady.exe = self.lower(steady.graph)
                 same = steady.graph.fingerprint() == first.graph.fingerprint()  # one lowering per distinct program
@@ -380,11 +392,9 @@ class Traced:
 
     def _record(self, world: World, snap, args, kwargs, leaves, key, names, steady: bool) -> Entry:
         t0 = time.perf_counter()
-        watched = world.watched_slots() + world.module_tensor_attrs()
-        pre_slots = {s.name: (s, s.get()) for s in watched}
+        pre_slots = occupants(world)
         py_before = world.python_state()
-        known_before = {tid: v[:4] for tid, v in snap.tensors.items()}
-        rec = Recorder(leaves, known_before)
+        rec = Recorder(leaves, snap.tensors)
         with add_recorder(rec):
             result = self.fn(*args, **kwargs)
         plan = build(RunRecord(rec, world, result, pre_slots, names, snap.tensors))
@@ -393,7 +403,7 @@ class Traced:
         for name, ps in py_before.items():
             now = py_after.get(name)
             if now is not None and type(now.value) is type(ps.value) and now.value == ps.value:
-                py_guard.append((name, ps.container, ps.key, ps.value))
+                py_guard.append(PyGuard(name, ps.container, ps.key, ps.value))
             elif now is not None:
                 where = python_state_site(ps.owner, ps.key) if ps.owner is not None else None
                 self.ledger.add_python_state(name, ps.value, now.value, where)

@@ -1,0 +1,220 @@
+"""World discovery: what a traced function can reach, every tensor in it named and given a location.
+
+A ``World`` holds the modules (their parameters, buffers and Python attributes), the optimizers (param groups
+and state) and the free tensors (closure cells, globals, lists) reachable from a traced function, found by
+``tracer.roots``. It names every tensor it knows (``Known``: state_dict names for parameters and buffers) and
+lists the locations a run may change: ``.grad`` slots, optimizer-state entries, plain module tensor attributes
+and Python scalars (``PyState``).
+
+    >>> import eager
+    >>> from eager import nn
+    >>> world = World.discover(nn.Linear(2, 1), ())
+    >>> sorted(k.name for k in world.known.values()), sorted(s.name for s in world.grad_slots.values())
+    (['bias', 'weight'], ['bias.grad', 'weight.grad'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eager.tensor import Tensor
+from tracer.roots import Root, function_roots, is_module, is_optimizer
+from tracer.slots import Slot
+
+PY_SCALARS = (bool, int, float)
+
+
+@dataclass
+class Known:
+    """A tensor the world can name: its location and the placeholder role it gets if the trace reads it."""
+
+    tensor: Tensor
+    name: str
+    role: str          # "param" | "state" | "free" (free tensors become state only if mutated or trainable)
+    slot: Slot
+
+
+@dataclass
+class PyState:
+    """A Python scalar the traced code can see: where it lives, its value, and the object that owns it."""
+
+    slot: Slot
+    container: dict
+    key: Any
+    value: Any
+    owner: Any
+
+
+def is_py_state(value) -> bool:
+    """Whether a value is Python state a trace guards: a bool/int/float, or a short tuple of them."""
+    if type(value) in PY_SCALARS:
+        return True
+    return type(value) is tuple and 0 < len(value) <= 8 and all(type(v) in PY_SCALARS for v in value)
+
+
+def _attr_steps(path: str) -> tuple:
+    """The slot steps of a dotted attribute path (``fc1.weight`` -> two ``attr`` steps)."""
+    return tuple(("attr", part) for part in path.split(".")) if path else ()
+
+
+class World:
+    """Modules, optimizers and free tensors reachable from a traced function, with names and slots."""
+
+    def __init__(self):
+        self.modules: list[tuple[str, Any]] = []
+        self.optimizers: list[tuple[str, Any]] = []
+        self.known: dict[int, Known] = {}          # id(tensor) -> Known (params, buffers, grads, opt state, free)
+        self.grad_slots: dict[int, Slot] = {}      # id(leaf tensor) -> its .grad slot
+        self.free: list[tuple[str, Slot]] = []     # free tensor locations (closure cells, globals, lists)
+        self._root_ids: set[int] = set()
+
+    # ------------------------------------------------------------ discovery
+    @classmethod
+    def discover(cls, fn, args: tuple, extra: dict[str, Slot] | None = None) -> World:
+        """Find what ``fn`` can reach: the module itself, closure and global variables, arguments."""
+        world = cls()
+        roots = [Root("model", fn, None)] if is_module(fn) else function_roots(fn)
+        roots += [Root(f"arg{i}", a, None) for i, a in enumerate(args) if is_module(a) or is_optimizer(a)]
+        world._add_roots(roots)
+        for name, slot in (extra or {}).items():  # tensors a replay reads through known locations
+            t = slot.get()
+            if isinstance(t, Tensor) and id(t) not in world.known:
+                world._know(t, name, "param", Slot(name, slot.root, slot.steps))
+        return world
+
+    def _add_roots(self, roots: list[Root]) -> None:
+        """Modules first (their tensors get state_dict names), then optimizers, then free tensors."""
+        single_module = len({id(r.obj) for r in roots if is_module(r.obj)}) == 1
+        for r in roots:
+            if is_module(r.obj) and id(r.obj) not in self._root_ids:
+                self._root_ids.add(id(r.obj))
+                self._add_module(r.name, r.obj, prefix="" if single_module else f"{r.name}.")
+        for r in roots:
+            if is_optimizer(r.obj) and id(r.obj) not in self._root_ids:
+                self._root_ids.add(id(r.obj))
+                self._add_optimizer(r.name, r.obj)
+        for r in roots:
+            if isinstance(r.obj, Tensor) and r.slot is not None:
+                self.free.append((r.name, r.slot))
+                if id(r.obj) not in self.known:
+                    self._know(r.obj, r.name, "free", r.slot)
+                    self._grad_slot(r.obj, r.name, r.slot)
+
+    def _know(self, t: Tensor, name: str, role: str, slot: Slot) -> None:
+        self.known.setdefault(id(t), Known(t, name, role, slot))
+
+    def _grad_slot(self, t: Tensor, name: str, slot: Slot) -> None:
+        if id(t) in self.grad_slots:
+            return
+        gslot = slot.child(f"{name}.grad", "grad")
+        self.grad_slots[id(t)] = gslot
+        if t._grad is not None:
+            self._know(t._grad, gslot.name, "state", gslot)
+
+    def _add_module(self, name: str, module, prefix: str) -> None:
+        self.modules.append((name, module))
+        root = Slot(name, module, ())
+        for kind in ("named_parameters", "named_buffers"):
+            for pname, p in getattr(module, kind)():
+                slot = root
+                for part in pname.split("."):
+                    slot = slot.child(prefix + pname, "attr", part)
+                self._know(p, prefix + pname, "param", slot)
+                if kind == "named_parameters":
+                    self._grad_slot(p, prefix + pname, slot)
+        for full, value in _module_tensor_attrs(module):  # plain tensor attributes (``self.cache = ...``)
+            if id(value) not in self.known:
+                self._know(value, prefix + full, "free", Slot(prefix + full, module, _attr_steps(full)))
+
+    def param_name(self, t: Tensor, fallback: str) -> str:
+        k = self.known.get(id(t))
+        return k.name if k is not None else fallback
+
+    def _add_optimizer(self, name: str, opt) -> None:
+        self.optimizers.append((name, opt))
+        for g, group in enumerate(opt.param_groups):
+            for i, p in enumerate(group.get("params", ())):
+                if not isinstance(p, Tensor):
+                    continue
+                pname = f"{name}.param_groups[{g}].params[{i}]"
+                slot = Slot(pname, opt, (("attr", "param_groups"), ("item", g), ("item", "params"), ("item", i)))
+                if id(p) not in self.known:
+                    self._know(p, pname, "state", slot)
+                self._grad_slot(p, self.known[id(p)].name, self.known[id(p)].slot)
+        for p, entry in opt.state.items():
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    if isinstance(value, Tensor):
+                        slot = self.opt_state_slot(name, opt, p, key)
+                        self._know(value, slot.name, "state", slot)
+
+    def opt_state_slot(self, name: str, opt, p, key) -> Slot:
+        pname = self.param_name(p, f"param@{id(p):x}") if isinstance(p, Tensor) else repr(p)
+        sname = f"{name}.state[{pname}].{key}"
+        return Slot(sname, opt, (("attr", "state"), ("item", p), ("item", key)))
+
+    # ------------------------------------------------------------ locations that may change during a run
+    def watched_slots(self) -> list[Slot]:
+        """Every .grad slot and every optimizer-state entry (present now or possibly created by a run)."""
+        slots = list(self.grad_slots.values())
+        for name, opt in self.optimizers:
+            for p, entry in opt.state.items():
+                if isinstance(entry, dict):
+                    for key in entry:
+                        slots.append(self.opt_state_slot(name, opt, p, key))
+        seen, out = set(), []
+        for s in slots:
+            if s.name not in seen:
+                seen.add(s.name)
+                out.append(s)
+        return out
+
+    def rebindable_slots(self) -> list[Slot]:
+        """Every location a run may put another tensor at: ``watched_slots`` and ``module_tensor_attrs``."""
+        return self.watched_slots() + self.module_tensor_attrs()
+
+    def module_tensor_attrs(self) -> list[Slot]:
+        """Plain tensor attributes of modules (``self.cache = ...``), which a run may replace."""
+        return [Slot(full, module, _attr_steps(full)) for _name, module in self.modules
+                for full, _value in _module_tensor_attrs(module)]
+
+    def python_state(self) -> dict[str, PyState]:
+        """Python scalars (int/float/bool, tuples of them) held by modules and optimizers, by readable name."""
+        out: dict[str, PyState] = {}
+        for name, module in self.modules:
+            for sub, m in module.named_modules():
+                base = f"{name}.{sub}" if sub else name
+                for key, value in vars(m).items():
+                    if is_py_state(value) and not key.startswith("_"):
+                        slot = Slot(f"{base}.{key}", module, _attr_steps(sub) + (("attr", key),))
+                        out[slot.name] = PyState(slot, m.__dict__, key, value, m)
+        for name, opt in self.optimizers:
+            self._optimizer_python_state(name, opt, out)
+        return out
+
+    def _optimizer_python_state(self, name: str, opt, out: dict[str, PyState]) -> None:
+        for key, value in vars(opt).items():
+            if is_py_state(value) and not key.startswith("_"):
+                out[f"{name}.{key}"] = PyState(Slot(f"{name}.{key}", opt, (("attr", key),)), opt.__dict__, key,
+                                               value, opt)
+        for g, group in enumerate(opt.param_groups):
+            for key, value in group.items():
+                if is_py_state(value):
+                    sname = f"{name}.param_groups[{g}][{key!r}]"
+                    slot = Slot(sname, opt, (("attr", "param_groups"), ("item", g), ("item", key)))
+                    out[sname] = PyState(slot, group, key, value, None)
+        for p, entry in opt.state.items():
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    if is_py_state(value):
+                        slot = self.opt_state_slot(name, opt, p, key)
+                        out[slot.name] = PyState(slot, entry, key, value, None)
+
+
+def _module_tensor_attrs(module):
+    """``(dotted path, tensor)`` for each public plain tensor attribute of ``module`` and its submodules."""
+    for sub, m in module.named_modules():
+        for key, value in vars(m).items():
+            if isinstance(value, Tensor) and not key.startswith("_"):
+                yield (f"{sub}.{key}" if sub else key), value
