@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 
 from compare.harness import CORRECTNESS_METRICS, RunConfig, run_cell
-from compare.modes import Skip, _build, _eager_lib, _import, default_modes
+from compare.modes import Skip, _build, _eager_lib, default_modes
 from compare.workloads import get as get_workload
 
 
@@ -23,13 +23,7 @@ def _section(out: io.StringIO, title: str) -> None:
 
 
 def _report_text(report) -> str:
-    try:
-        import pandas as pd
-        if isinstance(report, pd.DataFrame):
-            return report.to_string(max_rows=60, max_colwidth=60)
-    except ImportError:
-        pass
-    return str(report)
+    return report.to_string(max_rows=60, max_colwidth=60)
 
 
 def explain(name: str, size: str = "small", device: str = "cpu", modes: list[str] | None = None) -> str:
@@ -63,13 +57,10 @@ def explain(name: str, size: str = "small", device: str = "cpu", modes: list[str
 
 
 def _explain_traced(out: io.StringIO, wl, arrays: dict, device: str) -> None:
+    import tracer
     _section(out, "traced")
     try:
-        eager = _eager_lib(device)
-        tracer = _import("tracer", "install graphduel")
-        if not hasattr(tracer, "trace"):
-            raise Skip("tracer.trace is not written yet")
-        prog = _build(wl, eager, arrays, device)
+        prog = _build(wl, _eager_lib(device), arrays, device)
         traced = tracer.trace(prog.fn, *prog.args)
     except Skip as s:
         out.write(f"skipped: {s}\n")
@@ -77,19 +68,16 @@ def _explain_traced(out: io.StringIO, wl, arrays: dict, device: str) -> None:
     except Exception as e:  # noqa: BLE001  (explain reports what failed instead of dying)
         out.write(f"tracing failed: {type(e).__name__}: {e}\n")
         return
-    out.write(str(getattr(traced, "graph", traced)) + "\n")
-    assumptions = list(getattr(traced, "assumptions", []) or [])
+    out.write(f"{traced.graph}\n")
+    assumptions = list(traced.assumptions)
     out.write("assumptions:\n" + ("".join(f"  - {a}\n" for a in assumptions) if assumptions else "  none recorded\n"))
 
 
 def _explain_compiled(out: io.StringIO, wl, arrays: dict, device: str) -> None:
+    import compiler
     _section(out, "compiled")
     try:
-        eager = _eager_lib(device)
-        compiler = _import("compiler", "install graphduel")
-        if not hasattr(compiler, "compile"):
-            raise Skip("compiler.compile is not written yet")
-        prog = _build(wl, eager, arrays, device)
+        prog = _build(wl, _eager_lib(device), arrays, device)
         compiled = compiler.compile(prog.fn, *prog.args, device=device)
     except Skip as s:
         out.write(f"skipped: {s}\n")
@@ -97,22 +85,12 @@ def _explain_compiled(out: io.StringIO, wl, arrays: dict, device: str) -> None:
     except Exception as e:  # noqa: BLE001
         out.write(f"compiling failed: {type(e).__name__}: {e}\n")
         return
-    groups = getattr(compiled, "fusion_groups", None)
-    if groups is not None:
-        out.write(f"fusion groups: {groups if isinstance(groups, int) else len(groups)}\n")
-        if not isinstance(groups, int):
-            out.write("".join(f"  - {g}\n" for g in groups))
-    kernels = list(getattr(compiled, "kernels", []) or [])
-    out.write(f"kernels per call: {len(kernels)}\n")
-    for k in kernels:
-        out.write(f"--- {getattr(k, 'name', 'kernel')}\n{getattr(k, 'source', k)}\n")
-    report = getattr(compiled, "report", None)
-    if callable(report):
-        try:
-            try:
-                table = report(show=False)
-            except TypeError:  # a report() without the show= switch
-                table = report()
-            out.write(_report_text(table) + "\n")
-        except Exception as e:  # noqa: BLE001
-            out.write(f"report() failed: {type(e).__name__}: {e}\n")
+    groups = compiled.lowered.program.schedule.groups
+    out.write(f"fusion groups: {len(groups)}\n" + "".join(f"  - {g}\n" for g in groups))
+    out.write(f"kernels per call: {len(compiled.kernels)}\n")
+    for k in compiled.kernels:
+        out.write(f"--- {k.name}\n{k.source}\n")
+    try:
+        out.write(_report_text(compiled.report(show=False)) + "\n")
+    except Exception as e:  # noqa: BLE001
+        out.write(f"report() failed: {type(e).__name__}: {e}\n")

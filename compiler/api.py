@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compiler import debug
@@ -19,13 +20,11 @@ from compiler.passes import optimize
 from compiler.program import Program, build
 from tracer.ir import Graph
 
-BACKENDS = ("c", "numpy", "cuda", "xla", "simt")
-
 
 @dataclass
 class Lowered:
     """What the lowering returns to the tracer: ``run(arrays) -> outputs + new state``, plus everything the
-    report shows (graph before/after passes, program, kernels, timings)."""
+    report shows (graph before/after passes, program, kernels, timings), recorded while compiling."""
 
     source_graph: Graph
     graph: Graph
@@ -36,11 +35,18 @@ class Lowered:
     kernels: list = field(default_factory=list)
     pass_seconds: float = 0.0
     build_seconds: float = 0.0
-    compilations: int = 0
+    compilations: int = 0      # kernel libraries the native compiler built (0: all found in the disk cache)
+    native_seconds: float = 0.0  # of build_seconds, the time the native compiler ran
 
     example: list | None = None
     replay: object = None  # a CUDA graph runner when compiled with cuda_graph=True
     lock: object = field(default_factory=threading.Lock)  # buffers are planned once: one run at a time
+
+    @property
+    def cached_seconds(self) -> float:
+        """What compiling this graph again costs once its kernels are in the disk cache: this compile's time
+        without the native compiler's (NVRTC's time stays in: CuPy keeps that cache)."""
+        return self.pass_seconds + self.build_seconds - self.native_seconds
 
     def run(self, arrays: list) -> list:
         if self.example is None:  # kept (copied) for the report's timings; later inputs are not held
@@ -53,8 +59,58 @@ class Lowered:
     __call__ = run
 
 
+# a backend's builder: (program, graph after passes, device, static) -> executable (``static``: fixed buffers
+# for a replayed CUDA graph); the executable has ``.kernels``
+Builder = Callable[[Program, Graph, str, bool], object]
+
+
+def _build_c(program: Program, graph: Graph, device: str, static: bool):
+    from compiler.runtime.cpu import build_executable
+    return build_executable(program)
+
+
+def _build_numpy(program: Program, graph: Graph, device: str, static: bool):
+    from compiler.runtime.cpu import generate
+    from compiler.runtime.executor import Executable
+    ex = Executable(program, None, "numpy")
+    ex.kernels = generate(program)  # the C the native backend would build, for reading
+    return ex
+
+
+def _build_cuda(program: Program, graph: Graph, device: str, static: bool):
+    from compiler.runtime.cuda import build_cuda
+    return build_cuda(program, static=static)
+
+
+def _build_simt(program: Program, graph: Graph, device: str, static: bool):
+    from compiler.runtime.cuda import build_cuda
+    return build_cuda(program, simulate=True, static=static)
+
+
+def _build_xla(program: Program, graph: Graph, device: str, static: bool):
+    from compiler.xla import build_xla
+    return build_xla(graph, device)  # jax.jit compiles the graph itself: the program's kernels go unused
+
+
+BUILDERS: dict[str, Builder] = {"c": _build_c, "numpy": _build_numpy, "cuda": _build_cuda, "xla": _build_xla,
+                                "simt": _build_simt}
+BACKENDS = tuple(BUILDERS)
+
+
 def _default_backend(device: str) -> str:
     return "cuda" if device == "cuda" else "c"
+
+
+def _check(device: str, backend: str, cuda_graph: bool) -> None:
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"compile: unknown device {device!r}; use 'cpu' or 'cuda'")
+    if backend not in BUILDERS:
+        raise ValueError(f"compile: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "simt" and device != "cpu":
+        raise ValueError("compile: backend 'simt' emulates the CUDA kernels on the CPU; use device='cpu'")
+    if cuda_graph and backend not in ("cuda", "simt"):
+        raise ValueError(f"compile: cuda_graph=True replays a captured CUDA graph; it needs device='cuda' (or "
+                         f"backend='simt' to replay the same buffers on the CPU), not backend {backend!r}")
 
 
 def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, fuel: int | None = -1,
@@ -62,20 +118,14 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
     """The lowering ``L(graph) -> executable`` handed to ``tracer.trace``: passes, fusion, codegen, build."""
     from compiler.runtime import cache
     device = str(device)
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"compile: unknown device {device!r}; use 'cpu' or 'cuda'")
     backend = backend or _default_backend(device)
-    if backend not in BACKENDS:
-        raise ValueError(f"compile: unknown backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "simt" and device != "cpu":
-        raise ValueError("compile: backend 'simt' emulates the CUDA kernels on the CPU; use device='cpu'")
+    _check(device, backend, cuda_graph)
+    if device == "cuda" and backend in ("c", "numpy"):  # C kernels cannot read GPU arrays; the CUDA ones can
+        backend = "cuda"
     start = time.perf_counter()
     optimized = optimize(graph)
     passes = time.perf_counter() - start
-    before = cache.STATS.compilations
-    if cuda_graph and backend not in ("cuda", "simt"):
-        raise ValueError(f"compile: cuda_graph=True replays a captured CUDA graph; it needs device='cuda' (or "
-                         f"backend='simt' to replay the same buffers on the CPU), not backend {backend!r}")
+    compilations, native = cache.STATS.compilations, cache.STATS.compile_seconds
     start = time.perf_counter()
     program = build(optimized, fuel)
     if cuda_graph:
@@ -83,28 +133,13 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
 
         from compiler.memory import plan_memory
         program = dataclasses.replace(program, memory=plan_memory(program, donate_state=True))
-    if backend == "xla":
-        from compiler.xla import build_xla
-        ex = build_xla(optimized, device)
-        kernels = []
-    elif backend in ("cuda", "simt") or device == "cuda":
-        from compiler.runtime.cuda import build_cuda
-        ex = build_cuda(program, simulate=backend == "simt", static=cuda_graph)
-        kernels = ex.kernels
-    elif backend == "numpy":
-        from compiler.runtime.cpu import generate
-        from compiler.runtime.executor import Executable
-        ex = Executable(program, None, "numpy")
-        kernels = ex.kernels = generate(program)
-    else:
-        from compiler.runtime.cpu import build_executable
-        ex = build_executable(program)
-        kernels = ex.kernels
-    lowered = Lowered(graph, optimized, program, ex, getattr(ex, "backend", backend), device, kernels, passes,
-                      time.perf_counter() - start, cache.STATS.compilations - before)
+    ex = BUILDERS[backend](program, optimized, device, cuda_graph)
+    lowered = Lowered(graph, optimized, program, ex, ex.backend, device, ex.kernels, passes,
+                      time.perf_counter() - start, cache.STATS.compilations - compilations,
+                      cache.STATS.compile_seconds - native)
     if cuda_graph:
         lowered.replay = ex.replay
-    debug.show(program, kernels)
+    debug.show(program, lowered.kernels)
     return lowered
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracer.ir import CONSTANT, PLACEHOLDER
+from tracer.ir import CONSTANT, PLACEHOLDER, Node
 
 
 @dataclass
@@ -46,63 +46,98 @@ def _nbytes(n) -> int:
 
 
 def plan_memory(program, donate_state: bool = False) -> MemoryPlan:
+    """Where each value the program's steps write lives (the module docstring says how it is decided)."""
     graph = program.graph
-    returned = {n.id for n in graph.outputs} | {v.id for _, v in graph.updates}
     outputs = {n.id for n in graph.outputs}
-    state_of = {v.id: p for p, v in graph.updates} if donate_state else {}
-    steps = program.steps
+    planner = _Planner(program, _last_reads(program), outputs | {v.id for _, v in graph.updates}, outputs,
+                       {v.id: p for p, v in graph.updates} if donate_state else {})
+    for i, step in enumerate(program.steps):
+        taken: set[int] = set()  # buffers this step writes over in place: none is free for its other values
+        for n in step.writes:
+            planner.place(i, step, n, taken)
+        planner.release(i, step, taken)
+    return planner.plan
+
+
+def _last_reads(program) -> dict[int, int]:
+    """Node id -> index of the last step that reads it (``len(steps)`` for a returned value)."""
+    graph, steps = program.graph, program.steps
     last: dict[int, int] = {}
     for i, s in enumerate(steps):
         for n in program.step_reads(s):
             last[n.id] = i
-    for n in returned:  # returned values (and whatever they view) are read after the last step
-        last[n] = len(steps)
+    for n in graph.outputs + [v for _, v in graph.updates]:  # returned values are read after the last step
+        last[n.id] = len(steps)
     for i in reversed(range(len(steps))):  # a host result may be a view: its inputs live as long as it does
         s = steps[i]
         if s.kind == "host":
             for a in s.node.inputs:
                 last[a.id] = max(last.get(a.id, i), last.get(s.node.id, i))
-    plan = MemoryPlan({})
-    free: list[int] = []
-    for i, s in enumerate(steps):
-        taken: set[int] = set()
-        for n in s.writes:
-            if s.kind == "host":
-                plan.kind[n.id] = "host"
-                continue
-            if n.id in returned:
-                old = state_of.get(n.id)
-                if (s.kind == "kernel" and old is not None and n.id not in outputs and old.id not in taken
-                        and _reads_only_where_written(program, s, n, old, last, i, plan)):
-                    plan.kind[n.id] = "donated"
-                    plan.in_place[n.id] = old.id
-                    taken.add(old.id)
-                else:
-                    plan.kind[n.id] = "output"
-                continue
-            plan.kind[n.id] = "slot"
-            donor = _in_place_donor(program, s, n, plan, last, i, taken) if s.kind == "kernel" else None
-            if donor is not None:
-                plan.slot_of[n.id] = plan.slot_of[donor]
-                plan.in_place[n.id] = donor
-                taken.add(donor)
-                continue
-            need = _nbytes(n)
-            fits = [f for f in free if plan.slot_bytes[f] >= need]
-            if fits:
-                slot = min(fits, key=lambda f: plan.slot_bytes[f])
-                free.remove(slot)
-            else:
-                slot = len(plan.slot_bytes)
-                plan.slot_bytes.append(need)
-            plan.slot_of[n.id] = slot
-        for n in program.step_reads(s):
+    return last
+
+
+@dataclass
+class _Planner:
+    """One walk over the steps, placing each value a step writes and freeing slots after their last read."""
+
+    program: object
+    last: dict[int, int]        # node id -> its last reading step (``_last_reads``)
+    returned: set[int]          # ids of the values a run returns: outputs and new state
+    outputs: set[int]           # ids of the outputs alone
+    state_of: dict[int, Node]   # new state value id -> its placeholder, where state may be donated
+    plan: MemoryPlan = field(default_factory=lambda: MemoryPlan({}))
+    free: list[int] = field(default_factory=list)  # slots no later step reads
+
+    def place(self, i: int, step, n: Node, taken: set[int]) -> None:
+        if step.kind == "host":
+            self.plan.kind[n.id] = "host"
+        elif n.id in self.returned:
+            self.place_returned(i, step, n, taken)
+        else:
+            self.place_slot(i, step, n, taken)
+
+    def place_returned(self, i: int, step, n: Node, taken: set[int]) -> None:
+        """A new state value is donated its old value's array where the kernel may write over it; every other
+        returned value goes to an output pool."""
+        plan, old = self.plan, self.state_of.get(n.id)
+        if (step.kind == "kernel" and old is not None and n.id not in self.outputs and old.id not in taken
+                and _reads_only_where_written(self.program, step, n, old, self.last, i, plan)):
+            plan.kind[n.id] = "donated"
+            plan.in_place[n.id] = old.id
+            taken.add(old.id)
+        else:
+            plan.kind[n.id] = "output"
+
+    def place_slot(self, i: int, step, n: Node, taken: set[int]) -> None:
+        """In place over an input the kernel reads for the last time, else the smallest free slot that fits,
+        else a new slot."""
+        plan = self.plan
+        plan.kind[n.id] = "slot"
+        donor = _in_place_donor(self.program, step, n, plan, self.last, i, taken) if step.kind == "kernel" else None
+        if donor is not None:
+            plan.slot_of[n.id] = plan.slot_of[donor]
+            plan.in_place[n.id] = donor
+            taken.add(donor)
+            return
+        need = _nbytes(n)
+        fits = [f for f in self.free if plan.slot_bytes[f] >= need]
+        if fits:
+            slot = min(fits, key=lambda f: plan.slot_bytes[f])
+            self.free.remove(slot)
+        else:
+            slot = len(plan.slot_bytes)
+            plan.slot_bytes.append(need)
+        plan.slot_of[n.id] = slot
+
+    def release(self, i: int, step, taken: set[int]) -> None:
+        """Free the slots of values step ``i`` read for the last time (not those it wrote over in place)."""
+        plan, last = self.plan, self.last
+        for n in self.program.step_reads(step):
             if last.get(n.id) == i and plan.kind.get(n.id) == "slot" and n.id not in taken:
-                free.append(plan.slot_of[n.id])
-        for n in s.writes:  # written but never read (should not happen after dce): free at once
+                self.free.append(plan.slot_of[n.id])
+        for n in step.writes:  # written but never read (should not happen after dce): free at once
             if plan.kind.get(n.id) == "slot" and n.id not in last:
-                free.append(plan.slot_of[n.id])
-    return plan
+                self.free.append(plan.slot_of[n.id])
 
 
 def _in_place_donor(program, step, n, plan, last, i, taken):

@@ -2,7 +2,8 @@
 
 Per kernel: ops fused, source lines, bytes read and written (each buffer counted once), measured time,
 effective GB/s, and percent of this machine's measured copy bandwidth. Totals (``df.attrs``): kernels vs
-eager ops, trace time, compile time cold and cached.
+eager ops, trace time, compile time cold and cached. Everything but the timings is what the compile recorded
+(``compiler.api.Lowered``): the report compiles nothing.
 """
 
 from __future__ import annotations
@@ -65,79 +66,89 @@ def kernel_bytes(k) -> tuple[int, int]:
     return sum(_nbytes(b) for b in k.buffers), sum(_nbytes(s.node) for s in k.stores)
 
 
-def _example_arrays(lowered):
-    return getattr(lowered, "example", None)
-
-
 def report(compiled, repeat: int = 5, show: bool = True):
+    """The report of ``compiled`` (a ``compiler.Compiled``) from what its compile recorded (``Lowered``): it
+    compiles nothing; it runs the steps ``repeat`` times on the first call's inputs to time them."""
     import pandas as pd
 
-    from compiler.api import lower_graph
     lowered = compiled.lowered
-    ex = lowered.executable
-    program = lowered.program
-    arrays = _example_arrays(lowered)
-    timed = arrays is not None and hasattr(ex, "run_timed")
-    if timed:
-        ex.step_seconds = [0.0] * len(ex.steps)
-        ex.run_timed(arrays, repeat=repeat)
-    rows = []
+    steps = lowered.program.steps
+    seconds = _step_seconds(lowered, repeat)
     bandwidth = copy_bandwidth_gbs(lowered.device)
-    by_group = {k.ir.group.id: k for k in lowered.kernels}
-    for i, step in enumerate(program.steps):
-        seconds = ex.step_seconds[i] / repeat if timed else float("nan")
-        if step.kind == "kernel":
-            ck = by_group.get(step.group.id)
-            k = program.kernels[step.group.id]
-            read, written = kernel_bytes(k)
-            name = ck.name if ck else f"kernel{step.group.id}"
-            ops = ", ".join(m.op for m in step.group.members)
-            lines = len(ck.source.splitlines()) if ck else 0
-        else:
-            read = sum(_nbytes(a) for a in step.node.inputs)
-            written = _nbytes(step.node)
-            name, ops, lines = f"{step.kind}:{step.node.op}", step.node.op, 0
-        gbs = (read + written) / seconds / 1e9 if seconds and seconds == seconds and seconds > 0 else float("nan")
-        rows.append({"step": name, "kind": step.kind, "ops": ops, "n_ops": len(ops.split(", ")),
-                     "source_lines": lines, "bytes_read": read, "bytes_written": written,
-                     "time_us": seconds * 1e6, "GB/s": gbs, "%copy_bw": 100 * gbs / bandwidth})
-    df = pd.DataFrame(rows)
-    start = time.perf_counter()
-    lower_graph(lowered.source_graph, lowered.device, compiled.requested_backend, compiled.fuel)
-    cached = time.perf_counter() - start
-    df.attrs.update({
+    df = pd.DataFrame([_step_row(lowered, step, float("nan") if seconds is None else seconds[i], bandwidth)
+                       for i, step in enumerate(steps)])
+    df.attrs.update(_totals(compiled, df, bandwidth, timed=seconds is not None))
+    if show:
+        _print(df)
+    return df
+
+
+def _step_seconds(lowered, repeat: int) -> list[float] | None:
+    """Each step's mean time over ``repeat`` timed runs on the first call's inputs; None where the executable
+    cannot time its steps (XLA) or was never called."""
+    ex = lowered.executable
+    if lowered.example is None or not hasattr(ex, "run_timed"):
+        return None
+    ex.step_seconds = [0.0] * len(ex.steps)
+    ex.run_timed(lowered.example, repeat=repeat)
+    return [t / repeat for t in ex.step_seconds]
+
+
+def _step_row(lowered, step, seconds: float, bandwidth: float) -> dict:
+    if step.kind == "kernel":
+        generated = next((k for k in lowered.kernels if k.ir.group.id == step.group.id), None)
+        read, written = kernel_bytes(lowered.program.kernels[step.group.id])
+        name = generated.name if generated else f"kernel{step.group.id}"
+        ops = ", ".join(m.op for m in step.group.members)
+        lines = len(generated.source.splitlines()) if generated else 0
+    else:
+        read = sum(_nbytes(a) for a in step.node.inputs)
+        written = _nbytes(step.node)
+        name, ops, lines = f"{step.kind}:{step.node.op}", step.node.op, 0
+    gbs = (read + written) / seconds / 1e9 if seconds > 0 else float("nan")  # NaN (untimed) > 0 is False
+    return {"step": name, "kind": step.kind, "ops": ops, "n_ops": len(ops.split(", ")), "source_lines": lines,
+            "bytes_read": read, "bytes_written": written, "time_us": seconds * 1e6, "GB/s": gbs,
+            "%copy_bw": 100 * gbs / bandwidth}
+
+
+def _totals(compiled, df, bandwidth: float, timed: bool) -> dict:
+    lowered = compiled.lowered
+    program = lowered.program
+    return {
         "kernels": sum(1 for s in program.steps if s.kind == "kernel"),
         "steps": len(program.steps),
         "eager_ops": len(lowered.source_graph.calls),
         "ops_after_passes": len(lowered.graph.calls),
         "trace_s": compiled.trace_seconds,
         "compile_cold_s": compiled.compile_seconds,
-        "compile_cached_s": cached,
+        "compile_cached_s": lowered.cached_seconds,
         "copy_bandwidth_GBs": bandwidth,
         "backend": lowered.backend,
-        "blas_threads": _blas_threads(ex),
+        "blas_threads": _blas_threads(lowered.executable),
         "total_time_us": float(np.nansum(df["time_us"])) if len(df) else 0.0,
         "median_step_us": statistics.median(df["time_us"]) if timed and len(df) else float("nan"),
-    })
-    if show:
-        with pd.option_context("display.width", 160, "display.max_colwidth", 60):
-            print(df.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-        a = df.attrs
-        print(f"{a['kernels']} kernels ({a['steps']} steps) for {a['eager_ops']} eager ops "
-              f"({a['ops_after_passes']} after passes); trace {a['trace_s'] * 1e3:.1f} ms, compile cold "
-              f"{a['compile_cold_s'] * 1e3:.1f} ms, cached {a['compile_cached_s'] * 1e3:.1f} ms; copy bandwidth "
-              f"{bandwidth:.1f} GB/s; backend {a['backend']}; BLAS threads {a['blas_threads']}")
-    return df
+    }
+
+
+def _print(df) -> None:
+    import pandas as pd
+    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    a = df.attrs
+    print(f"{a['kernels']} kernels ({a['steps']} steps) for {a['eager_ops']} eager ops "
+          f"({a['ops_after_passes']} after passes); trace {a['trace_s'] * 1e3:.1f} ms, compile cold "
+          f"{a['compile_cold_s'] * 1e3:.1f} ms, cached {a['compile_cached_s'] * 1e3:.1f} ms; copy bandwidth "
+          f"{a['copy_bandwidth_GBs']:.1f} GB/s; backend {a['backend']}; BLAS threads {a['blas_threads']}")
 
 
 def _blas_threads(ex) -> str:
     """How the executable threads its BLAS calls, in words: "2 (tuned)", "1 (fixed)", "BLAS default"."""
-    from compiler.runtime.blas import _openblas
+    from compiler.runtime.blas import current_threads
     tuner = getattr(ex, "blas_tuner", None)
     if tuner is not None:
         if not tuner.decided:
             return "tuning"
-        count = tuner.best or (_openblas()[1]() if _openblas() else "default")
+        count = tuner.best or current_threads() or "default"
         return f"{count} (tuned)"
     mode = getattr(ex, "blas_threads", None)
     return "BLAS default" if mode is None else f"{mode} (fixed)"

@@ -15,7 +15,7 @@ import pytest
 import eager
 from compiler.passes import optimize
 from compiler.program import build
-from compiler.runtime import cache, cpu
+from compiler.runtime import cache, cpu, pointers
 from compiler.testing import capture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +109,6 @@ def test_cache_location_follows_xdg_and_override(tmp_path, monkeypatch):
                          ids=["plain", "offset-view", "empty", "0-d", "view"])
 def test_kernel_argument_address_is_the_arrays_data_pointer(make):
     a = make()
-    assert cpu.address(a) == a.ctypes.data
+    assert pointers.address(a) == a.ctypes.data
     a.setflags(write=False)  # no writable buffer to export: the slow path must give the same pointer
-    assert cpu.address(a) == a.ctypes.data
+    assert pointers.address(a) == a.ctypes.data

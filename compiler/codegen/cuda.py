@@ -28,6 +28,7 @@ few dialect entries differ:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from compiler.codegen.dialect import CUDA, int_pow_function
 from compiler.codegen.emit import Emitter, decompose
@@ -77,6 +78,28 @@ def header() -> str:
     return HEADER
 
 
+class _RowThreads(NamedTuple):
+    """How a row kernel's threads cover a row of ``size`` elements: ``width`` threads (a warp when ``by_warp``),
+    this one at ``tid``, each taking at most ``per_thread`` elements; ``chunks``: the row is split among that
+    many blocks (0: not split); ``cached``: the row's shared loads sit in registers, its loops are unrolled."""
+
+    size: int
+    width: int
+    tid: str
+    per_thread: int
+    by_warp: bool
+    chunks: int
+    cached: bool
+
+
+def _outer_names(k: KernelIR) -> list[str]:
+    return [f"i{j}" for j in range(k.n_outer)]
+
+
+def _inner_names(k: KernelIR) -> list[str]:
+    return [f"r{j}" for j in range(len(k.inner))]
+
+
 
 class _CudaKernel:
     def __init__(self, k: KernelIR, name: str, arg_of: dict[int, int]):
@@ -112,24 +135,13 @@ class _CudaKernel:
         return f"p{self.arg_of[e.buffer.id]}[{self.index(e.form, self.names)}]"
 
     # ------------------------------------------------------------ elementwise
-    def vectorizable(self) -> bool:
-        """One flat loop of a multiple of 4 whose every access is a float32 element of a contiguous array (one
-        lane of a float4) or a scalar of any type (read once, or written once: an optimizer's float64 step
-        count beside its float32 update)."""
-        k = self.k
-        if len(k.loops) != 1 or k.loops[0][0] % 4:
-            return False
-        accesses = [(e.form, e.dtype) for e in k.order if e.op == "load"] + [(s.form, s.node.dtype) for s in k.stores]
-        return any(s.form == (1,) for s in k.stores) and all(
-            form == (0,) or (form == (1,) and str(dtype) == "float32") for form, dtype in accesses)
-
     def elementwise(self) -> list[str]:
         k = self.k
         total = math.prod(s for s, _ in k.loops)
         grid = "for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < {n}LL; " \
                "t += (long long)gridDim.x * blockDim.x) {{"
         scalar = self.scalar_loop(grid, total)
-        if not self.vectorizable():
+        if not vectorizable(k):
             return scalar
         # float4 loads need 16-byte aligned pointers, which a view (x[1:]) or a host step's result may not have:
         # the kernel checks at run time and falls back to the scalar loop (a misaligned vector load would be a
@@ -184,94 +196,125 @@ class _CudaKernel:
 
     # ------------------------------------------------------------ row kernels
     def row(self) -> list[str]:
-        k, em = self.k, self.em
-        outer_idx = [f"i{j}" for j in range(k.n_outer)]
-        inner_idx = [f"r{j}" for j in range(len(k.inner))]
-        self.names = outer_idx + inner_idx
-        n_inner = math.prod(k.inner)
+        k = self.k
+        self.names = _outer_names(k) + _inner_names(k)
+        size = math.prod(k.inner)
         by_warp = warp_per_row(k)
         width, tid = (32, "(threadIdx.x & 31)") if by_warp else (BLOCK, "threadIdx.x")
-        per_thread = -(-n_inner // width)
+        per_thread = -(-size // width)
         keys = self.cache_keys(per_thread)
-        lines = em.outer
-
         chunks = split_chunks(k)
         assert not (chunks and keys), "a split row is longer than the register cache"
-
-        def loop(body):
-            head = decompose("r", k.inner, inner_idx, "long long")
-            if chunks:  # a split row: this block's chunk only
-                return [_chunk_loop(k, tid, width)] + ["  " + s for s in head + body] + ["}"]
-            if not keys:
-                return [f"for (long long r = {tid}; r < {n_inner}LL; r += {width}) {{"] + \
-                       ["  " + s for s in head + body] + ["}"]
-            # unrolled over the thread's elements, so the cache arrays are indexed by constants (registers)
-            inside = ["  " + s for s in head + body]
-            if n_inner % width:
-                inside = [f"  if (r < {n_inner}LL) {{"] + ["  " + s for s in inside] + ["  }"]
-            return ["#pragma unroll", f"for (int j = 0; j < {per_thread}; j++) {{",
-                    f"  const long long r = {tid} + (long long)j * {width};"] + inside + ["}"]
-
+        row = _RowThreads(size, width, tid, per_thread, by_warp, chunks, bool(keys))
+        # every phase appends to the emitter's per-row list itself: the values its expressions compute once per
+        # row land there too, each just before the first statement that reads it
+        lines = self.em.outer
         if keys:
-            preload = []
-            for key, e in keys.items():
-                name = em.fresh("c")
-                ctype = CUDA.ctype(e.dtype)
-                lines.append(f"{ctype} {name}[{per_thread}];")
-                preload.append(f"{name}[j] = {self.load_text(e)};")
-                self.cached[key] = name
-            lines += loop(preload)
+            self.row_preload(row, keys, lines)
+        self.row_reductions(row, lines)
+        self.row_stores(row, lines)
+        return self.em.hoisted + self.rows_loop(row, lines)
 
-        slots = {id(e): i for i, e in enumerate(split_reductions(k))}
-        for e in k.reductions:
+    def row_loop(self, row: _RowThreads, body: list[str]) -> list[str]:
+        """``body`` for each of this thread's elements of the row, ``r`` being the element's index."""
+        inside = decompose("r", self.k.inner, _inner_names(self.k), "long long") + body
+        if row.chunks:
+            return self.chunk_row_loop(row, inside)
+        if row.cached:
+            return self.unrolled_row_loop(row, inside)
+        return self.strided_row_loop(row, inside)
+
+    def strided_row_loop(self, row: _RowThreads, inside: list[str]) -> list[str]:
+        return [f"for (long long r = {row.tid}; r < {row.size}LL; r += {row.width}) {{"] + \
+            ["  " + s for s in inside] + ["}"]
+
+    def chunk_row_loop(self, row: _RowThreads, inside: list[str]) -> list[str]:
+        """A split row: this block's chunk only."""
+        return [_chunk_loop(self.k, row.tid, row.width)] + ["  " + s for s in inside] + ["}"]
+
+    def unrolled_row_loop(self, row: _RowThreads, inside: list[str]) -> list[str]:
+        """Unrolled over the thread's elements, so the cache arrays are indexed by constants (registers)."""
+        inside = ["  " + s for s in inside]
+        if row.size % row.width:
+            inside = [f"  if (r < {row.size}LL) {{"] + ["  " + s for s in inside] + ["  }"]
+        return ["#pragma unroll", f"for (int j = 0; j < {row.per_thread}; j++) {{",
+                f"  const long long r = {row.tid} + (long long)j * {row.width};"] + inside + ["}"]
+
+    def row_preload(self, row: _RowThreads, keys: dict[tuple, Expr], lines: list[str]) -> None:
+        """A register array per cached load, all filled by one loop: the row's loads are issued together."""
+        preload = []
+        for key, e in keys.items():
+            name = self.em.fresh("c")
+            lines.append(f"{CUDA.ctype(e.dtype)} {name}[{row.per_thread}];")
+            preload.append(f"{name}[j] = {self.load_text(e)};")
+            self.cached[key] = name
+        lines += self.row_loop(row, preload)
+
+    def row_reductions(self, row: _RowThreads, lines: list[str]) -> None:
+        """Each reduction: this thread's share (its elements, or its row's partials when split), then combined
+        across the warp or the block, so every thread sees the row's value."""
+        em = self.em
+        slots = {id(e): i for i, e in enumerate(split_reductions(self.k))}
+        for e in self.k.reductions:
             ctype = CUDA.ctype(e.dtype)
-            acc_t, ident, combine = _accumulator(e, ctype)
-            j = em.fresh("acc")
-            if chunks:  # combine the partials the ``<kernel>_partials<level>`` kernels left for this row
-                lines += self.combine_partials(e, slots[id(e)], j, tid, width)
+            acc = em.fresh("acc")
+            if row.chunks:  # combine the partials the ``<kernel>_partials<level>`` kernels left for this row
+                lines += self.combine_partials(e, slots[id(e)], acc, row.tid, row.width)
             else:
-                em.new_loop()
-                v = em.ref(e.args[0])
-                lines += [f"{acc_t} {j} = ({acc_t}){ident};"] + loop(em.inner + [combine.format(a=j, b=v)])
+                lines += self.accumulate(row, e, acc)
             red = em.fresh("red")
-            combined = f"gd_warp_{e.op}({j})" if by_warp else _block_reduce(e, j)
+            combined = f"gd_warp_{e.op}({acc})" if row.by_warp else _block_reduce(e, acc)
             lines.append(f"const {ctype} {red} = ({ctype}){combined};")
             em.bind(e, red)
+
+    def accumulate(self, row: _RowThreads, e: Expr, acc: str) -> list[str]:
+        """A new ``acc`` holding reduction ``e`` over this thread's elements of the row."""
+        em = self.em
+        acc_t, identity, combine = _accumulator(e, CUDA.ctype(e.dtype))
+        em.new_loop()
+        v = em.ref(e.args[0])
+        return [f"{acc_t} {acc} = ({acc_t}){identity};"] + self.row_loop(row, em.inner + [combine.format(a=acc, b=v)])
+
+    def row_stores(self, row: _RowThreads, lines: list[str]) -> None:
+        """Values stored per element, in one more row loop; values stored per row (or once), by one thread."""
+        k, em = self.k, self.em
         inner_stores = [s for s in k.stores if any(s.form[k.n_outer:])]
-        row_stores = [s for s in k.stores if s not in inner_stores]
         if inner_stores:
             em.new_loop()
             body = [f"p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}] = {em.ref(s.expr)};"
                     for s in inner_stores]
-            lines += loop(em.inner + body)
-        for s in row_stores:
+            lines += self.row_loop(row, em.inner + body)
+        for s in [s for s in k.stores if s not in inner_stores]:
             v = em.ref(s.expr)
-            once = (" && o == 0" if not any(s.form) else "") + (" && c == 0" if chunks else "")
+            once = (" && o == 0" if not any(s.form) else "") + (" && c == 0" if row.chunks else "")
             target = f"p{self.arg_of[s.node.id]}[{self.index(s.form, self.names)}]"
-            lines.append(f"if ({tid} == 0{once}) {target} = {v};")
+            lines.append(f"if ({row.tid} == 0{once}) {target} = {v};")
+
+    def rows_loop(self, row: _RowThreads, lines: list[str]) -> list[str]:
+        """``lines`` for each of this block's rows: a block per (row, chunk) when split (each combines its row's
+        partials and writes its chunk of the row), ``WARPS`` rows per block by warp, else a block per row."""
+        k = self.k
         n_outer = math.prod(k.outer)
-        head = decompose("o", k.outer, outer_idx, "long long")
-        if chunks:  # a block per (row, chunk): each combines its row's partials and writes its chunk of the row
-            rows = f"for (long long b = blockIdx.x; b < {n_outer * chunks}LL; b += gridDim.x) {{"
+        head = decompose("o", k.outer, _outer_names(k), "long long")
+        if row.chunks:
+            rows = f"for (long long b = blockIdx.x; b < {n_outer * row.chunks}LL; b += gridDim.x) {{"
             head = _chunk_of_block(k) + head
-        elif by_warp:
+        elif row.by_warp:
             rows = (f"for (long long o = blockIdx.x * {WARPS}LL + (threadIdx.x >> 5); o < {n_outer}LL; "
                     f"o += gridDim.x * {WARPS}LL) {{")
         else:
             rows = f"for (long long o = blockIdx.x; o < {n_outer}LL; o += gridDim.x) {{"
-        return em.hoisted + [rows] + ["  " + s for s in head + lines] + ["}"]
+        return [rows] + ["  " + s for s in head + lines] + ["}"]
 
     # ------------------------------------------------------------ column kernels
     def columns(self) -> list[str]:
         k, em = self.k, self.em
-        outer_idx = [f"i{j}" for j in range(k.n_outer)]
-        inner_idx = [f"r{j}" for j in range(len(k.inner))]
-        self.names = outer_idx + inner_idx
+        self.names = _outer_names(k) + _inner_names(k)
         n_outer, n_inner = math.prod(k.outer), math.prod(k.inner)
         lines = em.outer
 
         def loop(body):
-            head = decompose("r", k.inner, inner_idx, "long long")
+            head = decompose("r", k.inner, _inner_names(k), "long long")
             return [f"for (long long r = warp; r < {n_inner}LL; r += {WARPS}) {{"] + \
                    ["  " + s for s in head + body] + ["}"]
 
@@ -302,7 +345,7 @@ class _CudaKernel:
         # a lane past the last row works on the last row (no out-of-bounds reads) and stores nothing
         head = [f"const bool valid = ob + lane < {n_outer}LL;",
                 f"const long long o = valid ? ob + lane : {n_outer - 1}LL;"] + \
-            decompose("o", k.outer, outer_idx, "long long")
+            decompose("o", k.outer, _outer_names(k), "long long")
         return [f"__shared__ unsigned long long gd_col[{BLOCK}];",
                 "const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;"] + em.hoisted + \
             [f"for (long long ob = blockIdx.x * 32LL; ob < {n_outer}LL; ob += gridDim.x * 32LL) {{"] + \
@@ -349,9 +392,7 @@ class _CudaKernel:
         of lower levels that these read (softmax's max for its sum of exponentials, a mean for a variance) are
         first combined from the partials the earlier launches left."""
         k, em = self.k, self.em
-        outer_idx = [f"i{j}" for j in range(k.n_outer)]
-        inner_idx = [f"r{j}" for j in range(len(k.inner))]
-        self.names = outer_idx + inner_idx
+        self.names = _outer_names(k) + _inner_names(k)
         n_outer, chunks = math.prod(k.outer), split_chunks(k)
         levels = reduction_levels(k)
         slots = {id(e): i for i, e in enumerate(split_reductions(k))}
@@ -366,13 +407,13 @@ class _CudaKernel:
             v = em.ref(e.args[0])
             acc_t, ident, combine = _accumulator(e, CUDA.ctype(e.dtype))
             acc, red = em.fresh("acc"), em.fresh("red")
-            head = decompose("r", k.inner, inner_idx, "long long")
+            head = decompose("r", k.inner, _inner_names(k), "long long")
             lines += [f"{acc_t} {acc} = ({acc_t}){ident};", _chunk_loop(k, "threadIdx.x", BLOCK)] + \
                 ["  " + s for s in head + em.inner + [combine.format(a=acc, b=v)]] + ["}"]
             lines += [f"const {acc_t} {red} = {_block_reduce(e, acc)};",
                       f"if (threadIdx.x == 0) reinterpret_cast<{acc_t}*>(gd_part + {slots[id(e)] * n_outer * chunks}LL)"
                       f"[o * {chunks}LL + c] = {red};"]
-        head = _chunk_of_block(k) + decompose("o", k.outer, outer_idx, "long long")
+        head = _chunk_of_block(k) + decompose("o", k.outer, _outer_names(k), "long long")
         return em.hoisted + [f"for (long long b = blockIdx.x; b < {n_outer * chunks}LL; b += gridDim.x) {{"] + \
             ["  " + s for s in head + lines] + ["}"]
 
@@ -386,6 +427,17 @@ class _CudaKernel:
         body = self.columns() if k.columnar else self.row() if k.is_row_kernel else self.elementwise()
         return "\n".join(out + [f'extern "C" __global__ void {self.name}({self.params()}) {{'] +
                          ["  " + s for s in body] + ["}", ""])
+
+
+def vectorizable(k: KernelIR) -> bool:
+    """An elementwise kernel whose threads move ``float4`` vectors: one flat loop of a multiple of 4 whose every
+    access is a float32 element of a contiguous array (one lane of a float4) or a scalar of any type (read once,
+    or written once: an optimizer's float64 step count beside its float32 update)."""
+    if k.is_row_kernel or len(k.loops) != 1 or k.loops[0][0] % 4:
+        return False
+    accesses = [(e.form, e.dtype) for e in k.order if e.op == "load"] + [(s.form, s.node.dtype) for s in k.stores]
+    return any(s.form == (1,) for s in k.stores) and all(
+        form == (0,) or (form == (1,) and str(dtype) == "float32") for form, dtype in accesses)
 
 
 def warp_per_row(k: KernelIR) -> bool:
@@ -460,13 +512,21 @@ def _reductions_read(e, seen: set[int]) -> list[Expr]:
     return [r for a in e.args for r in _reductions_read(a, seen)]
 
 
-def _accumulator(e: Expr, ctype: str) -> tuple[str, str, str]:
-    """(accumulator type, identity, ``combine`` template over ``{a}`` += ``{b}``) of a sum or max reduction;
-    a max keeps NaN, as NumPy's does."""
+class Accumulator(NamedTuple):
+    """How a thread accumulates a reduction: its C ``type``, ``identity``, and ``combine``, a statement template
+    that folds ``{b}`` into ``{a}``."""
+
+    type: str
+    identity: str
+    combine: str
+
+
+def _accumulator(e: Expr, ctype: str) -> Accumulator:
+    """The accumulator of a sum or max reduction of C type ``ctype``; a max keeps NaN, as NumPy's does."""
     acc_t = "long long" if ctype == "bool" else ctype
     if e.op == "sum":
-        return acc_t, "0", "{a} += {b};"
-    return acc_t, CUDA.lowest(e.dtype), "{a} = ({b} != {b} || {b} > {a}) ? {b} : {a};"
+        return Accumulator(acc_t, "0", "{a} += {b};")
+    return Accumulator(acc_t, CUDA.lowest(e.dtype), "{a} = ({b} != {b} || {b} > {a}) ? {b} : {a};")
 
 
 def _row_loads(e: Expr, seen: set[int], found: dict[tuple, Expr]) -> None:
@@ -492,7 +552,8 @@ def render(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:
 
 
 def launch_config(k: KernelIR) -> tuple[int, int]:
-    """(grid, block): one block per row for row kernels; enough blocks to cover the domain otherwise."""
+    """(grid, block): one block per row for row kernels; enough blocks to cover the domain otherwise (a float4
+    per thread where the kernel is ``vectorizable``)."""
     if k.columnar:
         return max(1, min(-(-math.prod(k.outer) // 32), 65535 * 32)), BLOCK
     if warp_per_row(k):
@@ -502,7 +563,8 @@ def launch_config(k: KernelIR) -> tuple[int, int]:
     if k.is_row_kernel:
         return max(1, min(math.prod(k.outer), 65535 * 32)), BLOCK
     total = math.prod(s for s, _ in k.loops)
-    return max(1, min(-(-total // BLOCK), 65535 * 32)), BLOCK
+    grid = max(1, min(-(-total // BLOCK), 65535 * 32))
+    return (max(1, -(-grid // 4)) if vectorizable(k) else grid), BLOCK
 
 
 def partials_grid(k: KernelIR) -> int:

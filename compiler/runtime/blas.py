@@ -19,6 +19,8 @@ import functools
 import os
 import statistics
 from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
 
 _SETTERS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
 _GETTERS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
@@ -28,9 +30,16 @@ def small_matmul_flops() -> int:
     return int(os.environ.get("GRAPHDUEL_BLAS_SMALL_FLOPS", 1 << 26))
 
 
+class OpenBlas(NamedTuple):
+    """The thread controls of the OpenBLAS NumPy loaded."""
+
+    set_threads: Callable[[int], None]
+    get_threads: Callable[[], int]
+
+
 @functools.cache
-def _openblas():
-    """(set_num_threads, get_num_threads) of the OpenBLAS NumPy loaded, or None."""
+def _openblas() -> OpenBlas | None:
+    """The thread controls of the OpenBLAS NumPy loaded, or None."""
     import numpy  # noqa: F401  (loads its BLAS)
     try:
         with open("/proc/self/maps") as f:
@@ -46,8 +55,14 @@ def _openblas():
         getter = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
         if setter is not None and getter is not None:
             setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
-            return setter, getter
+            return OpenBlas(setter, getter)
     return None
+
+
+def current_threads() -> int | None:
+    """How many threads OpenBLAS uses now; None without OpenBLAS."""
+    api = _openblas()
+    return None if api is None else api.get_threads()
 
 
 class BlasThreads:
@@ -62,14 +77,14 @@ class BlasThreads:
 
     def __enter__(self):
         if self.api is not None:
-            self.saved = self.api[1]()
+            self.saved = self.api.get_threads()
             if self.saved != self.n:
-                self.api[0](self.n)
+                self.api.set_threads(self.n)
         return self
 
     def __exit__(self, *exc):
         if self.api is not None and self.saved != self.n:
-            self.api[0](self.saved)
+            self.api.set_threads(self.saved)
         return False
 
 
@@ -79,7 +94,7 @@ def threads_for(program) -> int | str | None:
     limit = small_matmul_flops()
     flops = [2 * n.args[0].shape[-1] * _numel(n.shape) for s in program.steps if s.kind == "library"
              for n in [s.node]]
-    if not (flops and limit and max(flops) < limit) or _openblas() is None or _openblas()[1]() < 2:
+    if not (flops and limit and max(flops) < limit) or (current_threads() or 0) < 2:
         return None
     fixed = os.environ.get("GRAPHDUEL_BLAS_THREADS", "auto")
     if fixed == "auto":

@@ -16,78 +16,24 @@ from __future__ import annotations
 
 import ctypes
 import warnings
-from dataclasses import dataclass
 
 from compiler.codegen import c as cgen
-from compiler.runtime import cache
+from compiler.runtime import cache, kernels
 from compiler.runtime.executor import Executable
+from compiler.runtime.kernels import GeneratedKernel
+from compiler.runtime.pointers import address
 from tracer.ir import CONSTANT
 
 _warned_no_compiler = False
-_from_buffer, _addressof = ctypes.c_byte.from_buffer, ctypes.addressof
 
 
-def address(a) -> int:
-    """The data pointer of a C-contiguous array. Through the buffer protocol it costs 0.3 us against 0.9 us for
-    ``a.ctypes.data``, which adds up over the few arguments of each of a step's kernels; read-only and empty
-    arrays export no writable buffer and take the slow path."""
-    try:
-        return _addressof(_from_buffer(a))
-    except (TypeError, ValueError):
-        return a.ctypes.data
+def generate(program) -> list[GeneratedKernel]:
+    """The program's kernels rendered to C."""
+    return kernels.generate(program, cgen.render_function)
 
 
-@dataclass
-class CKernel:
-    """One generated kernel: its name, C source, and the IR nodes it fuses."""
-
-    name: str
-    source: str
-    ir: object
-    arg_nodes: list
-
-    @property
-    def ops(self) -> list[str]:
-        return [m.op for m in self.ir.group.members]
-
-
-def arg_map(k, memory) -> tuple[dict[int, int], list]:
-    """One argument per distinct buffer: an in-place store shares its donor's argument."""
-    arg_of: dict[int, int] = {}
-    nodes = []
-    for n in k.buffers:
-        arg_of[n.id] = len(nodes)
-        nodes.append(n)
-    for s in k.stores:
-        donor = memory.in_place.get(s.node.id)
-        if donor is not None and donor in arg_of:
-            arg_of[s.node.id] = arg_of[donor]
-        else:
-            arg_of[s.node.id] = len(nodes)
-            nodes.append(s.node)
-    return arg_of, nodes
-
-
-def render_kernels(program, render_function, make) -> list:
-    """One generated kernel per fused group of ``program``, named after its ops (shared by the C and CUDA
-    backends, which differ only in ``render_function`` and the kernel class ``make``)."""
-    kernels = []
-    for step in program.steps:
-        if step.kind != "kernel":
-            continue
-        k = program.kernels[step.group.id]
-        name = f"k{step.group.id}_" + "_".join(dict.fromkeys(m.op for m in step.group.members))[:48]
-        arg_of, nodes = arg_map(k, program.memory)
-        kernels.append(make(name, render_function(k, name, arg_of), k, nodes))
-    return kernels
-
-
-def generate(program) -> list[CKernel]:
-    return render_kernels(program, cgen.render_function, CKernel)
-
-
-def module_source(kernels: list[CKernel]) -> str:
-    return cgen.header() + "\n" + "\n".join(k.source for k in kernels)
+def module_source(generated: list[GeneratedKernel]) -> str:
+    return kernels.module_source(cgen.header(), generated)
 
 
 def _announce_fallback(reason: str) -> None:
@@ -100,31 +46,33 @@ def _announce_fallback(reason: str) -> None:
 
 
 def build_executable(program, fallback_ok: bool = True) -> Executable:
-    kernels = generate(program)
-    if not kernels:
+    """The executable of ``program`` on native C kernels; without a C compiler, on the NumPy fallback (unless
+    ``fallback_ok`` is False: then ``cache.NoCompiler`` is raised)."""
+    generated = generate(program)
+    if not generated:
         ex = Executable(program, None, "cpu")
         ex.kernels, ex.library = [], None
         return ex
     try:
-        lib, path = cache.load_library(module_source(kernels))
+        lib, path = cache.load_library(module_source(generated))
     except cache.NoCompiler as e:
         if not fallback_ok:
             raise
         _announce_fallback(str(e))
         ex = Executable(program, None, "numpy")
-        ex.kernels, ex.library = kernels, None
+        ex.kernels, ex.library = generated, None
         return ex
-    by_group = {k.ir.group.id: k for k in kernels}
+    by_group = {k.ir.group.id: k for k in generated}
 
-    def kernel_step(k, step, ex: Executable):
-        ck = by_group[step.group.id]
-        fn = getattr(lib, ck.name)
+    def kernel_step(k, step, ex: Executable):  # k: the group's kernel IR
+        kernel = by_group[step.group.id]
+        fn = getattr(lib, kernel.name)
         fn.argtypes = [ctypes.c_void_p]
         fn.restype = None
-        ptrs = (ctypes.c_void_p * len(ck.arg_nodes))()
+        ptrs = (ctypes.c_void_p * len(kernel.arg_nodes))()
         dynamic, pooled = [], []
         memory = program.memory
-        for pos, n in enumerate(ck.arg_nodes):
+        for pos, n in enumerate(kernel.arg_nodes):
             i = ex.index[n.id]
             if n.op == CONSTANT or memory.kind.get(n.id) == "slot":
                 ptrs[pos] = ex.env_template[i].ctypes.data
@@ -143,5 +91,5 @@ def build_executable(program, fallback_ok: bool = True) -> Executable:
         return run
 
     ex = Executable(program, kernel_step, "cpu")
-    ex.kernels, ex.library = kernels, path
+    ex.kernels, ex.library = generated, path
     return ex

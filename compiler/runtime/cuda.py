@@ -8,37 +8,25 @@ Importing this module never imports CuPy; building an executable does, and fails
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from compiler.codegen import cuda as cgen
 from compiler.codegen import gemm
-from compiler.runtime.cpu import arg_map, render_kernels
+from compiler.runtime import kernels
 from compiler.runtime.executor import Executable
+from compiler.runtime.kernels import GeneratedKernel
 from compiler.runtime.replay import StaticReplay, rerun
 from eager.backend import _cupy
 from tracer.ir import CONSTANT
 
 
-@dataclass
-class CudaKernel:
-    name: str
-    source: str
-    ir: object
-    arg_nodes: list
-
-    @property
-    def ops(self) -> list[str]:
-        return [m.op for m in self.ir.group.members]
+def generate(program) -> list[GeneratedKernel]:
+    """The program's kernels rendered to CUDA C."""
+    return kernels.generate(program, cgen.render_function)
 
 
-def generate(program) -> list[CudaKernel]:
-    return render_kernels(program, cgen.render_function, CudaKernel)
-
-
-def module_source(kernels) -> str:
-    return cgen.header() + "\n" + "\n".join(k.source for k in kernels)
+def module_source(generated: list[GeneratedKernel]) -> str:
+    return kernels.module_source(cgen.header(), generated)
 
 
 # --fmad=false: NVRTC contracts a*b+c into an FMA by default, and whether it does can differ between two kernels
@@ -50,7 +38,7 @@ NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 def build_cuda(program, simulate: bool = False, static: bool = False) -> Executable:
     """The executable of ``program``; ``simulate``: on NumPy arrays with the SIMT emulator; ``static``: fixed
     buffers for a ``StaticReplay`` (``cuda_graph=True``), which it gets as ``.replay``."""
-    kernels = generate(program)
+    generated = generate(program)
     xp = np if simulate else _cupy()  # _cupy raises a clear RuntimeError without CuPy or a GPU
 
     def load(source: str, direct: frozenset = frozenset()):
@@ -60,43 +48,41 @@ def build_cuda(program, simulate: bool = False, static: bool = False) -> Executa
             return SimtModule(source, direct)
         return xp.RawModule(code=source, options=NVRTC_OPTIONS)
 
-    elementwise = frozenset(k.name for k in kernels if not k.ir.is_row_kernel)
-    module = load(module_source(kernels), elementwise) if kernels else None
-    by_group = {k.ir.group.id: k for k in kernels}
+    elementwise = frozenset(k.name for k in generated if not k.ir.is_row_kernel)
+    module = load(module_source(generated), elementwise) if generated else None
+    by_group = {k.ir.group.id: k for k in generated}
 
-    def kernel_step(k, step, ex: Executable):
-        ck = by_group[step.group.id]
-        fn = module.get_function(ck.name)
+    def kernel_step(k, step, ex: Executable):  # k: the group's kernel IR
+        kernel = by_group[step.group.id]
+        fn = module.get_function(kernel.name)
         grid, block = cgen.launch_config(k)
-        if not k.is_row_kernel and cgen._CudaKernel(k, ck.name, arg_map(k, program.memory)[0]).vectorizable():
-            grid = max(1, -(-grid // 4))
-        idx = [ex.index[n.id] for n in ck.arg_nodes]
-        pooled = [(pos, ex.index[n.id], ex.pools[ex.index[n.id]]) for pos, n in enumerate(ck.arg_nodes)
+        arg_index = [ex.index[n.id] for n in kernel.arg_nodes]
+        pooled = [(ex.index[n.id], ex.pools[ex.index[n.id]]) for n in kernel.arg_nodes
                   if n.op != CONSTANT and program.memory.kind.get(n.id) == "output"
                   and any(s.node.id == n.id for s in k.stores)]
 
         if cgen.split_chunks(k):  # a few long rows: partials by many blocks first, a launch per level
-            levels = [module.get_function(f"{ck.name}_partials{n}") for n in range(len(cgen.reduction_levels(k)))]
+            levels = [module.get_function(f"{kernel.name}_partials{n}") for n in range(len(cgen.reduction_levels(k)))]
             scratch = xp.empty(cgen.partials_bytes(k), np.uint8)
 
             def run(env):
-                for _, i, pool in pooled:
+                for i, pool in pooled:
                     env[i] = pool.take()
-                args = tuple(env[i] for i in idx) + (scratch,)
+                args = tuple(env[i] for i in arg_index) + (scratch,)
                 for partials in levels:  # the same (row, chunk) grid as the row kernel
                     partials((grid,), (block,), args)
                 fn((grid,), (block,), args)
             return run
 
         def run(env):
-            for _, i, pool in pooled:
+            for i, pool in pooled:
                 env[i] = pool.take()
-            fn((grid,), (block,), tuple(env[i] for i in idx))
+            fn((grid,), (block,), tuple(env[i] for i in arg_index))
         return run
 
     ex = Executable(program, kernel_step, "simt" if simulate else "cuda", xp=xp, static=static,
                     library_step=(lambda step, ex: gemm_step(step, ex, load)) if static else None)
-    ex.kernels, ex.module = kernels, module
+    ex.kernels, ex.module = generated, module
     if static:
         ex.replay = StaticReplay(ex, rerun if simulate else capture_graph)
     return ex

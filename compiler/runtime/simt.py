@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from compiler.runtime import cache
-from compiler.runtime.cpu import address
+from compiler.runtime.pointers import address
 
 FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing"]
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
