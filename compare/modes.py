@@ -2,8 +2,9 @@
 (NumPy, JAX, PyTorch).
 
 A mode is a name plus ``prepare(workload, arrays, device) -> Runner``. ``prepare`` raises :class:`Skip`
-with a reason when the mode cannot run this workload here (package not installed or not written yet,
-forward-only peer on a train step, no GPU); the harness records the reason instead of failing.
+with a reason when the mode cannot run this workload here (an optional peer package not installed, a
+forward-only peer on a train step, no GPU); the harness records the reason instead of failing. Anything else
+that goes wrong, our own packages failing to import included, is an error row, never a skip.
 
     >>> from compare.modes import MODES
     >>> list(MODES)[:3]
@@ -76,17 +77,40 @@ def as_tuple(result) -> tuple:
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 
-def _import(name: str, why: str):
+OUR_PACKAGES = ("eager", "tracer", "compiler", "compare")
+
+
+def _import(name: str, why: str = ""):
+    """Import a package a mode needs. An optional peer that is not installed raises :class:`Skip` saying ``why``
+    (how to install it); anything else raises: our own packages must import (a failure there is a bug in
+    graphduel, reported as an error), and so must a peer that is installed but broken.
+
+        >>> _import("surely_not_a_module_graphduel", "pip install it")
+        Traceback (most recent call last):
+        compare.modes.Skip: surely_not_a_module_graphduel is not installed; pip install it
+    """
+    if name.split(".")[0] in OUR_PACKAGES:
+        try:
+            return importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f"graphduel's own module {name} failed to import ({type(e).__name__}: {e}): a bug in "
+                              "graphduel or a missing required dependency (pip install -e .), not a skip") from e
     try:
         return importlib.import_module(name)
-    except ImportError as e:
-        raise Skip(f"{name} is not importable ({e}); {why}") from e
+    except ModuleNotFoundError as e:
+        if not _names_the_package(e.name, name):
+            raise ImportError(f"{name} is installed but does not import ({e}); repair the install "
+                              f"({why}) or leave its modes out") from e
+        raise Skip(f"{name} is not installed; {why}") from e
+
+
+def _names_the_package(missing: str | None, name: str) -> bool:
+    """Whether a ModuleNotFoundError for ``missing`` means ``name`` itself is absent (not one of its imports)."""
+    return missing is not None and (name == missing or name.startswith(missing + "."))
 
 
 def _eager_lib(device: str):
-    eager = _import("eager", "install graphduel")
-    for sub in ("eager.nn", "eager.nn.functional", "eager.optim"):
-        _import(sub, "eager's nn/optim are needed by this workload")
+    eager = _import("eager")
     if device == "cuda" and not eager.cuda.is_available():
         raise Skip("--device cuda: eager needs CuPy and a visible GPU (pip install graphduel[gpu])")
     return eager
@@ -127,9 +151,7 @@ def prepare_eager(wl: Workload, arrays: dict, device: str) -> Runner:
 
 def prepare_traced(wl: Workload, arrays: dict, device: str) -> Runner:
     eager = _eager_lib(device)
-    tracer = _import("tracer", "install graphduel")
-    if not hasattr(tracer, "trace"):
-        raise Skip("tracer.trace is not written yet (tracer/ has no trace()); the traced mode will run once it lands")
+    tracer = _import("tracer")
     prog = _build(wl, eager, arrays, device)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -147,31 +169,23 @@ def prepare_traced(wl: Workload, arrays: dict, device: str) -> Runner:
 
 def prepare_compiled(wl: Workload, arrays: dict, device: str, cuda_graph: bool = False) -> Runner:
     eager = _eager_lib(device)
-    compiler = _import("compiler", "install graphduel")
-    if not hasattr(compiler, "compile"):
-        raise Skip("compiler.compile is not written yet (compiler/ has no compile()); "
-                   "the compiled mode will run once it lands")
+    compiler = _import("compiler")
     prog = _build(wl, eager, arrays, device)
     with warnings.catch_warnings(), _fresh_kernel_cache():
         warnings.simplefilter("ignore")  # as for tracing: assumptions are reported with the divergence
-        t0 = time.perf_counter()
         compiled = compiler.compile(prog.fn, *prog.args, device=device, cuda_graph=cuda_graph)
-        cold_s = time.perf_counter() - t0
         # The same program compiled again, on a fresh copy so no state is shared: kernels now come from cache.
         again = _build(wl, eager, arrays, device)
-        t0 = time.perf_counter()
         second = compiler.compile(again.fn, *again.args, device=device, cuda_graph=cuda_graph)
-        cached_s = time.perf_counter() - t0
     sync = _sync_eager(device)
 
     def call():
         out = compiled(*prog.args)
         sync()
         return out
-    # The compiler splits its time into tracing and compiling; without that split the wall time counts as compile.
-    setup = {"trace_time": getattr(compiled, "trace_seconds", 0.0),
-             "compile_cold": getattr(compiled, "compile_seconds", cold_s),
-             "compile_cached": getattr(second, "compile_seconds", cached_s)}
+    # the compiler splits its wall time into tracing and compiling (passes and kernel builds)
+    setup = {"trace_time": compiled.trace_seconds, "compile_cold": compiled.compile_seconds,
+             "compile_cached": second.compile_seconds}
     return Runner(call, _state_of(prog), setup, structure_of(compiled), compiled, prog, _clock(device))
 
 

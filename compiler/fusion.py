@@ -30,13 +30,15 @@ import os
 from dataclasses import dataclass, field
 
 from compiler import views as V
-from eager.primitives import ELEMENTWISE, PRIMITIVES
+from eager.primitives import KERNEL, LIBRARY, PRIMITIVES, REDUCTION, VIEW
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, Node
 
-ELEMENTWISE_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.kind == ELEMENTWISE and p.c_expr) | {"full"}
-REDUCE_OPS = frozenset({"sum", "max"})
-VIEW_OPS = frozenset({"reshape", "broadcast_to", "permute"})
-LIBRARY_OPS = frozenset({"matmul"})
+# from the op table's ``lowering``: what joins kernels (elementwise ops, and ``full`` as a literal), what kernels
+# reduce, what only changes a view, what is a library call
+ELEMENTWISE_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.lowering == KERNEL and p.kind != REDUCTION)
+REDUCE_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.lowering == KERNEL and p.kind == REDUCTION)
+VIEW_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.lowering == VIEW)
+LIBRARY_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.lowering == LIBRARY)
 MAX_VIEWS = 4  # distinct views of one value inside a kernel (each is a recomputation)
 MAX_RECOMPUTE = 3  # kernels that may each recompute one value (a forward and its backward are two)
 

@@ -21,9 +21,8 @@ import numpy as np
 from compiler import views as V
 from compiler.fusion import REDUCE_OPS, VIEW_OPS, Group, reduce_axes
 from eager.backend import to_numpy
+from eager.primitives import COMPARISONS
 from tracer.ir import CONSTANT, Node
-
-COMPARISONS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
 
 
 @dataclass(eq=False)

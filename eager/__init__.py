@@ -12,7 +12,7 @@
 from eager.tensor import Tensor  # isort: skip
 from eager import autograd
 from eager.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from eager.backend import Device, bool_, cuda_available, float32, float64, int32, int64
+from eager.backend import Device, bool_, cuda_available, float32, float64, int8, int32, int64
 from eager.creation import (
     arange,
     as_tensor,
@@ -36,7 +36,9 @@ from eager.creation import (
 )
 from eager.dispatch import IndexOutOfRange, OpError, apply
 from eager.ops import (
-    abs,
+    TABLE_FUNCTIONS as _TABLE_FUNCTIONS,  # exp, log, erf, erfc, ...: one per row of the op table with an api
+)
+from eager.ops import (
     add,
     all,
     amax,
@@ -44,24 +46,28 @@ from eager.ops import (
     any,
     argmax,
     argmin,
+    bitwise_and,
+    bitwise_not,
+    bitwise_or,
+    bitwise_xor,
     cat,
     chunk,
     clamp,
     clone,
     concat,
-    cos,
     detach,
     div,
     eq,
-    erf,
-    exp,
     expand,
     flatten,
     ge,
     gt,
     le,
-    log,
     log_softmax,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
     logsumexp,
     lt,
     matmul,
@@ -73,25 +79,19 @@ from eager.ops import (
     mm,
     mul,
     ne,
-    neg,
     norm,
     permute,
     pow,
     relu,
     reshape,
     rsqrt,
-    sigmoid,
-    sign,
-    sin,
     softmax,
     split,
-    sqrt,
     squeeze,
     stack,
     std,
     sub,
     sum,
-    tanh,
     transpose,
     unsqueeze,
     var,
@@ -100,6 +100,7 @@ from eager.ops import (
 from eager.primitives import PRIMITIVES, Primitive, ShapeError
 from eager.random import Generator, manual_seed
 
+globals().update(_TABLE_FUNCTIONS)
 bool = bool_  # noqa: A001  (eager.bool, as torch.bool)
 float = float32  # noqa: A001
 double = float64

@@ -16,9 +16,10 @@ float32 = np.dtype("float32")
 float64 = np.dtype("float64")
 int64 = np.dtype("int64")
 int32 = np.dtype("int32")
+int8 = np.dtype("int8")
 bool_ = np.dtype("bool")
-DTYPES = {"float32": float32, "float64": float64, "int64": int64, "int32": int32, "bool": bool_}
-SHORT_NAMES = {float32: "f32", float64: "f64", int64: "i64", int32: "i32", bool_: "bool"}
+DTYPES = {"float32": float32, "float64": float64, "int64": int64, "int32": int32, "int8": int8, "bool": bool_}
+SHORT_NAMES = {float32: "f32", float64: "f64", int64: "i64", int32: "i32", int8: "i8", bool_: "bool"}
 default_float = float32
 
 
@@ -116,7 +117,7 @@ def canonical_dtype(dtype) -> np.dtype:
         return bool_
     dt = np.dtype(dtype)
     if dt not in SHORT_NAMES:
-        raise TypeError(f"dtype {dt} is not supported: use float32, float64, int64, int32 or bool")
+        raise TypeError(f"dtype {dt} is not supported: use float32, float64, int64, int32, int8 or bool")
     return dt
 
 

@@ -21,8 +21,9 @@ import numpy as np
 from eager import backend
 from eager import primitives as P
 from eager.autograd.mode import MODE, no_grad
+from eager.creation import full_like, zeros_like  # noqa: F401  (zeros_like: optimizers and tracer.grad use it)
 from eager.dispatch import apply
-from eager.primitives import IndexSlot, ShapeError
+from eager.primitives import IndexSlot, ShapeError, describe
 from eager.tensor import Tensor
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -128,18 +129,28 @@ def pow(a, b):
     return apply(P.POW, a, b)
 
 
-def neg(x): return apply(P.NEG, x)
-def exp(x): return apply(P.EXP, _floating(x))
-def log(x): return apply(P.LOG, _floating(x))
-def sqrt(x): return apply(P.SQRT, _floating(x))
-def rsqrt(x): return div(1.0, sqrt(x))
-def tanh(x): return apply(P.TANH, _floating(x))
-def sigmoid(x): return apply(P.SIGMOID, _floating(x))
-def sin(x): return apply(P.SIN, _floating(x))
-def cos(x): return apply(P.COS, _floating(x))
-def erf(x): return apply(P.ERF, _floating(x))
-def abs(x): return apply(P.ABS, x)
-def sign(x): return apply(P.SIGN, x)
+# ---------------------------------------------------------------- wrappers made from the table
+
+
+def _table_function(prim: P.Primitive):
+    """``eager.<name>(x)`` for a row with ``api``: ``apply`` on x (promoted to the default float for API_FLOAT)."""
+    promote = prim.api == P.API_FLOAT
+
+    def fn(x: Tensor) -> Tensor:
+        return apply(prim, _floating(x) if promote else x)
+    fn.__name__ = fn.__qualname__ = prim.name
+    fn.__doc__ = (f"``torch.{prim.name}``: the ``{prim.name}`` primitive, elementwise"
+                  + ("; integer and bool tensors are promoted to the default float first." if promote else "."))
+    return fn
+
+
+# eager.exp, eager.erf, ...; eager/__init__.py and Tensor (methods and in-place forms) take them from here. Code
+# in this module calls them as Tensor methods (x.exp()), which linters can see.
+TABLE_FUNCTIONS = {p.name: _table_function(p) for p in P.PRIMITIVES.values() if p.api is not None}
+globals().update(TABLE_FUNCTIONS)
+
+
+def rsqrt(x): return div(1.0, x.sqrt())
 def clone(x): return apply(P.COPY, x)
 
 
@@ -172,7 +183,7 @@ def where(condition, x, y) -> Tensor:
         return apply(P.WHERE, condition, x, y)
     value = _scalar(x)
     dtype = backend.default_float if isinstance(value, float) or isinstance(_scalar(y), float) else backend.int64
-    return apply(P.WHERE, condition, full_like_of(condition, x, dtype), y)
+    return apply(P.WHERE, condition, full_like(condition, x, dtype), y)
 
 
 def clamp(x: Tensor, min=None, max=None) -> Tensor:
@@ -187,16 +198,75 @@ def clamp(x: Tensor, min=None, max=None) -> Tensor:
     return out
 
 
+# ---------------------------------------------------------------- bitwise and logical
+
+
+def _bitwise_operand(op: str, x) -> None:
+    dtype = x._data.dtype if isinstance(x, Tensor) else None
+    if isinstance(x, float) or (dtype is not None and dtype.kind not in "biu"):
+        got = f"the floating-point tensor {describe(P.Aval(x.shape, dtype))}" if dtype is not None else \
+            f"the Python float {x!r}"
+        raise NotImplementedError(f"{op}: not implemented for {got} (as in PyTorch): bitwise ops take integer "
+                                  "or bool tensors and Python ints. Cast with .long() or .bool(), or use "
+                                  "logical_and/logical_or/logical_xor for truth values.")
+
+
+def _wrapped(value, dtype):
+    """A Python int as the integer of ``dtype`` with the same low bits (PyTorch wraps ``int8 | 1000``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or dtype.kind not in "iu":
+        return value
+    info = np.iinfo(dtype)
+    return (value - int(info.min)) % (1 << info.bits) + int(info.min)
+
+
+def _bitwise(prim, a, b):
+    """``a & b``, ``a | b``, ``a ^ b``: bitwise on integers, logical on bool, with PyTorch's promotion."""
+    _bitwise_operand(prim.name, a)
+    _bitwise_operand(prim.name, b)
+    a, b = _operands(a, b)
+    dtype = (a if isinstance(a, Tensor) else b)._data.dtype
+    return apply(prim, _wrapped(a, dtype), _wrapped(b, dtype))
+
+
+def bitwise_and(a, b): return _bitwise(P.BITWISE_AND, a, b)
+def bitwise_or(a, b): return _bitwise(P.BITWISE_OR, a, b)
+def bitwise_xor(a, b): return _bitwise(P.BITWISE_XOR, a, b)
+
+
+def bitwise_not(x: Tensor) -> Tensor:
+    """``~x``: every bit flipped on integers, logical not on bool."""
+    _bitwise_operand("bitwise_not", x)
+    return apply(P.BITWISE_NOT, x)
+
+
+def invert(x: Tensor) -> Tensor:
+    """The ``~`` operator: PyTorch raises TypeError (not bitwise_not's NotImplementedError) for float tensors."""
+    if x._data.dtype.kind not in "biu":
+        raise TypeError(f"~ (operator.invert) is only implemented on integer and bool tensors, got "
+                        f"{describe(P.Aval(x.shape, x.dtype))}; compare first (x == 0) for a logical not.")
+    return apply(P.BITWISE_NOT, x)
+
+
+def _truth(x) -> Tensor:
+    """``x != 0`` as a bool tensor (bool tensors as they are)."""
+    x = as_tensor(x)
+    return x if x._data.dtype == backend.bool_ else ne(x, 0)
+
+
 def logical_not(x: Tensor) -> Tensor:
     return eq(x, False) if x.dtype == backend.bool_ else eq(x, 0)
 
 
 def logical_and(a: Tensor, b) -> Tensor:
-    return where(a, ne(as_tensor(b, like=a), False), False) if a.dtype == backend.bool_ else mul(a, b)
+    return bitwise_and(_truth(a), _truth(as_tensor(b, like=a)))
 
 
 def logical_or(a: Tensor, b) -> Tensor:
-    return where(a, True, ne(as_tensor(b, like=a), False)) if a.dtype == backend.bool_ else maximum(a, b)
+    return bitwise_or(_truth(a), _truth(as_tensor(b, like=a)))
+
+
+def logical_xor(a: Tensor, b) -> Tensor:
+    return bitwise_xor(_truth(a), _truth(as_tensor(b, like=a)))
 
 
 # ---------------------------------------------------------------- conversions
@@ -227,16 +297,6 @@ def to(x: Tensor, *args, **kwargs) -> Tensor:
         if device != out.device:
             out = apply(P.TO_DEVICE, out, device=device)
     return out
-
-
-def full_like_of(x: Tensor, value, dtype=None) -> Tensor:
-    """A tensor of ``x``'s shape and device filled with ``value`` (a node in a trace, not a constant)."""
-    return apply(P.FULL, shape=tuple(x.shape), fill_value=value,
-                 dtype=backend.canonical_dtype(dtype) or x.dtype, device=x.device)
-
-
-def zeros_like(x: Tensor, dtype=None) -> Tensor:
-    return full_like_of(x, 0, dtype)
 
 
 def copy_from(x: Tensor, src) -> Tensor:
@@ -314,7 +374,7 @@ def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 
 def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return neg(amax(neg(x), dim, keepdim))
+    return -amax(-x, dim, keepdim)
 
 
 def argmax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
@@ -323,7 +383,7 @@ def argmax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 
 def argmin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return argmax(neg(x), dim, keepdim)
+    return argmax(-x, dim, keepdim)
 
 
 def _at_indices(x: Tensor, indices: Tensor, dim, keepdim: bool) -> Tensor:
@@ -384,15 +444,15 @@ def _root(v: Tensor, root) -> Tensor:
 
 
 def std(x: Tensor, dim=None, unbiased: bool = True, keepdim: bool = False, correction=None) -> Tensor:
-    return _root(var(x, dim, unbiased, keepdim, correction), sqrt)
+    return _root(var(x, dim, unbiased, keepdim, correction), Tensor.sqrt)
 
 
 def norm(x: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
     if p == 2:
-        return _root(sum(mul(x, x), dim, keepdim), sqrt)
+        return _root(sum(mul(x, x), dim, keepdim), Tensor.sqrt)
     if p == 1:
-        return sum(abs(x), dim, keepdim)
-    return _root(sum(pow(abs(x), p), dim, keepdim), lambda v: pow(v, 1.0 / p))
+        return sum(x.abs(), dim, keepdim)
+    return _root(sum(pow(x.abs(), p), dim, keepdim), lambda v: pow(v, 1.0 / p))
 
 
 def _empty_along(x: Tensor, dim) -> bool:
@@ -407,21 +467,21 @@ def _shifted(x: Tensor, dim) -> Tensor:
 
 def softmax(x: Tensor, dim: int) -> Tensor:
     """exp(x - max) / sum(exp(x - max)): the max is detached (softmax does not depend on the shift)."""
-    e = exp(_shifted(_floating(x), dim))
+    e = _shifted(_floating(x), dim).exp()
     return div(e, sum(e, dim, keepdim=True))
 
 
 def log_softmax(x: Tensor, dim: int) -> Tensor:
     shifted = _shifted(_floating(x), dim)
-    return sub(shifted, log(sum(exp(shifted), dim, keepdim=True)))
+    return sub(shifted, sum(shifted.exp(), dim, keepdim=True).log())
 
 
 def logsumexp(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
     x = _floating(x)
     if _empty_along(x, dim):  # the sum of no terms: log(0) = -inf, as in PyTorch
-        return log(sum(exp(x), dim, keepdim))
+        return sum(x.exp(), dim, keepdim).log()
     m = detach(amax(x, dim, keepdim=True))
-    out = add(log(sum(exp(sub(x, m)), dim, keepdim=True)), m)
+    out = add(sum(sub(x, m).exp(), dim, keepdim=True).log(), m)
     return out if keepdim else squeeze(out, dim)
 
 
@@ -648,7 +708,7 @@ def setitem(x: Tensor, key, value) -> None:
         region = apply(P.GETITEM, base, *index_tensors, key=static)  # also validates the key
         keep = _last_writes(base, static, index_tensors) if index_tensors else None
         if isinstance(v, Number):
-            v = full_like_of(region, v)
+            v = full_like(region, v)
         else:  # v broadcasts against the PyTorch-shaped region, then takes the shape the key really gives
             v = to(as_tensor(v, like=base), base.dtype)
             target = region.shape if shape is None else shape
@@ -679,7 +739,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
                          f"({b.shape[-2 if b.ndim > 1 else 0]}). Transpose or reshape an operand.")
     a2 = unsqueeze(a, 0) if a.ndim == 1 else a
     b2 = unsqueeze(b, 1) if b.ndim == 1 else b
-    out = apply(P.MATMUL_, a2, b2)
+    out = apply(P.MATMUL, a2, b2)
     if a.ndim == 1:
         out = squeeze(out, -2)
     if b.ndim == 1:

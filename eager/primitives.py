@@ -7,7 +7,13 @@ A primitive row holds, side by side, everything the project knows about one op:
   (a Python scalar input is passed as itself: it is weakly typed and takes the tensor's dtype);
 - ``vjp(g, out, *inputs, **params) -> tuple``: the input gradients, written with Tensor ops so that
   backward passes are themselves recordable (tracing, higher-order gradients);
-- ``c_expr``: for elementwise ops, the C/CUDA expression (``{0}``, ``{1}``: operands) shared by codegen.
+- ``c_expr``: for elementwise ops, the C/CUDA expression (``{0}``, ``{1}``: operands) shared by codegen; the
+  C functions it calls (``exp``, ``erf``, ...) are what the C vector prelude, the scratch logic and the SIMT
+  emulator's ``using`` line read;
+- ``lowering``: how the compiler runs the op (``kernel``: fused into a generated kernel; ``view``: only changes
+  a view; ``library``: BLAS; ``host``: NumPy between kernels), derived from ``kind`` unless the row says;
+- ``api``: for rows whose eager wrappers only forward (``eager.exp``, ``Tensor.exp``, ``Tensor.exp_``), how:
+  ``float`` promotes integer tensors to the default float first (as ``torch.exp``), ``same`` keeps the dtype.
 
 Everything else (mean, softmax, layer_norm, relu, ...) is a composite in ``eager.ops`` or
 ``eager.nn.functional``.
@@ -18,6 +24,8 @@ Everything else (mean, softmax, layer_norm, relu, ...) is a composite in ``eager
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +35,9 @@ import numpy as np
 
 from eager.backend import bool_, int64, short_name
 
-ELEMENTWISE, REDUCTION, MOVEMENT, MATMUL, OTHER = "elementwise", "reduction", "movement", "matmul", "other"
+ELEMENTWISE, REDUCTION, MOVEMENT, CONTRACTION, OTHER = "elementwise", "reduction", "movement", "contraction", "other"
+KERNEL, VIEW, LIBRARY, HOST = "kernel", "view", "library", "host"  # Primitive.lowering
+API_FLOAT, API_SAME = "float", "same"  # Primitive.api
 
 
 class Aval(NamedTuple):
@@ -55,22 +65,35 @@ class Primitive:
     saves_out: bool = False  # the VJP reads the output (so backward checks the output was not modified)
     random: bool = False  # draws from the device's default generator: never merged, folded away or dropped
     index_from: int | None = None  # inputs from here on are index arrays into input 0 (bounds-checked on CuPy)
+    lowering: str | None = None  # KERNEL | VIEW | LIBRARY | HOST; None: derived from kind (see _default_lowering)
+    api: str | None = None  # API_FLOAT | API_SAME: eager.<name>, Tensor.<name> and Tensor.<name>_ are generated
     backward_name: str = field(init=False)  # "IndexAddBackward": computed once, read on every recorded op
 
     def __post_init__(self):
         object.__setattr__(self, "backward_name",
                            "".join(part.capitalize() for part in self.name.split("_")) + "Backward")
+        if self.lowering is None:
+            object.__setattr__(self, "lowering", _default_lowering(self.kind, self.c_expr))
 
     def __repr__(self) -> str:
         return f"Primitive({self.name})"
 
 
+def _default_lowering(kind: str, c_expr: str | None) -> str:
+    """Elementwise ops with a C expression fuse into kernels, matmul is a library call, the rest run on the host;
+    reductions and movement ops that kernels handle say so in their rows."""
+    if kind == ELEMENTWISE and c_expr is not None:
+        return KERNEL
+    return LIBRARY if kind == CONTRACTION else HOST
+
+
 PRIMITIVES: dict[str, Primitive] = {}
 
 
-def _register(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False, random=False,
-              index_from=None) -> Primitive:
-    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random, index_from)
+def define(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False, random=False,
+           index_from=None, lowering=None, api=None) -> Primitive:
+    """Add a row to the table (``PRIMITIVES[name]``) and return it."""
+    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random, index_from, lowering, api)
     PRIMITIVES[name] = prim
     return prim
 
@@ -294,32 +317,32 @@ def _keep_reduced(g, a, axes, keepdims):
 
 
 def _scatter_back(g, a, index_inputs, key):
+    from eager.creation import zeros_like
     from eager.dispatch import apply
-    from eager.ops import zeros_like
     return apply(INDEX_ADD, zeros_like(a), g, *index_inputs, key=key)
 
 
 # ---------------------------------------------------------------- the table
 
-_reg = _register
 # unary elementwise
-NEG = _reg("neg", ELEMENTWISE, lambda xp, a: -a, lambda a: a, lambda g, out, a: (-g,), "(-{0})")
-EXP = _reg("exp", ELEMENTWISE, lambda xp, a: xp.exp(a), _float_rule("exp"),
-           lambda g, out, a: (g * out,), "exp({0})", saves_out=True)
-LOG = _reg("log", ELEMENTWISE, lambda xp, a: xp.log(a), _float_rule("log"),
-           lambda g, out, a: (g / a,), "log({0})")
-SQRT = _reg("sqrt", ELEMENTWISE, lambda xp, a: xp.sqrt(a), _float_rule("sqrt"),
-            lambda g, out, a: (g / (out * 2),), "sqrt({0})", saves_out=True)
-TANH = _reg("tanh", ELEMENTWISE, lambda xp, a: xp.tanh(a), _float_rule("tanh"),
-            lambda g, out, a: (g * (1 - out * out),), "tanh({0})", saves_out=True)
-SIN = _reg("sin", ELEMENTWISE, lambda xp, a: xp.sin(a), _float_rule("sin"),
-           lambda g, out, a: (g * a.cos(),), "sin({0})")
-COS = _reg("cos", ELEMENTWISE, lambda xp, a: xp.cos(a), _float_rule("cos"),
-           lambda g, out, a: (-(g * a.sin()),), "cos({0})")
-ABS = _reg("abs", ELEMENTWISE, lambda xp, a: xp.abs(a), lambda a: a,
-           lambda g, out, a: (g * a.sign(),), "fabs({0})")
-SIGN = _reg("sign", ELEMENTWISE, lambda xp, a: xp.sign(a), lambda a: a,
-            lambda g, out, a: (g * 0,), "(({0}) != ({0}) ? ({0}) : (({0}) > 0) - (({0}) < 0))")  # NaN stays NaN
+NEG = define("neg", ELEMENTWISE, lambda xp, a: -a, lambda a: a, lambda g, out, a: (-g,), "(-{0})", api=API_SAME)
+EXP = define("exp", ELEMENTWISE, lambda xp, a: xp.exp(a), _float_rule("exp"),
+             lambda g, out, a: (g * out,), "exp({0})", saves_out=True, api=API_FLOAT)
+LOG = define("log", ELEMENTWISE, lambda xp, a: xp.log(a), _float_rule("log"),
+             lambda g, out, a: (g / a,), "log({0})", api=API_FLOAT)
+SQRT = define("sqrt", ELEMENTWISE, lambda xp, a: xp.sqrt(a), _float_rule("sqrt"),
+              lambda g, out, a: (g / (out * 2),), "sqrt({0})", saves_out=True, api=API_FLOAT)
+TANH = define("tanh", ELEMENTWISE, lambda xp, a: xp.tanh(a), _float_rule("tanh"),
+              lambda g, out, a: (g * (1 - out * out),), "tanh({0})", saves_out=True, api=API_FLOAT)
+SIN = define("sin", ELEMENTWISE, lambda xp, a: xp.sin(a), _float_rule("sin"),
+             lambda g, out, a: (g * a.cos(),), "sin({0})", api=API_FLOAT)
+COS = define("cos", ELEMENTWISE, lambda xp, a: xp.cos(a), _float_rule("cos"),
+             lambda g, out, a: (-(g * a.sin()),), "cos({0})", api=API_FLOAT)
+ABS = define("abs", ELEMENTWISE, lambda xp, a: xp.abs(a), lambda a: a,
+             lambda g, out, a: (g * a.sign(),), "fabs({0})", api=API_SAME)
+SIGN = define("sign", ELEMENTWISE, lambda xp, a: xp.sign(a), lambda a: a,
+              lambda g, out, a: (g * 0,), "(({0}) != ({0}) ? ({0}) : (({0}) > 0) - (({0}) < 0))",  # NaN stays NaN
+              api=API_SAME)
 
 
 def _sigmoid_impl(xp, a):
@@ -328,33 +351,44 @@ def _sigmoid_impl(xp, a):
     return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
 
 
-SIGMOID = _reg("sigmoid", ELEMENTWISE, _sigmoid_impl, _float_rule("sigmoid"),
-               lambda g, out, a: (g * out * (1 - out),), "(1 / (1 + exp(-{0})))", saves_out=True)
+SIGMOID = define("sigmoid", ELEMENTWISE, _sigmoid_impl, _float_rule("sigmoid"),
+                 lambda g, out, a: (g * out * (1 - out),), "(1 / (1 + exp(-{0})))", saves_out=True, api=API_FLOAT)
 
 
-def _erf_impl(xp, a):
-    if xp is np:
-        from scipy.special import erf
-    else:
-        from cupyx.scipy.special import erf
-    return erf(a)
+@functools.cache
+def _special_module(namespace: str):
+    if namespace == "numpy":
+        return importlib.import_module("scipy.special")
+    if namespace.startswith("jax"):  # the XLA backend runs the table's impls with jax.numpy
+        return importlib.import_module("jax.scipy.special")
+    return importlib.import_module("cupyx.scipy.special")
+
+
+def special(name: str):
+    """An impl calling SciPy's special function ``name`` from the array namespace's own SciPy (NumPy: scipy,
+    CuPy: cupyx.scipy, jax.numpy: jax.scipy)."""
+    def impl(xp, a):
+        return getattr(_special_module(xp.__name__), name)(a)
+    return impl
 
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-ERF = _reg("erf", ELEMENTWISE, _erf_impl, _float_rule("erf"),
-           lambda g, out, a: (g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI,), "erf({0})")
+ERF = define("erf", ELEMENTWISE, special("erf"), _float_rule("erf"),
+             lambda g, out, a: (g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI,), "erf({0})", api=API_FLOAT)
+ERFC = define("erfc", ELEMENTWISE, special("erfc"), _float_rule("erfc"),  # 1 - erf, without the cancellation
+              lambda g, out, a: (-(g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI),), "erfc({0})", api=API_FLOAT)
 
 # binary elementwise (numpy-style implicit broadcasting; gradients are summed back by unbroadcast)
-ADD = _reg("add", ELEMENTWISE, lambda xp, a, b: a + b, _elementwise_rule("add"),
-           lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(g, b)), "({0} + {1})")
-SUB = _reg("sub", ELEMENTWISE, lambda xp, a, b: a - b, _elementwise_rule("sub"),
-           lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(-g, b)), "({0} - {1})")
-MUL = _reg("mul", ELEMENTWISE, lambda xp, a, b: a * b, _elementwise_rule("mul"),
-           lambda g, out, a, b: (unbroadcast(g * b, a) if _needs(a) else None,
-                                 unbroadcast(g * a, b) if _needs(b) else None), "({0} * {1})")
-DIV = _reg("div", ELEMENTWISE, lambda xp, a, b: a / b, _elementwise_rule("div"),
-           lambda g, out, a, b: (unbroadcast(g / b, a) if _needs(a) else None,
-                                 unbroadcast(-(g * a) / (b * b), b) if _needs(b) else None), "({0} / {1})")
+ADD = define("add", ELEMENTWISE, lambda xp, a, b: a + b, _elementwise_rule("add"),
+             lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(g, b)), "({0} + {1})")
+SUB = define("sub", ELEMENTWISE, lambda xp, a, b: a - b, _elementwise_rule("sub"),
+             lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(-g, b)), "({0} - {1})")
+MUL = define("mul", ELEMENTWISE, lambda xp, a, b: a * b, _elementwise_rule("mul"),
+             lambda g, out, a, b: (unbroadcast(g * b, a) if _needs(a) else None,
+                                   unbroadcast(g * a, b) if _needs(b) else None), "({0} * {1})")
+DIV = define("div", ELEMENTWISE, lambda xp, a, b: a / b, _elementwise_rule("div"),
+             lambda g, out, a, b: (unbroadcast(g / b, a) if _needs(a) else None,
+                                   unbroadcast(-(g * a) / (b * b), b) if _needs(b) else None), "({0} / {1})")
 
 
 def _log_base(a):
@@ -373,8 +407,8 @@ def _pow_vjp(g, out, a, b):
     return ga, gb
 
 
-POW = _reg("pow", ELEMENTWISE, lambda xp, a, b: a ** b, _elementwise_rule("pow"), _pow_vjp, "pow({0}, {1})",
-           saves_out=True)
+POW = define("pow", ELEMENTWISE, lambda xp, a, b: a ** b, _elementwise_rule("pow"), _pow_vjp, "pow({0}, {1})",
+             saves_out=True)
 
 
 def _select_vjp(first_wins):
@@ -388,17 +422,41 @@ def _select_vjp(first_wins):
     return vjp
 
 
-MAXIMUM = _reg("maximum", ELEMENTWISE, lambda xp, a, b: xp.maximum(a, b), _elementwise_rule("maximum"),
-               _select_vjp(True), "(({0} != {0} || {0} > {1}) ? {0} : {1})")
-MINIMUM = _reg("minimum", ELEMENTWISE, lambda xp, a, b: xp.minimum(a, b), _elementwise_rule("minimum"),
-               _select_vjp(False), "(({0} != {0} || {0} < {1}) ? {0} : {1})")
+MAXIMUM = define("maximum", ELEMENTWISE, lambda xp, a, b: xp.maximum(a, b), _elementwise_rule("maximum"),
+                 _select_vjp(True), "(({0} != {0} || {0} > {1}) ? {0} : {1})")
+MINIMUM = define("minimum", ELEMENTWISE, lambda xp, a, b: xp.minimum(a, b), _elementwise_rule("minimum"),
+                 _select_vjp(False), "(({0} != {0} || {0} < {1}) ? {0} : {1})")
 
 _COMPARISONS = {"eq": ("==", lambda a, b: a == b), "ne": ("!=", lambda a, b: a != b),
                 "lt": ("<", lambda a, b: a < b), "le": ("<=", lambda a, b: a <= b),
                 "gt": (">", lambda a, b: a > b), "ge": (">=", lambda a, b: a >= b)}
 for _name, (_c_op, _fn) in _COMPARISONS.items():
-    _reg(_name, ELEMENTWISE, (lambda fn: lambda xp, a, b: fn(a, b))(_fn),
-         _elementwise_rule(_name, result_dtype=bool_), None, f"({{0}} {_c_op} {{1}})")
+    define(_name, ELEMENTWISE, (lambda fn: lambda xp, a, b: fn(a, b))(_fn),
+           _elementwise_rule(_name, result_dtype=bool_), None, f"({{0}} {_c_op} {{1}})")
+COMPARISONS = frozenset(_COMPARISONS)  # their Python scalar operand takes the other operand's dtype, not bool
+
+
+def _bitwise_rule(op: str):
+    def rule(*avals):
+        shape = broadcast_shapes(op, *avals)
+        dtype = _same_dtype(op, avals)
+        if dtype.kind not in "biu":
+            raise ShapeError(f"{op}: expects integer or bool tensors, got {', '.join(describe(a) for a in avals)}; "
+                             "cast with .long() or .bool() first.")
+        return Aval(shape, dtype)
+    return rule
+
+
+# bitwise on integers, logical on bool (as PyTorch's &, |, ^, ~); integer results carry no gradient
+BITWISE_AND = define("bitwise_and", ELEMENTWISE, lambda xp, a, b: xp.bitwise_and(a, b), _bitwise_rule("bitwise_and"),
+                     None, "({0} & {1})")
+BITWISE_OR = define("bitwise_or", ELEMENTWISE, lambda xp, a, b: xp.bitwise_or(a, b), _bitwise_rule("bitwise_or"),
+                    None, "({0} | {1})")
+BITWISE_XOR = define("bitwise_xor", ELEMENTWISE, lambda xp, a, b: xp.bitwise_xor(a, b), _bitwise_rule("bitwise_xor"),
+                     None, "({0} ^ {1})")
+# x ^ all-ones of its own type: ~x for integers, !x for bool (C's ~ on a bool gives -2, which is true again)
+BITWISE_NOT = define("bitwise_not", ELEMENTWISE, lambda xp, a: xp.invert(a), _bitwise_rule("bitwise_not"), None,
+                     "({0} ^ (({ctype})-1))")
 
 
 def _where_rule(c, x, y):
@@ -439,24 +497,25 @@ def _bitselect(c, x, y, dtype):
     return out.view(dtype)
 
 
-WHERE = _reg("where", ELEMENTWISE, _where_impl, _where_rule,
-             lambda g, out, c, x, y: (None, unbroadcast(_where(c, g, 0.0), x) if _needs(x) else None,
-                                      unbroadcast(_where(c, 0.0, g), y) if _needs(y) else None),
-             "({0} ? {1} : {2})")
+WHERE = define("where", ELEMENTWISE, _where_impl, _where_rule,
+               lambda g, out, c, x, y: (None, unbroadcast(_where(c, g, 0.0), x) if _needs(x) else None,
+                                        unbroadcast(_where(c, 0.0, g), y) if _needs(y) else None),
+               "({0} ? {1} : {2})")
 
 
 def _cast_rule(a, *, dtype):
     return Aval(a.shape, dtype)
 
 
-CAST = _reg("cast", ELEMENTWISE, lambda xp, a, *, dtype: a.astype(dtype),
-            _cast_rule, lambda g, out, a, *, dtype: (g.to(a.dtype) if a.dtype.kind == "f" else None,),
-            "(({ctype}){0})")
+CAST = define("cast", ELEMENTWISE, lambda xp, a, *, dtype: a.astype(dtype),
+              _cast_rule, lambda g, out, a, *, dtype: (g.to(a.dtype) if a.dtype.kind == "f" else None,),
+              "(({ctype}){0})")
 
 # reductions
-SUM = _reg("sum", REDUCTION, lambda xp, a, *, axes, keepdims: xp.sum(a, axis=axes, keepdims=keepdims),
-           _reduce_rule("sum"),
-           lambda g, out, a, *, axes, keepdims: (_keep_reduced(g, a, axes, keepdims).expand(*a.shape),))
+SUM = define("sum", REDUCTION, lambda xp, a, *, axes, keepdims: xp.sum(a, axis=axes, keepdims=keepdims),
+             _reduce_rule("sum"),
+             lambda g, out, a, *, axes, keepdims: (_keep_reduced(g, a, axes, keepdims).expand(*a.shape),),
+             lowering=KERNEL)
 
 
 def _max_vjp(g, out, a, *, axes, keepdims):
@@ -465,18 +524,19 @@ def _max_vjp(g, out, a, *, axes, keepdims):
     return (_keep_reduced(g, a, axes, keepdims) * hit / hit.sum(dim=axes, keepdim=True),)
 
 
-MAX = _reg("max", REDUCTION, lambda xp, a, *, axes, keepdims: xp.max(a, axis=axes, keepdims=keepdims),
-           _reduce_rule("max"), _max_vjp, saves_out=True)
-ARGMAX = _reg("argmax", REDUCTION, lambda xp, a, *, axis, keepdims: xp.argmax(a, axis=axis, keepdims=keepdims),
-              _argmax_rule)
+MAX = define("max", REDUCTION, lambda xp, a, *, axes, keepdims: xp.max(a, axis=axes, keepdims=keepdims),
+             _reduce_rule("max"), _max_vjp, saves_out=True, lowering=KERNEL)
+ARGMAX = define("argmax", REDUCTION, lambda xp, a, *, axis, keepdims: xp.argmax(a, axis=axis, keepdims=keepdims),
+                _argmax_rule)
 
 # movement
-RESHAPE = _reg("reshape", MOVEMENT, lambda xp, a, *, shape: xp.reshape(a, shape), _reshape_rule,
-               lambda g, out, a, *, shape: (g.reshape(a.shape),))
-BROADCAST_TO = _reg("broadcast_to", MOVEMENT, lambda xp, a, *, shape: xp.broadcast_to(a, shape),
-                    _broadcast_to_rule, lambda g, out, a, *, shape: (unbroadcast(g, a),))
-PERMUTE = _reg("permute", MOVEMENT, lambda xp, a, *, axes: xp.transpose(a, axes), _permute_rule,
-               lambda g, out, a, *, axes: (g.permute(*_inverse(axes)),))
+# reshape, broadcast_to and permute only change a view: kernels read their source through it
+RESHAPE = define("reshape", MOVEMENT, lambda xp, a, *, shape: xp.reshape(a, shape), _reshape_rule,
+                 lambda g, out, a, *, shape: (g.reshape(a.shape),), lowering=VIEW)
+BROADCAST_TO = define("broadcast_to", MOVEMENT, lambda xp, a, *, shape: xp.broadcast_to(a, shape),
+                      _broadcast_to_rule, lambda g, out, a, *, shape: (unbroadcast(g, a),), lowering=VIEW)
+PERMUTE = define("permute", MOVEMENT, lambda xp, a, *, axes: xp.transpose(a, axes), _permute_rule,
+                 lambda g, out, a, *, axes: (g.permute(*_inverse(axes)),), lowering=VIEW)
 def check_index_bounds(shape, key, idx) -> None:
     """Raise IndexError for an integer index array that is out of range for its dim, as NumPy does. Eager calls
     it for CuPy arrays, whose indexing wraps such an index around instead; it waits for the device (one sync per
@@ -501,8 +561,8 @@ def check_index_bounds(shape, key, idx) -> None:
         dim += 1
 
 
-GETITEM = _reg("getitem", MOVEMENT, lambda xp, a, *idx, key: a[build_key(key, idx)], _getitem_rule,
-               lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx), index_from=1)
+GETITEM = define("getitem", MOVEMENT, lambda xp, a, *idx, key: a[build_key(key, idx)], _getitem_rule,
+                 lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx), index_from=1)
 
 
 def _index_add_impl(xp, base, values, *idx, key):
@@ -515,10 +575,10 @@ def _index_add_impl(xp, base, values, *idx, key):
     return out
 
 
-INDEX_ADD = _reg("index_add", MOVEMENT, _index_add_impl, _index_add_rule,
-                 lambda g, out, base, values, *idx, key: (g, g[build_key(key, idx)] if idx else
-                                                          _getitem_plain(g, key)) + (None,) * len(idx),
-                 index_from=2)
+INDEX_ADD = define("index_add", MOVEMENT, _index_add_impl, _index_add_rule,
+                   lambda g, out, base, values, *idx, key: (g, g[build_key(key, idx)] if idx else
+                                                            _getitem_plain(g, key)) + (None,) * len(idx),
+                   index_from=2)
 
 
 def _getitem_plain(g, key):
@@ -537,13 +597,13 @@ def _concat_vjp(g, out, *inputs, axis):
     return tuple(grads)
 
 
-CONCATENATE = _reg("concatenate", MOVEMENT, lambda xp, *arrays, axis: xp.concatenate(arrays, axis=axis),
-                   _concat_rule, _concat_vjp)
+CONCATENATE = define("concatenate", MOVEMENT, lambda xp, *arrays, axis: xp.concatenate(arrays, axis=axis),
+                     _concat_rule, _concat_vjp)
 
 # matmul (>= 2-D operands; 1-D cases are composites that reshape)
-MATMUL_ = _reg("matmul", MATMUL, lambda xp, a, b: xp.matmul(a, b), _matmul_rule,
-               lambda g, out, a, b: (unbroadcast(g @ _mT(b), a) if _needs(a) else None,
-                                     unbroadcast(_mT(a) @ g, b) if _needs(b) else None))
+MATMUL = define("matmul", CONTRACTION, lambda xp, a, b: xp.matmul(a, b), _matmul_rule,
+                lambda g, out, a, b: (unbroadcast(g @ _mT(b), a) if _needs(a) else None,
+                                      unbroadcast(_mT(a) @ g, b) if _needs(b) else None))
 
 
 # creation (no tensor inputs; inside a trace they become nodes, not baked constants)
@@ -558,15 +618,15 @@ def _random_impl(draw):
     return impl
 
 
-FULL = _reg("full", OTHER, _full_impl, _creation_rule)
-UNIFORM = _reg("uniform", OTHER, _random_impl(lambda gen, shape, dtype: gen.random(shape, dtype=dtype)),
-               _creation_rule, random=True)
-NORMAL = _reg("normal", OTHER, _random_impl(lambda gen, shape, dtype: gen.standard_normal(shape, dtype=dtype)),
-              _creation_rule, random=True)
-RANDINT = _reg("randint", OTHER, _random_impl(lambda gen, low, high, shape, dtype: gen.integers(low, high, shape)
+FULL = define("full", OTHER, _full_impl, _creation_rule, lowering=KERNEL)  # a kernel reads it as a literal
+UNIFORM = define("uniform", OTHER, _random_impl(lambda gen, shape, dtype: gen.random(shape, dtype=dtype)),
+                 _creation_rule, random=True)
+NORMAL = define("normal", OTHER, _random_impl(lambda gen, shape, dtype: gen.standard_normal(shape, dtype=dtype)),
+                _creation_rule, random=True)
+RANDINT = define("randint", OTHER, _random_impl(lambda gen, low, high, shape, dtype: gen.integers(low, high, shape)
                                               .astype(dtype, copy=False)), _creation_rule, random=True)
-RANDPERM = _reg("randperm", OTHER, _random_impl(lambda gen, n: gen.permutation(n)),
-                lambda *, n, device: Aval((n,), int64), random=True)
+RANDPERM = define("randperm", OTHER, _random_impl(lambda gen, n: gen.permutation(n)),
+                  lambda *, n, device: Aval((n,), int64), random=True)
 
 
 def _needs(x) -> bool:
@@ -580,7 +640,7 @@ def _to_device_impl(xp, a, *, device):
     return to_device(a, device)
 
 
-STOP_GRADIENT = _reg("stop_gradient", ELEMENTWISE, lambda xp, a: a, lambda a: a, None, "{0}")
-COPY = _reg("copy", ELEMENTWISE, lambda xp, a: a.copy(), lambda a: a, lambda g, out, a: (g,), "{0}")
-TO_DEVICE = _reg("to_device", OTHER, _to_device_impl, lambda a, *, device: a,
-                 lambda g, out, a, *, device: (g.to(a.device),))
+STOP_GRADIENT = define("stop_gradient", ELEMENTWISE, lambda xp, a: a, lambda a: a, None, "{0}")
+COPY = define("copy", ELEMENTWISE, lambda xp, a: a.copy(), lambda a: a, lambda g, out, a: (g,), "{0}")
+TO_DEVICE = define("to_device", OTHER, _to_device_impl, lambda a, *, device: a,
+                   lambda g, out, a, *, device: (g.to(a.device),))

@@ -305,9 +305,14 @@ class Tensor:
     def __neg__(self): return _ops.neg(self)
     def __pos__(self): return self
     def __abs__(self): return _ops.abs(self)
-    def __invert__(self): return _ops.logical_not(self)
-    def __and__(self, other): return _ops.logical_and(self, other)
-    def __or__(self, other): return _ops.logical_or(self, other)
+    # bitwise on integer tensors, logical on bool ones (as in PyTorch)
+    def __invert__(self): return _ops.invert(self)
+    def __and__(self, other): return _ops.bitwise_and(self, other)
+    def __rand__(self, other): return _ops.bitwise_and(other, self)
+    def __or__(self, other): return _ops.bitwise_or(self, other)
+    def __ror__(self, other): return _ops.bitwise_or(other, self)
+    def __xor__(self, other): return _ops.bitwise_xor(self, other)
+    def __rxor__(self, other): return _ops.bitwise_xor(other, self)
     def __lt__(self, other): return _ops.lt(self, other)
     def __le__(self, other): return _ops.le(self, other)
     def __gt__(self, other): return _ops.gt(self, other)
@@ -322,6 +327,9 @@ class Tensor:
     def __isub__(self, other): return _ops.inplace(self, _ops.sub, other)
     def __imul__(self, other): return _ops.inplace(self, _ops.mul, other)
     def __itruediv__(self, other): return _ops.inplace(self, _ops.div, other)
+    def __iand__(self, other): return _ops.inplace(self, _ops.bitwise_and, other)
+    def __ior__(self, other): return _ops.inplace(self, _ops.bitwise_or, other)
+    def __ixor__(self, other): return _ops.inplace(self, _ops.bitwise_xor, other)
 
     def add_(self, other, alpha=1):
         return _ops.inplace(self, _ops.add, other if alpha == 1 else other * alpha)
@@ -333,24 +341,18 @@ class Tensor:
     def div_(self, other): return _ops.inplace(self, _ops.div, other)
     def clamp_(self, min=None, max=None): return _ops.inplace(self, _ops.clamp, min, max)
     def copy_(self, src): return _ops.inplace(self, _ops.copy_from, src)
-    def zero_(self): return _ops.inplace(self, _ops.full_like_of, 0)
-    def fill_(self, value): return _ops.inplace(self, _ops.full_like_of, value)
+    def zero_(self): return _ops.inplace(self, _ops.full_like, 0)
+    def fill_(self, value): return _ops.inplace(self, _ops.full_like, value)
+    def bitwise_and_(self, other): return _ops.inplace(self, _ops.bitwise_and, other)
+    def bitwise_or_(self, other): return _ops.inplace(self, _ops.bitwise_or, other)
+    def bitwise_xor_(self, other): return _ops.inplace(self, _ops.bitwise_xor, other)
+    def bitwise_not_(self): return _ops.inplace(self, _ops.bitwise_not)
 
     # ------------------------------------------------------------ methods (all forward to eager.ops)
-    def exp(self): return _ops.exp(self)
-    def log(self): return _ops.log(self)
-    def sqrt(self): return _ops.sqrt(self)
+    # exp, log, erf, ... and their in-place forms (exp_, ...) come from the op table: see _add_table_methods
     def rsqrt(self): return _ops.rsqrt(self)
-    def tanh(self): return _ops.tanh(self)
-    def sigmoid(self): return _ops.sigmoid(self)
     def relu(self): return _ops.relu(self)
-    def abs(self): return _ops.abs(self)
-    def sign(self): return _ops.sign(self)
-    def sin(self): return _ops.sin(self)
-    def cos(self): return _ops.cos(self)
-    def erf(self): return _ops.erf(self)
     def square(self): return _ops.mul(self, self)
-    def neg(self): return _ops.neg(self)
     def reciprocal(self): return _ops.div(1.0, self)
     def pow(self, exponent): return _ops.pow(self, exponent)
     def clamp(self, min=None, max=None): return _ops.clamp(self, min, max)
@@ -367,6 +369,14 @@ class Tensor:
     def matmul(self, other): return _ops.matmul(self, other)
     def mm(self, other): return _ops.matmul(self, other)
     def eq(self, other): return _ops.eq(self, other)
+    def bitwise_and(self, other): return _ops.bitwise_and(self, other)
+    def bitwise_or(self, other): return _ops.bitwise_or(self, other)
+    def bitwise_xor(self, other): return _ops.bitwise_xor(self, other)
+    def bitwise_not(self): return _ops.bitwise_not(self)
+    def logical_and(self, other): return _ops.logical_and(self, other)
+    def logical_or(self, other): return _ops.logical_or(self, other)
+    def logical_xor(self, other): return _ops.logical_xor(self, other)
+    def logical_not(self): return _ops.logical_not(self)
 
     def sum(self, dim=None, keepdim=False, dtype=None): return _ops.sum(self, dim, keepdim, dtype)
     def mean(self, dim=None, keepdim=False): return _ops.mean(self, dim, keepdim)
@@ -426,3 +436,17 @@ class _HookHandle:
 
 
 from eager import ops as _ops  # noqa: E402  (ops needs Tensor defined first)
+
+
+def _add_table_methods() -> None:
+    """``Tensor.exp`` and ``Tensor.exp_`` for every row of the op table with an ``api`` (``ops.TABLE_FUNCTIONS``)."""
+    for name, fn in _ops.TABLE_FUNCTIONS.items():
+        def in_place(self, fn=fn):
+            return _ops.inplace(self, fn)
+        in_place.__name__ = in_place.__qualname__ = f"{name}_"
+        in_place.__doc__ = f"In-place ``{name}``: ``x.{name}_()`` makes x hold ``x.{name}()``."
+        setattr(Tensor, name, fn)
+        setattr(Tensor, f"{name}_", in_place)
+
+
+_add_table_methods()

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from compare import modes as modes_module
-from compare import timing
+from compare import timing, workloads
 from compare.correctness import compare_outputs
-from compare.harness import COLUMNS, RunConfig, correctness_failures, run
+from compare.harness import COLUMNS, RunConfig, correctness_failures, run, run_cell
 from compare.modes import MODES, Mode, Runner, Skip
 from compare.report import correctness_table, load_results, write_report
 
@@ -55,7 +56,7 @@ def _with_mode(monkeypatch, name, family, prepare):
     monkeypatch.setitem(MODES, name, Mode(name, family, prepare))
 
 
-def test_an_unimportable_mode_is_skipped_and_a_broken_one_is_an_error_row(monkeypatch):
+def test_a_missing_peer_is_skipped_with_how_to_install_it_and_a_broken_mode_is_an_error_row(monkeypatch):
     def missing(wl, arrays, device):
         modes_module._import("surely_not_a_module_graphduel", "pip install it")
 
@@ -66,7 +67,28 @@ def test_an_unimportable_mode_is_skipped_and_a_broken_one_is_an_error_row(monkey
     df = run(RunConfig(workloads=["softmax"], modes=["eager", "missing", "broken"], sizes=["small"], **FAST))
     runs = df[df.metric == "run"].set_index("mode")
     assert runs.status.to_dict() == {"eager": "ok", "missing": "skip", "broken": "error"}
-    assert "not importable" in runs.detail["missing"] and "RuntimeError: boom" in runs.detail["broken"]
+    assert runs.detail["missing"] == "surely_not_a_module_graphduel is not installed; pip install it"
+    assert "RuntimeError: boom" in runs.detail["broken"]
+
+
+@pytest.mark.parametrize("mode, package", [("traced", "tracer"), ("compiled", "compiler"), ("eager", "eager")])
+def test_our_own_package_failing_to_import_is_an_error_row_never_a_skip(monkeypatch, mode, package):
+    # None in sys.modules makes the next import of the package raise ModuleNotFoundError naming it: exactly
+    # what a missing optional peer raises, so only the package's ownership can tell the two apart
+    monkeypatch.setitem(sys.modules, package, None)
+    rows = run_cell(workloads.get("softmax"), "small", RunConfig(modes=[mode], sizes=["small"], **FAST))
+    (row,) = [r for r in rows if r["metric"] == "run" and r["mode"] == mode]
+    assert row["status"] == "error", row
+    assert f"graphduel's own module {package} failed to import" in row["detail"] and "not a skip" in row["detail"]
+
+
+def test_a_peer_that_is_installed_but_broken_is_an_error_not_a_skip(monkeypatch, tmp_path):
+    (tmp_path / "graphduel_broken_peer.py").write_text("import graphduel_missing_dependency_of_the_peer\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match="graphduel_broken_peer is installed but does not import"):
+        modes_module._import("graphduel_broken_peer", "pip install it")
+    with pytest.raises(Skip, match="^graphduel_absent_peer is not installed; pip install it$"):
+        modes_module._import("graphduel_absent_peer", "pip install it")
 
 
 class _FakeTrace:
@@ -148,20 +170,8 @@ def test_scaling_plot_appears_with_two_sizes(tmp_path):
     assert (out / "scaling.png").exists() and (out / "speedup_medium.png").exists()
 
 
-def _ours_available(mode: str) -> bool:
-    try:
-        import eager
-        runner = MODES[mode].prepare(__import__("compare.workloads", fromlist=["get"]).get("softmax"),
-                                     {"x": np.ones((2, 3), np.float32)}, "cpu")
-        return runner is not None and eager is not None
-    except Skip:
-        return False
-
-
 @pytest.mark.parametrize("mode", ["traced", "compiled"])
-def test_our_static_modes_agree_with_eager_when_they_exist(mode):
-    if not _ours_available(mode):
-        pytest.skip(f"{mode} mode is not available yet (its package has not landed)")
+def test_our_static_modes_agree_with_eager(mode):
     names = ["tanh_gelu", "layer_norm", "softmax", "attention_block", "mlp_forward", "mlp_train_sgd",
              "mlp_train_adam", "adam_update", "classifier_train", "seed_add_mul", "module_list", "gan_step",
              "custom_sigmoid"]

@@ -1,8 +1,10 @@
-"""Code generation, table-driven: every elementwise op of the table renders in both dialects, and every op,
-broadcast, reduction and view compiles to C that agrees with NumPy; the same programs' CUDA source builds
-with nvcc (where nvcc exists, even without a GPU)."""
+"""Code generation, table-driven: every elementwise op's template reads exactly its operands in both dialects,
+and every op, broadcast, reduction and view compiles to C, and to CUDA run under the SIMT emulator, that agree
+with eager; the same programs' CUDA source builds with nvcc (where nvcc exists, even without a GPU)."""
 
 from __future__ import annotations
+
+import string
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from compiler.codegen.dialect import CUDA, C, full_template_table
 from compiler.passes import optimize
 from compiler.program import build
 from compiler.runtime.cpu import build_executable
+from compiler.runtime.cuda import build_cuda
 from compiler.testing import capture, cuda_compile_check, cuda_compilers, cuda_module_source
 from eager.primitives import ELEMENTWISE, PRIMITIVES
 
@@ -28,7 +31,7 @@ def kernel_cache(tmp_path_factory):
 
 UNARY = {"neg": lambda x: -x, "exp": eager.exp, "log": lambda x: eager.log(x.abs() + 0.5),
          "sqrt": lambda x: x.abs().sqrt(), "tanh": eager.tanh, "sin": eager.sin, "cos": eager.cos,
-         "abs": eager.abs, "sign": eager.sign, "sigmoid": eager.sigmoid, "erf": eager.erf,
+         "abs": eager.abs, "sign": eager.sign, "sigmoid": eager.sigmoid, "erf": eager.erf, "erfc": eager.erfc,
          "stop_gradient": eager.detach, "copy": eager.clone}
 BINARY = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
           "div": lambda x, y: x / (y.abs() + 1), "pow": lambda x, y: (x.abs() + 0.1) ** y,
@@ -36,40 +39,62 @@ BINARY = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x,
           "eq": lambda x, y: x == y, "ne": lambda x, y: x != y, "lt": lambda x, y: x < y,
           "le": lambda x, y: x <= y, "gt": lambda x, y: x > y, "ge": lambda x, y: x >= y}
 OTHER = {"where": lambda x, y: eager.where(x > y, x, y), "cast": lambda x, y: x.to(eager.float64) + 1}
+# integer and bool only; written with operators, so the same lambdas run on NumPy arrays
+BITWISE = {"bitwise_and": lambda x, y: x & y, "bitwise_or": lambda x, y: x | y, "bitwise_xor": lambda x, y: x ^ y}
+BITWISE_UNARY = {"bitwise_not": lambda x: ~x}
 TOL = {np.dtype("float32"): dict(rtol=2e-5, atol=2e-6), np.dtype("float64"): dict(rtol=1e-12, atol=1e-13)}
 
 
-def test_every_elementwise_op_has_a_template_in_every_dialect():
-    covered = set(UNARY) | set(BINARY) | set(OTHER)
+ARITY = {**dict.fromkeys(UNARY, 1), **dict.fromkeys(BINARY, 2), **dict.fromkeys(BITWISE, 2),
+         **dict.fromkeys(BITWISE_UNARY, 1), "where": 3, "cast": 1}
+
+
+def _fields(template: str) -> tuple[set[int], set[str]]:
+    """The positional operands and the named fields a template reads."""
+    names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    return {int(f) for f in names if f.isdigit()}, {f for f in names if not f.isdigit()}
+
+
+def test_every_elementwise_template_reads_exactly_its_operands_in_every_dialect():
     elementwise = {n for n, p in PRIMITIVES.items() if p.kind == ELEMENTWISE}
-    assert elementwise <= covered, f"ops without a codegen test: {elementwise - covered}"
+    assert elementwise <= set(ARITY), f"ops without a codegen test: {elementwise - set(ARITY)}"
     for dialect in (C, CUDA):
         table = full_template_table(dialect)
-        assert elementwise <= set(table)
-        for template in table.values():
-            args = [f"a{i}" for i in range(3)]
-            assert template.format(*args, ctype=dialect.ctype(np.dtype("float32")))  # renders
+        assert elementwise <= set(table), f"{dialect.name}: no template for {elementwise - set(table)}"
+        by_dtype = {key: t for key, t in dialect.overrides.items() if ":" in key}  # "pow:int": integer pow
+        for key, template in {**{op: table[op] for op in elementwise}, **by_dtype}.items():
+            op = key.split(":")[0]
+            operands, named = _fields(template)
+            assert operands == set(range(ARITY[op])), f"{dialect.name} {key}: reads operands {operands}"
+            assert named <= {"ctype"}, f"{dialect.name} {key}: reads {named}"  # the kernel's C type, nothing else
+    assert "ctype" in _fields(full_template_table(C)["cast"])[1]
 
 
-def _run_compiled(fn, *arrays, tol_dtype=None):
+def _run_compiled(fn, *arrays):
+    """``fn``'s program run by its C kernels and by its CUDA kernels under the SIMT emulator, and by eager."""
     g = optimize(capture(fn, *[eager.tensor(a) for a in arrays]))
     program = build(g)
     ex = build_executable(program, fallback_ok=False)
     CUDA_SOURCES.append(cuda_module_source(program))
     got = ex.run(list(arrays))
+    simt = build_cuda(program, simulate=True).run(list(arrays))
     with eager.no_grad():
         out = fn(*[eager.tensor(a) for a in arrays])
     want = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
-    return got, want, ex
+    return {"c": got, "cuda (simt)": simt}, want, ex
 
 
-def _check(got, want, dtype, names):
-    for name, a, b in zip(names, got, want):
-        assert a.shape == b.shape and a.dtype == b.dtype, name
-        if a.dtype.kind == "f":
-            np.testing.assert_allclose(a, b, err_msg=name, equal_nan=True, **TOL[np.dtype(dtype)])
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=name)
+def _check(got: dict, want, dtype, names):
+    """Each backend's outputs (``got``: backend -> outputs) against ``want``, one per name."""
+    for backend, outputs in got.items():
+        assert len(outputs) == len(want) == len(names), backend
+        for name, a, b in zip(names, outputs, want):
+            what = f"{backend}: {name}"
+            assert a.shape == b.shape and a.dtype == b.dtype, what
+            if a.dtype.kind == "f":
+                np.testing.assert_allclose(a, b, err_msg=what, equal_nan=True, **TOL[np.dtype(dtype)])
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=what)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -91,6 +116,18 @@ def test_elementwise_ops_with_broadcasting_match_numpy(dtype):
     fns += [lambda x, *ys: x * 0.1 + 3, lambda x, *ys: 2.5 - x]
     got, want, ex = _run_compiled(lambda *a: [f(*a) for f in fns], x, *ys)
     _check(got, want, dtype, names)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_bitwise_ops_are_bitwise_on_integers_and_logical_on_bools_like_numpy(dtype):
+    rng = np.random.default_rng(4)
+    x, y, row = (rng.integers(-50, 50, shape) for shape in [(5, 7), (5, 7), (7,)])
+    x, y, row = (a > 0 if dtype == "bool" else a.astype(dtype) for a in (x, y, row))
+    cases = {**{f"{name}[{j}]": (lambda x, y, r, f=f, j=j: f(x, (y, r)[j])) for name, f in BITWISE.items()
+                for j in range(2)},
+             **{name: (lambda x, y, r, f=f: f(x)) for name, f in BITWISE_UNARY.items()}}
+    got, want, _ = _run_compiled(lambda *a: [f(*a) for f in cases.values()], x, y, row)
+    _check({**got, "eager": want}, [f(x, y, row) for f in cases.values()], dtype, list(cases))  # NumPy's values
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -134,7 +171,8 @@ def test_literals_take_the_kernels_type():
     # 0.1 is not representable: a float32 kernel must round it as NumPy's weak scalar does, not compute in double
     x = np.full(8, 3.0, np.float32)
     got, want, ex = _run_compiled(lambda x: x * 0.1, x)
-    np.testing.assert_array_equal(got[0], want[0])
+    for backend, outputs in got.items():
+        np.testing.assert_array_equal(outputs[0], want[0], err_msg=backend)  # exactly: no tolerance hides a double
     assert "((float)0.1)" in ex.kernels[0].source
 
 
@@ -157,9 +195,9 @@ def test_integer_powers_are_exact_and_wrap_like_numpy(dtype):
     e = np.array([0, 5, 62, 3, 5, 20, 13, 3], dtype=dtype)
     g = optimize(capture(lambda a, b: a ** b, eager.tensor(x), eager.tensor(e)))
     program = build(g)
-    got = build_executable(program).run([x, e])[0]
-    assert got.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(got, x ** e)
+    for got in (build_executable(program).run([x, e])[0], build_cuda(program, simulate=True).run([x, e])[0]):
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, x ** e)
     if cuda_compilers():
         assert cuda_compile_check([cuda_module_source(program)]) is None
 
@@ -175,6 +213,8 @@ def test_cuda_float4_loop_runs_only_on_16_byte_aligned_pointers():
     assert "& 15ULL) == 0)" in src and "float4" in src
     vector, scalar = src.split("} else {")
     assert "reinterpret_cast<float4*>" in vector and "float4" not in scalar
+    got = build_cuda(program, simulate=True).run([x])[0]
+    np.testing.assert_allclose(got, np.tanh(x[1:] * 2 + 1), rtol=2e-6, atol=1e-7)
     if cuda_compilers():
         assert cuda_compile_check([cuda_module_source(program)]) is None
 

@@ -141,6 +141,11 @@ OPS = [
     ("abs", lambda m, a: abs(a) + a.abs(), [D(2, 3)]),
     ("sin", lambda m, a: a.sin(), [U(2, 3)]),
     ("cos", lambda m, a: a.cos(), [U(2, 3)]),
+    ("erf", lambda m, a: (a.erf(), m.erf(a * 2)), [U(2, 3)]),
+    ("erfc", lambda m, a: (a.erfc(), m.erfc(a * 3)), [U(2, 3)]),
+    ("erfc_tail", lambda m, a: m.erfc(a + 3), [Pos(4)]),  # 1 - erf(x) would have cancelled to nothing here
+    # the in-place forms made from the table: x.exp_() holds x.exp(), gradients flow through the rebinding
+    ("unary_in_place", lambda m, a: ((a * 1).exp_(), (a * 1).erfc_(), (a * 1).tanh_(), (a * 1).neg_()), [U(2, 3)]),
     ("clamp", lambda m, a: a.clamp(min=-0.6, max=0.6), [D(2, 4)]),
     ("clamp_min", lambda m, a: a.clamp(min=0.1), [D(2, 4)]),
     ("clamp_fn", lambda m, a: m.clamp(a, max=0.3), [D(2, 4)]),
@@ -251,6 +256,7 @@ PROMOTION = [
     ("int_pow_int", lambda m, i, j: (i ** j, 2 ** j, i ** 2), [C([2, 3], "int64"), C([2, 1], "int64")]),
     ("int_true_division", lambda m, i, j: i / j, [C([1, 4, 9], "int64"), C([2, 2, 4], "int64")]),
     ("bool_plus_int", lambda m, b: b + 1, [C([True, False], "bool")]),
+    ("int_to_float_functions", lambda m, i: (i.exp(), m.erfc(i), i.sqrt(), i.abs(), -i), [C([1, -2, 3], "int64")]),
     ("bool_sum", lambda m, a: (a > 0).sum(), [D(2, 3)]),
     ("int_mean_of_float_cast", lambda m, i: i.float().mean(), [U(4, dtype="int64")]),
     ("where_mixed", lambda m, a, b: m.where(a > 0, a, b), [U(3, dtype="float32"), U(3, dtype="float64")]),

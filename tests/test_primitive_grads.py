@@ -90,6 +90,16 @@ def _comparison_cases(name, op):
             case("scalar", lambda a: eager_op(a, 0.0), lambda xp, a: op(a, 0.0), distinct(2, 3), differentiable=False)]
 
 
+def _bitwise_cases(name, op):
+    eager_op = getattr(eager, name)
+    return [case("broadcast", lambda a, b: eager_op(a, b), lambda xp, a, b: op(a, b), INTS, INTS[0],
+                 differentiable=False),
+            case("scalar", lambda a: eager_op(a, -6), lambda xp, a: op(a, -6), INTS, differentiable=False),
+            case("bool", lambda a, b: eager_op(a, b), lambda xp, a, b: op(a, b), MASK, MASK[::-1],
+                 differentiable=False)]
+
+
+INTS = np.array([[-7, 0, 5], [3, -1, 12]])
 REPEATED = np.array([0, 2, 0, 0])  # repeated indices: their gradients must accumulate
 MASK = np.array([[True, False, True], [False, True, True]])
 
@@ -110,7 +120,13 @@ CASES: dict[str, list[Case]] = {
         case("sigmoid_large", lambda x: x.sigmoid(), lambda xp, x: 1 / (1 + xp.exp(-x)),
              np.array([-30.0, -8.0, 8.0, 30.0])),
     ],
-    "erf": [case("erf", lambda x: x.erf(), lambda xp, x: _erf(xp, x), uniform(2, 3))],
+    "erf": [case("erf", lambda x: x.erf(), lambda xp, x: _special(xp, "erf", x), uniform(2, 3))],
+    "erfc": [
+        case("erfc", lambda x: x.erfc(), lambda xp, x: _special(xp, "erfc", x), uniform(2, 3)),
+        # where 1 - erf(x) has cancelled to nothing in float32, erfc keeps its value
+        case("erfc_tail", lambda x: eager.erfc(x), lambda xp, x: _special(xp, "erfc", x), np.array([3.0, 4.5, 6.0]),
+             gradcheck_kw=dict(atol=1e-12)),
+    ],
     "add": [
         case("same_shape", lambda a, b: a + b, lambda xp, a, b: a + b, uniform(2, 3), uniform(2, 3)),
         case("row_broadcast", lambda a, b: a + b, lambda xp, a, b: a + b, uniform(2, 3), uniform(3)),
@@ -228,6 +244,10 @@ CASES: dict[str, list[Case]] = {
     **{name: _comparison_cases(name, op) for name, op in {"eq": np.equal, "ne": np.not_equal, "lt": np.less,
                                                            "le": np.less_equal, "gt": np.greater,
                                                            "ge": np.greater_equal}.items()},
+    **{name: _bitwise_cases(name, op) for name, op in {"bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
+                                                        "bitwise_xor": np.bitwise_xor}.items()},
+    "bitwise_not": [case("int", lambda a: ~a, lambda xp, a: xp.invert(a), INTS, differentiable=False),
+                    case("bool", lambda m: ~m, lambda xp, m: xp.invert(m), MASK, differentiable=False)],
     "stop_gradient": [case("detach", lambda x: x.detach(), lambda xp, x: x, uniform(2, 3), differentiable=False)],
     "full": [case("full", lambda: eager.full((2, 3), 1.5, dtype=eager.float64),
                   lambda xp: np.full((2, 3), 1.5), differentiable=False)],
@@ -237,6 +257,8 @@ CASES: dict[str, list[Case]] = {
 NON_DIFFERENTIABLE = {
     **{c: "a comparison: bool output, gradient zero almost everywhere" for c in ("eq", "ne", "lt", "le", "gt", "ge")},
     "argmax": "an int64 index: piecewise constant",
+    **{b: "bitwise: integer or bool operands and output" for b in ("bitwise_and", "bitwise_or", "bitwise_xor",
+                                                                   "bitwise_not")},
     "stop_gradient": "detach(): stops gradients by definition",
     "full": "creation: no tensor inputs",
     "uniform": "random creation: no tensor inputs (checked in test_random_primitives_draw_the_right_distribution)",
@@ -246,11 +268,11 @@ NON_DIFFERENTIABLE = {
 }
 
 
-def _erf(xp, x):
+def _special(xp, name, x):
     if xp is np:
-        from scipy.special import erf
-        return erf(x)
-    return jax.scipy.special.erf(x)
+        import scipy.special
+        return getattr(scipy.special, name)(x)
+    return getattr(jax.scipy.special, name)(x)
 
 
 ALL = [pytest.param(name, c, id=f"{name}-{c.id}") for name, cases in CASES.items() for c in cases]

@@ -7,8 +7,8 @@ value after its last reader. What a "value" is belongs to the rule:
 - the static executor's rule runs primitive impls on arrays (``tracer.executor``);
 - ``tracer.grad`` replays through eager ``apply`` on tensors, so autograd (and a trace) sees every call;
 - Python codegen returns variable names and writes one line per node (``tracer.codegen``);
-- save returns the node's JSON entry (``tracer.serialization``); passes return nodes of a new graph
-  (``compiler.rewrite``); the XLA backend runs ``jax.numpy`` (``compiler.xla``).
+- save returns a reference to the node and collects its JSON entry (``tracer.serialization``);
+- passes return nodes of a new graph (``compiler.rewrite``); the XLA backend runs ``jax.numpy`` (``compiler.xla``).
 
 Regions of control-flow nodes recurse through this same loop.
 

@@ -22,7 +22,7 @@ import ctypes
 import functools
 import math
 
-from compiler.codegen.dialect import C, int_pow_function
+from compiler.codegen.dialect import C, int_pow_function, transcendental_calls
 from compiler.codegen.emit import Emitter, decompose
 from compiler.kernel import Expr, KernelIR
 
@@ -36,8 +36,9 @@ COLUMN_TILE = 128  # rows of a column kernel run together: one contiguous vector
 # float32: 1.44-1.56 ms recomputed, 1.19-1.31 ms kept). The arrays live on the stack of every thread, so one
 # kernel's together stay under SCRATCH_BYTES (musl's default thread stack is 128 KiB); the rest are recomputed.
 SCRATCH_BYTES = 32 << 10
-SCRATCH_OPS = frozenset({"exp", "log", "tanh", "erf", "pow", "sin", "cos", "sigmoid"})
-_VECTOR_FUNCS = ("exp", "log", "sin", "cos", "tanh", "erf", "pow")
+SCRATCH_OPS = frozenset(transcendental_calls(C))
+# libm function -> number of arguments, in table order: what the vector prelude may declare
+VECTOR_FUNCTIONS = {f: n for calls in transcendental_calls(C).values() for f, n in calls.items()}
 
 
 @functools.cache
@@ -49,8 +50,8 @@ def vector_math_prelude() -> str:
     except OSError:
         return ""
     lines = []
-    for f in _VECTOR_FUNCS:
-        arity = "vv" if f == "pow" else "v"
+    for f, n in VECTOR_FUNCTIONS.items():
+        arity = "v" * n
         for suffix, ctype, lanes in (("f", "float", 8), ("", "double", 4)):
             if hasattr(lib, f"_ZGVdN{lanes}{arity}_{f}{suffix}"):
                 params = ", ".join([ctype] * len(arity))

@@ -25,8 +25,9 @@
 #include <vector>
 #include <ucontext.h>
 
-using std::erf; using std::exp; using std::log; using std::pow; using std::sin; using std::cos;
-using std::tanh; using std::sqrt; using std::fabs; using std::isnan;
+/* The float overloads of every function the op table's CUDA templates call, as CUDA has them (C's would compute in
+ * double): compiler/runtime/simt.py replaces the next line with compiler.codegen.dialect.cxx_using_line(CUDA). */
+GD_USING_STD
 
 #define __global__
 #define __device__

@@ -37,8 +37,10 @@ class SimtError(RuntimeError):
 
 
 @functools.cache
-def _runtime() -> str:
-    return (Path(__file__).with_name("simt.h")).read_text()
+def runtime_source() -> str:
+    """simt.h with its ``using std::`` line generated from the op table (every C function a CUDA template calls)."""
+    from compiler.codegen.dialect import CUDA, cxx_using_line
+    return (Path(__file__).with_name("simt.h")).read_text().replace("GD_USING_STD", cxx_using_line(CUDA), 1)
 
 
 def cxx_compiler() -> str | None:
@@ -58,7 +60,7 @@ class SimtModule:
         cxx = cxx_compiler()
         if cxx is None:
             raise cache.NoCompiler(f"simt: no C++ compiler found (CXX={os.environ.get('CXX') or 'c++'})")
-        self.library, self.path = cache.load_library(_runtime() + "\n" + code + "\n" + launchers + "\n", FLAGS,
+        self.library, self.path = cache.load_library(runtime_source() + "\n" + code + "\n" + launchers + "\n", FLAGS,
                                                      cxx, suffix=".cpp")
         self.library.gd_simt_error.restype = ctypes.c_char_p
 

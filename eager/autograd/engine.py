@@ -51,9 +51,6 @@ class Node:
     def __repr__(self) -> str:
         return f"<{self.name}>"
 
-    def name_(self) -> str:
-        return self.name
-
     @property
     def next_functions(self) -> tuple:
         """The nodes feeding this one, as in PyTorch: ``(grad_fn or None, index)`` per input tensor."""

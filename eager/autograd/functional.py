@@ -10,7 +10,7 @@ def _as_list(x):
 
 
 def _seed_gradients(outputs, grad_outputs, what):
-    from eager.ops import full_like_of
+    from eager.creation import full_like
     grads = []
     for i, (out, g) in enumerate(zip(outputs, grad_outputs)):
         if not out.requires_grad:
@@ -22,7 +22,7 @@ def _seed_gradients(outputs, grad_outputs, what):
                 raise BackwardError(f"{what}: grad can be implicitly created only for scalar outputs, but this "
                                     f"output has shape {list(out.shape)}; pass gradient= (a tensor of that "
                                     "shape, e.g. ones_like(out)) or reduce it first (out.sum()).")
-            g = full_like_of(out, 1.0)
+            g = full_like(out, 1.0)
         elif g.shape != out.shape:
             raise BackwardError(f"{what}: gradient has shape {list(g.shape)} but the output has shape "
                                 f"{list(out.shape)}; they must match.")

@@ -45,13 +45,14 @@ def analytical_jacobians(fn, inputs):
     """The same Jacobians from autograd, one backward pass per output element."""
     from eager.autograd.functional import grad
     from eager.backend import to_numpy
-    from eager.ops import full_like_of, setitem
+    from eager.creation import full_like
+    from eager.ops import setitem
     outs = _outputs(fn, inputs)
     wrt = [x for x in inputs if getattr(x, "requires_grad", False)]
     rows = {id(x): [] for x in wrt}
     for out in outs:
         for k in range(out.numel()):
-            seed = full_like_of(out, 0.0)
+            seed = full_like(out, 0.0)
             setitem(seed, np.unravel_index(k, out.shape) if out.ndim else (), 1.0)
             gs = grad([out], wrt, grad_outputs=[seed], retain_graph=True, allow_unused=True)
             for x, g in zip(wrt, gs):
