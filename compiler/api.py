@@ -105,7 +105,7 @@ def _check(device: str, backend: str, cuda_graph: bool) -> None:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"compile: unknown device {device!r}; use 'cpu' or 'cuda'")
     if backend not in BUILDERS:
-        raise ValueError(f"compile: unknown backend {backend!r}; choose one of {BACKENDS}")
+        raise ValueError(f"compile: unknown backend {backend!r}; choose one of {tuple(BUILDERS)}")
     if backend == "simt" and device != "cpu":
         raise ValueError("compile: backend 'simt' emulates the CUDA kernels on the CPU; use device='cpu'")
     if cuda_graph and backend not in ("cuda", "simt"):
@@ -125,7 +125,8 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
     start = time.perf_counter()
     optimized = optimize(graph)
     passes = time.perf_counter() - start
-    compilations, native = cache.STATS.compilations, cache.STATS.compile_seconds
+    stats = cache.thread_stats()
+    compilations, native = stats.compilations, stats.compile_seconds
     start = time.perf_counter()
     program = build(optimized, fuel)
     if cuda_graph:
@@ -135,8 +136,8 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
         program = dataclasses.replace(program, memory=plan_memory(program, donate_state=True))
     ex = BUILDERS[backend](program, optimized, device, cuda_graph)
     lowered = Lowered(graph, optimized, program, ex, ex.backend, device, ex.kernels, passes,
-                      time.perf_counter() - start, cache.STATS.compilations - compilations,
-                      cache.STATS.compile_seconds - native)
+                      time.perf_counter() - start, stats.compilations - compilations,
+                      stats.compile_seconds - native)
     if cuda_graph:
         lowered.replay = ex.replay
     debug.show(program, lowered.kernels)

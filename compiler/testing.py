@@ -14,6 +14,7 @@ import numpy as np
 from eager.autograd.mode import add_recorder
 from eager.primitives import PRIMITIVES, Aval
 from eager.tensor import Tensor
+from tracer.interpret import Rule, evaluate
 from tracer.ir import Graph, Node
 
 
@@ -56,29 +57,32 @@ def capture(fn, *inputs) -> Graph:
     return g.validate()
 
 
+class _WideRule(Rule):
+    """Primitive impls on NumPy with every floating value (inputs, constants, casts, fills) in ``dtype``."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def _up(self, a):
+        a = np.asarray(a)
+        return a.astype(self.dtype) if a.dtype.kind == "f" else a
+
+    def placeholder(self, node: Node, value):
+        return self._up(value)
+
+    def constant(self, node: Node):
+        return self._up(node.value)
+
+    def call(self, node: Node, args: list):
+        params = node.params
+        if node.op in ("cast", "full") and node.dtype.kind == "f":
+            params = {**params, "dtype": self.dtype}
+        return np.asarray(PRIMITIVES[node.op].impl(np, *args, **params))
+
+
 def reference(graph: Graph, arrays: list, dtype=np.float64) -> list[np.ndarray]:
     """Evaluate the graph with NumPy, every floating value in ``dtype`` (the float64 judge)."""
-    env = {}
-
-    def up(a):
-        a = np.asarray(a)
-        return a.astype(dtype) if a.dtype.kind == "f" else a
-    for p, a in zip(graph.placeholders, arrays):
-        env[p.id] = up(a)
-    for n in graph.nodes:
-        if n.op == "placeholder":
-            continue
-        if n.op == "constant":
-            env[n.id] = up(n.value)
-            continue
-        params = dict(n.params)
-        if n.op == "cast" and n.dtype.kind == "f":
-            params["dtype"] = np.dtype(dtype)
-        if n.op == "full" and n.dtype.kind == "f":
-            params["dtype"] = np.dtype(dtype)
-        vals = [env[a.id] if isinstance(a, Node) else a for a in n.args]
-        env[n.id] = np.asarray(PRIMITIVES[n.op].impl(np, *vals, **params))
-    return [env[n.id] for n in graph.outputs] + [env[v.id] for _, v in graph.updates]
+    return evaluate(graph, arrays, _WideRule(dtype))
 
 
 def cuda_compilers() -> list[str]:

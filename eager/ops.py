@@ -80,6 +80,8 @@ def _with_scalar(t: Tensor, s):
         t = to(t, backend.default_float)
     elif kind == "b" and not isinstance(value, bool):
         t = to(t, backend.int64)
+    elif kind in "iu":
+        value = _wrapped(value, t._data.dtype)  # an int too wide for the tensor's type wraps, as in PyTorch
     return t, value
 
 

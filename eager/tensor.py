@@ -445,6 +445,9 @@ def _add_table_methods() -> None:
             return _ops.inplace(self, fn)
         in_place.__name__ = in_place.__qualname__ = f"{name}_"
         in_place.__doc__ = f"In-place ``{name}``: ``x.{name}_()`` makes x hold ``x.{name}()``."
+        for attr in (name, f"{name}_"):  # a hand-written method of the same name would be silently replaced
+            if attr in Tensor.__dict__:
+                raise TypeError(f"Tensor.{attr} is written by hand and generated from the op table: keep one")
         setattr(Tensor, name, fn)
         setattr(Tensor, f"{name}_", in_place)
 

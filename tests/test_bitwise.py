@@ -182,3 +182,12 @@ def test_compiled_max_of_negative_integers_starts_below_every_value(backend, dty
     x = np.array([[-5, -7, -100], [info.min, -1, -3]], dtype)
     f = compiler.compile(lambda t: (t | 0).amax(dim=1), eager.tensor(x), backend=backend)
     np.testing.assert_array_equal(f(eager.tensor(x)).numpy(), x.max(axis=1))
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*"])
+def test_arithmetic_with_a_python_int_too_wide_for_int8_wraps_as_in_torch(op):
+    torch = pytest.importorskip("torch")
+    ours, theirs = eager.tensor(np.int8([100, -100, 7])), torch.tensor([100, -100, 7], dtype=torch.int8)
+    for expr in (f"x {op} 200", f"200 {op} x", f"x {op} -1000"):
+        got, want = eval(expr, {"x": ours}), eval(expr, {"x": theirs})
+        assert got.dtype == eager.int8 and got.tolist() == want.tolist(), expr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax  # a required dependency (pyproject.toml): never skipped
 import numpy as np
 import pytest
 from test_primitive_grads import CASES, NON_DIFFERENTIABLE, _tensors
@@ -35,8 +36,6 @@ from eager.primitives import (
     Primitive,
 )
 from eager.tensor import Tensor
-
-jax = pytest.importorskip("jax")
 
 SIMT_H = Path(cgen.__file__).parent.parent / "runtime" / "simt.h"
 

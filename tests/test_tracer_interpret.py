@@ -90,3 +90,14 @@ def test_a_bug_in_generated_source_is_raised_not_hidden_by_the_interpreter():
     exe._forward = broken
     with pytest.raises(GeneratedCodeError, match="planted codegen bug.*bug in tracer.codegen"):
         exe.run([np.ones(3, np.float32)])
+
+
+def test_running_out_of_memory_is_raised_as_is_not_blamed_on_codegen():
+    g, _ = _chain()
+    exe = StaticExecutor(g)
+
+    def out_of_memory(xp, constants, x):
+        raise MemoryError("out of memory allocating 12 bytes")
+    exe._forward = out_of_memory
+    with pytest.raises(MemoryError, match="out of memory"):
+        exe.run([np.ones(3, np.float32)])

@@ -304,7 +304,7 @@ def test_resolving_a_missing_location_never_creates_it():
     must not grow the key that was only looked up, and assigning creates the missing levels."""
     from collections import defaultdict
 
-    from tracer.state import MISSING, Slot
+    from tracer.slots import MISSING, Slot
 
     state = defaultdict(dict)
     slot = Slot("opt.state[w].exp_avg", state, (("item", "w"), ("item", "exp_avg")))
@@ -319,7 +319,7 @@ def test_keys_of_one_state_dict_resolve_together_without_creating_any():
     its dict; a defaultdict is only read, and a missing key is a missing location."""
     from collections import defaultdict
 
-    from tracer.state import FETCH_ERRORS, Slot
+    from tracer.slots import FETCH_ERRORS, Slot
     from tracer.traced import _reader_segments
 
     w = eager.ones(2)
@@ -334,17 +334,6 @@ def test_keys_of_one_state_dict_resolve_together_without_creating_any():
         with pytest.raises(FETCH_ERRORS):
             _reader_segments(missing)[0].get(root)
         assert len(state) == 1
-
-
-def test_old_state_import_path_gives_the_objects_of_the_modules_that_own_them():
-    import tracer.state as state
-    from tracer import rng, roots, slots, snapshot, world
-
-    owners = {"Slot": slots, "MISSING": slots, "FETCH_ERRORS": slots, "layout_of": slots, "World": world,
-              "Known": world, "PyState": world, "Snapshot": snapshot, "function_roots": roots, "rng_state": rng,
-              "set_rng_state": rng}
-    for name, module in owners.items():
-        assert getattr(state, name) is getattr(module, name), name
 
 
 def test_closure_walking_finds_modules_optimizers_and_tensors_with_their_locations():

@@ -124,6 +124,8 @@ class StaticExecutor:
         xp = np if (arrays and type(arrays[0]) is np.ndarray) else _xp_for(arrays, self.graph)
         try:
             return self._forward(xp, self.constants, *arrays)
+        except MemoryError:  # out of memory (CuPy's OutOfMemoryError too): no node to blame, nothing to re-run
+            raise
         except Exception as e:
             # a primitive failed on these inputs: the interpreter runs the same calls and names the node
             self.interpreter.run(arrays)

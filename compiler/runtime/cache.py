@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,7 +36,16 @@ class Stats:
     compile_seconds: float = 0.0
 
 
-STATS = Stats()
+STATS = Stats()  # the whole process's (tests assert on it)
+_THREAD = threading.local()
+
+
+def thread_stats() -> Stats:
+    """This thread's counters: a compile reads what IT built, not what other threads compiled meanwhile."""
+    stats = getattr(_THREAD, "stats", None)
+    if stats is None:
+        stats = _THREAD.stats = Stats()
+    return stats
 
 
 class CompileError(RuntimeError):
@@ -115,8 +125,10 @@ def _compile(cc: str, source: str, lib: Path, build_flags: list[str], suffix: st
     cmd = [cc, str(src), "-o", tmp] + build_flags
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    STATS.compile_seconds += time.perf_counter() - start
-    STATS.compilations += 1
+    seconds = time.perf_counter() - start
+    for stats in (STATS, thread_stats()):
+        stats.compile_seconds += seconds
+        stats.compilations += 1
     if proc.returncode != 0:
         os.unlink(tmp)
         raise CompileError(f"C compiler failed on {src} ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")

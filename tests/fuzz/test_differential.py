@@ -11,9 +11,9 @@ A failure shrinks to a minimal program and prints it as readable Python.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
+import jax  # the gradient oracle; a required dependency (pyproject.toml), so it is never skipped
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -24,13 +24,7 @@ import tracer
 
 from .programs import EagerLib, JaxLib, NumpyLib, programs
 
-# JAX is an optional peer, needed only as the gradient oracle: without it that one property is skipped (the
-# others do not need it); our own packages are imported above, so a broken one fails collection, never skips.
-if importlib.util.find_spec("jax") is None:
-    jax = None
-else:
-    import jax
-    jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_x64", True)
 
 # Relative tolerance per dtype, per instruction of the program; the absolute part scales with the largest
 # magnitude the float64 reference saw anywhere in the program (cancellation can't beat that scale).
@@ -83,9 +77,6 @@ def test_eager_matches_float64_reference(fuzz_examples):
 
 
 def test_eager_gradients_match_jax_grad(fuzz_examples):
-    if jax is None:
-        pytest.skip("jax is not installed: it is the gradient oracle (pip install jax)")
-
     @_settings(fuzz_examples)
     @given(programs())
     def check(prog):
