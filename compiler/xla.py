@@ -26,6 +26,9 @@ def _overrides():
     def index_add(xp, base, values, *idx, key):
         return base.at[build_key(key, idx)].add(values)
 
+    def index_put(xp, base, values, *idx, key):
+        return base.at[build_key(key, idx)].set(values)
+
     def unsupported(name):
         def impl(*a, **k):
             raise NotImplementedError(f"xla backend: {name} draws from graphduel's generator; it cannot be "
@@ -35,6 +38,7 @@ def _overrides():
     random = {name: unsupported(name) for name, prim in PRIMITIVES.items() if prim.random}
     return random | {
         "index_add": index_add,
+        "index_put": index_put,
         "copy": lambda xp, a: a,
         "to_device": lambda xp, a, *, device: a,
         "full": lambda xp, *, shape, fill_value, dtype, device: jnp.full(shape, fill_value, dtype),

@@ -35,6 +35,7 @@ from eager.creation import (
     zeros_like,
 )
 from eager.dispatch import IndexOutOfRange, OpError, apply
+from eager.memory import keep_freed_memory as _keep_freed_memory
 from eager.ops import (
     TABLE_FUNCTIONS as _TABLE_FUNCTIONS,  # exp, log, erf, erfc, ...: one per row of the op table with an api
 )
@@ -117,3 +118,5 @@ class cuda:  # noqa: N801  (eager.cuda.is_available(), as torch.cuda)
 from eager import nn, optim, viz  # noqa: E402  isort: skip
 
 __all__ = [name for name in dir() if not name.startswith("_")]
+
+_keep_freed_memory()  # see eager/memory.py: a training step would page-fault its temporaries in again

@@ -20,6 +20,7 @@ from eager.autograd.engine import Node
 from eager.autograd.mode import MODE, user_source
 from eager.backend import namespace, namespace_of
 from eager.primitives import Aval, Primitive, ShapeError, check_index_bounds, describe
+from eager.storage import mark_view, refresh
 from eager.tensor import Tensor
 
 _ndarray = np.ndarray
@@ -42,6 +43,8 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
     wants_grad = False
     for x in inputs:
         if isinstance(x, Tensor):
+            if x._base is not None and x._view_version != x._vc.value:
+                refresh(x)  # a view read after its storage was written: re-derive it from its base
             data = x._data
             arrays.append(data)
             if xp is None:
@@ -63,16 +66,27 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
         out = np.asarray(out)  # NumPy returns scalars, not 0-d arrays, from 0-d ops (to_device returns CuPy's)
     if wants_grad and mode.grad_enabled and prim.vjp is not None:
         t = Tensor._make(out, True, None)
-        t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params,
-                         tuple([x._version if isinstance(x, Tensor) else 0 for x in inputs]),
-                         t if prim.saves_out else None,
-                         user_source() if mode.anomaly else None)
+        t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params, _saved_versions(prim, inputs),
+                         t if prim.saves_out else None, user_source() if mode.anomaly else None)
     else:
         t = Tensor._make(out, False, None)
+    if prim.view:
+        mark_view(t, prim, inputs, params, xp)
     if mode.recorders:
         for recorder in mode.recorders:
             recorder.record(prim, inputs, params, t)
     return t
+
+
+def _saved_versions(prim: Primitive, inputs: tuple) -> tuple:
+    """(position, version) of each input whose value the VJP will read: backward checks only these."""
+    saved = [(i, inputs[i]._vc.value) for i, j in prim.saved
+             if i < len(inputs) and isinstance(inputs[i], Tensor)
+             and (j < 0 or (isinstance(inputs[j], Tensor) and inputs[j]._requires_grad))]
+    if prim.index_from is not None:
+        saved += [(i, inputs[i]._vc.value) for i in range(prim.index_from, len(inputs))
+                  if isinstance(inputs[i], Tensor)]
+    return tuple(saved)
 
 
 def aval_of(x):

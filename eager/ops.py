@@ -24,6 +24,7 @@ from eager.autograd.mode import MODE, no_grad
 from eager.creation import full_like, zeros_like  # noqa: F401  (zeros_like: optimizers and tracer.grad use it)
 from eager.dispatch import apply
 from eager.primitives import IndexSlot, ShapeError, describe
+from eager.storage import check_inplace_allowed, refresh, write_inplace, writeable
 from eager.tensor import Tensor
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -308,16 +309,20 @@ def copy_from(x: Tensor, src) -> Tensor:
 
 
 def inplace(x: Tensor, op, *args) -> Tensor:
-    """Run ``op(x, *args)`` out of place, then make ``x`` hold the result (its version is bumped)."""
+    """Compute ``op(x, *args)``, then write it into ``x``'s memory: the base and every view of it see the new
+    values, and the storage's version is bumped (backward refuses tensors it saved that were written since)."""
     mode = MODE.get()
-    if x.grad_fn is None and x._requires_grad and mode.grad_enabled:
-        raise RuntimeError(f"a leaf tensor of shape {list(x.shape)} that requires grad is being used in an "
-                           "in-place operation; wrap the update in `with eager.no_grad():` (as optimizers "
-                           "do), or work on a clone.")
+    if len(args) == 1 and op in _UFUNC_OF and not mode.recorders and _arithmetic_in_memory(x, op, args[0], mode):
+        return x
+    check_inplace_allowed(x, mode.grad_enabled)
+    if x._base is not None and x._view_version != x._vc.value:
+        refresh(x)
     source = x
-    if x.grad_fn is not None:  # the new node must see the old value, not the rebound tensor
-        source = Tensor._make(x._data, x._requires_grad, x.grad_fn)
-        source._version = x._version
+    if mode.grad_enabled and (x._requires_grad or builtins.any(isinstance(a, Tensor) and a._requires_grad
+                                                                for a in args)):
+        # a backward may read x's old value (mul_ by a tensor that requires grad): it reads a copy, as PyTorch's
+        # in-place ops save the original self, instead of memory this write is about to change
+        source = clone(x)
     new = op(source, *args)
     if new.dtype != x.dtype:
         raise TypeError(f"in-place op: result type {new.dtype} can't be cast to the tensor's type {x.dtype}; "
@@ -325,14 +330,40 @@ def inplace(x: Tensor, op, *args) -> Tensor:
     if new.shape != x.shape:
         raise ShapeError(f"in-place op: result shape {list(new.shape)} doesn't match the tensor's shape "
                          f"{list(x.shape)}; use the out-of-place op.")
-    x._data = new._data
-    x._version += 1
-    if new.grad_fn is not None:
-        x.grad_fn = new.grad_fn
-        x._requires_grad = True
-    for recorder in mode.recorders:
-        recorder.mutate(x, new)
+    write_inplace(x, new)
     return x
+
+
+def _arithmetic_in_memory(x: Tensor, op, other, mode) -> bool:
+    """``x += other`` (and -=, *=, /=) as one ufunc call writing x's memory, when nothing needs more: no autograd
+    (an optimizer's update), no trace, a float tensor and a Python number or a tensor of its dtype that
+    broadcasts to it. This is what the general path computes, without allocating the result (False: not taken)."""
+    data = x._data
+    if data.dtype.kind != "f" or not writeable(data):
+        return False
+    if isinstance(other, Tensor):
+        if mode.grad_enabled and (x._requires_grad or other._requires_grad):
+            return False
+        value = other._data
+        if value.dtype != data.dtype or type(value) is not type(data) or value.ndim > data.ndim or \
+                builtins.any(v not in (1, d) for v, d in zip(value.shape[::-1], data.shape[::-1])):
+            return False
+    elif type(other) in (int, float):
+        if mode.grad_enabled and x._requires_grad:
+            return False
+        value = other
+    else:
+        return False
+    if builtins.any(st == 0 and d > 1 for st, d in zip(data.strides, data.shape)):
+        return False  # an expanded view: the general path raises PyTorch's error
+    _UFUNC_OF[op](backend.namespace_of(data), data, value)
+    x._vc.value += 1
+    return True
+
+
+# the in-place form of each arithmetic op: the ufunc with out= (NumPy and CuPy alike)
+_UFUNC_OF = {add: lambda xp, a, b: xp.add(a, b, out=a), sub: lambda xp, a, b: xp.subtract(a, b, out=a),
+             mul: lambda xp, a, b: xp.multiply(a, b, out=a), div: lambda xp, a, b: xp.divide(a, b, out=a)}
 
 
 # ---------------------------------------------------------------- reductions
@@ -702,8 +733,16 @@ def _last_writes(x: Tensor, static, index_tensors):
 
 
 def setitem(x: Tensor, key, value) -> None:
-    """``x[key] = value`` as an in-place op: differentiable in both x and value."""
+    """``x[key] = value`` as an in-place op, differentiable in both x and value: a basic key writes through a view
+    of x; a bool mask of x's shape with a scalar value is ``where`` (so a trace keeps the mask a tensor)."""
+    if _is_full_mask(x, key) and (isinstance(value, Number) or (isinstance(value, Tensor) and value.numel() == 1)):
+        fill = value if isinstance(value, Number) else reshape(to(value, x.device, x.dtype), ())
+        inplace(x, lambda base, v: where(key, v, base), fill)
+        return
     static, index_tensors = _index_key(x, key)
+    if not index_tensors:
+        inplace(getitem(x, key), copy_from, value)
+        return
     static, shape = _pytorch_ints(x, static, index_tensors)
 
     def put(base, v):
@@ -722,6 +761,10 @@ def setitem(x: Tensor, key, value) -> None:
         return apply(P.INDEX_ADD, base, delta, *index_tensors, key=static)
 
     inplace(x, put, value)
+
+
+def _is_full_mask(x: Tensor, key) -> bool:
+    return isinstance(key, Tensor) and key.dtype == backend.bool_ and key.shape == x.shape
 
 
 # ---------------------------------------------------------------- matmul

@@ -67,11 +67,17 @@ class Primitive:
     index_from: int | None = None  # inputs from here on are index arrays into input 0 (bounds-checked on CuPy)
     lowering: str | None = None  # KERNEL | VIEW | LIBRARY | HOST; None: derived from kind (see _default_lowering)
     api: str | None = None  # API_FLOAT | API_SAME: eager.<name>, Tensor.<name> and Tensor.<name>_ are generated
+    view: bool = False  # the output may share input 0's memory (a view: in-place writes to it reach input 0)
+    # the inputs whose VALUES the VJP reads (backward checks that they were not written in place since): an int
+    # i, or a pair (i, j): input i, when input j requires grad (mul reads b only for a's gradient)
+    reads: tuple = ()
     backward_name: str = field(init=False)  # "IndexAddBackward": computed once, read on every recorded op
+    saved: tuple = field(init=False)  # ``reads`` as (input, needs-grad input or -1 for always): read per op
 
     def __post_init__(self):
         object.__setattr__(self, "backward_name",
                            "".join(part.capitalize() for part in self.name.split("_")) + "Backward")
+        object.__setattr__(self, "saved", tuple((r, -1) if isinstance(r, int) else tuple(r) for r in self.reads))
         if self.lowering is None:
             object.__setattr__(self, "lowering", _default_lowering(self.kind, self.c_expr))
 
@@ -91,9 +97,10 @@ PRIMITIVES: dict[str, Primitive] = {}
 
 
 def define(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False, random=False,
-           index_from=None, lowering=None, api=None) -> Primitive:
+           index_from=None, lowering=None, api=None, view=False, reads=()) -> Primitive:
     """Add a row to the table (``PRIMITIVES[name]``) and return it."""
-    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random, index_from, lowering, api)
+    prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random, index_from, lowering, api, view,
+                     reads)
     PRIMITIVES[name] = prim
     return prim
 
@@ -329,17 +336,17 @@ NEG = define("neg", ELEMENTWISE, lambda xp, a: -a, lambda a: a, lambda g, out, a
 EXP = define("exp", ELEMENTWISE, lambda xp, a: xp.exp(a), _float_rule("exp"),
              lambda g, out, a: (g * out,), "exp({0})", saves_out=True, api=API_FLOAT)
 LOG = define("log", ELEMENTWISE, lambda xp, a: xp.log(a), _float_rule("log"),
-             lambda g, out, a: (g / a,), "log({0})", api=API_FLOAT)
+             lambda g, out, a: (g / a,), "log({0})", api=API_FLOAT, reads=(0,))
 SQRT = define("sqrt", ELEMENTWISE, lambda xp, a: xp.sqrt(a), _float_rule("sqrt"),
               lambda g, out, a: (g / (out * 2),), "sqrt({0})", saves_out=True, api=API_FLOAT)
 TANH = define("tanh", ELEMENTWISE, lambda xp, a: xp.tanh(a), _float_rule("tanh"),
               lambda g, out, a: (g * (1 - out * out),), "tanh({0})", saves_out=True, api=API_FLOAT)
 SIN = define("sin", ELEMENTWISE, lambda xp, a: xp.sin(a), _float_rule("sin"),
-             lambda g, out, a: (g * a.cos(),), "sin({0})", api=API_FLOAT)
+             lambda g, out, a: (g * a.cos(),), "sin({0})", api=API_FLOAT, reads=(0,))
 COS = define("cos", ELEMENTWISE, lambda xp, a: xp.cos(a), _float_rule("cos"),
-             lambda g, out, a: (-(g * a.sin()),), "cos({0})", api=API_FLOAT)
+             lambda g, out, a: (-(g * a.sin()),), "cos({0})", api=API_FLOAT, reads=(0,))
 ABS = define("abs", ELEMENTWISE, lambda xp, a: xp.abs(a), lambda a: a,
-             lambda g, out, a: (g * a.sign(),), "fabs({0})", api=API_SAME)
+             lambda g, out, a: (g * a.sign(),), "fabs({0})", api=API_SAME, reads=(0,))
 SIGN = define("sign", ELEMENTWISE, lambda xp, a: xp.sign(a), lambda a: a,
               lambda g, out, a: (g * 0,), "(({0}) != ({0}) ? ({0}) : (({0}) > 0) - (({0}) < 0))",  # NaN stays NaN
               api=API_SAME)
@@ -374,9 +381,9 @@ def special(name: str):
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 ERF = define("erf", ELEMENTWISE, special("erf"), _float_rule("erf"),
-             lambda g, out, a: (g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI,), "erf({0})", api=API_FLOAT)
+             lambda g, out, a: (g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI,), "erf({0})", api=API_FLOAT, reads=(0,))
 ERFC = define("erfc", ELEMENTWISE, special("erfc"), _float_rule("erfc"),  # 1 - erf, without the cancellation
-              lambda g, out, a: (-(g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI),), "erfc({0})", api=API_FLOAT)
+              lambda g, out, a: (-(g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI),), "erfc({0})", api=API_FLOAT, reads=(0,))
 
 # binary elementwise (numpy-style implicit broadcasting; gradients are summed back by unbroadcast)
 ADD = define("add", ELEMENTWISE, lambda xp, a, b: a + b, _elementwise_rule("add"),
@@ -385,10 +392,11 @@ SUB = define("sub", ELEMENTWISE, lambda xp, a, b: a - b, _elementwise_rule("sub"
              lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(-g, b)), "({0} - {1})")
 MUL = define("mul", ELEMENTWISE, lambda xp, a, b: a * b, _elementwise_rule("mul"),
              lambda g, out, a, b: (unbroadcast(g * b, a) if _needs(a) else None,
-                                   unbroadcast(g * a, b) if _needs(b) else None), "({0} * {1})")
+                                   unbroadcast(g * a, b) if _needs(b) else None), "({0} * {1})", reads=((0, 1), (1, 0)))
 DIV = define("div", ELEMENTWISE, lambda xp, a, b: a / b, _elementwise_rule("div"),
              lambda g, out, a, b: (unbroadcast(g / b, a) if _needs(a) else None,
-                                   unbroadcast(-(g * a) / (b * b), b) if _needs(b) else None), "({0} / {1})")
+                                   unbroadcast(-(g * a) / (b * b), b) if _needs(b) else None), "({0} / {1})",
+             reads=((0, 1), 1))
 
 
 def _log_base(a):
@@ -408,7 +416,7 @@ def _pow_vjp(g, out, a, b):
 
 
 POW = define("pow", ELEMENTWISE, lambda xp, a, b: a ** b, _elementwise_rule("pow"), _pow_vjp, "pow({0}, {1})",
-             saves_out=True)
+             saves_out=True, reads=(0, (1, 0)))
 
 
 def _select_vjp(first_wins):
@@ -423,9 +431,9 @@ def _select_vjp(first_wins):
 
 
 MAXIMUM = define("maximum", ELEMENTWISE, lambda xp, a, b: xp.maximum(a, b), _elementwise_rule("maximum"),
-                 _select_vjp(True), "(({0} != {0} || {0} > {1}) ? {0} : {1})")
+                 _select_vjp(True), "(({0} != {0} || {0} > {1}) ? {0} : {1})", reads=(0, 1))
 MINIMUM = define("minimum", ELEMENTWISE, lambda xp, a, b: xp.minimum(a, b), _elementwise_rule("minimum"),
-                 _select_vjp(False), "(({0} != {0} || {0} < {1}) ? {0} : {1})")
+                 _select_vjp(False), "(({0} != {0} || {0} < {1}) ? {0} : {1})", reads=(0, 1))
 
 _COMPARISONS = {"eq": ("==", lambda a, b: a == b), "ne": ("!=", lambda a, b: a != b),
                 "lt": ("<", lambda a, b: a < b), "le": ("<=", lambda a, b: a <= b),
@@ -500,7 +508,7 @@ def _bitselect(c, x, y, dtype):
 WHERE = define("where", ELEMENTWISE, _where_impl, _where_rule,
                lambda g, out, c, x, y: (None, unbroadcast(_where(c, g, 0.0), x) if _needs(x) else None,
                                         unbroadcast(_where(c, 0.0, g), y) if _needs(y) else None),
-               "({0} ? {1} : {2})")
+               "({0} ? {1} : {2})", reads=(0,))
 
 
 def _cast_rule(a, *, dtype):
@@ -525,18 +533,18 @@ def _max_vjp(g, out, a, *, axes, keepdims):
 
 
 MAX = define("max", REDUCTION, lambda xp, a, *, axes, keepdims: xp.max(a, axis=axes, keepdims=keepdims),
-             _reduce_rule("max"), _max_vjp, saves_out=True, lowering=KERNEL)
+             _reduce_rule("max"), _max_vjp, saves_out=True, lowering=KERNEL, reads=(0,))
 ARGMAX = define("argmax", REDUCTION, lambda xp, a, *, axis, keepdims: xp.argmax(a, axis=axis, keepdims=keepdims),
                 _argmax_rule)
 
 # movement
 # reshape, broadcast_to and permute only change a view: kernels read their source through it
 RESHAPE = define("reshape", MOVEMENT, lambda xp, a, *, shape: xp.reshape(a, shape), _reshape_rule,
-                 lambda g, out, a, *, shape: (g.reshape(a.shape),), lowering=VIEW)
+                 lambda g, out, a, *, shape: (g.reshape(a.shape),), lowering=VIEW, view=True)
 BROADCAST_TO = define("broadcast_to", MOVEMENT, lambda xp, a, *, shape: xp.broadcast_to(a, shape),
-                      _broadcast_to_rule, lambda g, out, a, *, shape: (unbroadcast(g, a),), lowering=VIEW)
+                      _broadcast_to_rule, lambda g, out, a, *, shape: (unbroadcast(g, a),), lowering=VIEW, view=True)
 PERMUTE = define("permute", MOVEMENT, lambda xp, a, *, axes: xp.transpose(a, axes), _permute_rule,
-                 lambda g, out, a, *, axes: (g.permute(*_inverse(axes)),), lowering=VIEW)
+                 lambda g, out, a, *, axes: (g.permute(*_inverse(axes)),), lowering=VIEW, view=True)
 def check_index_bounds(shape, key, idx) -> None:
     """Raise IndexError for an integer index array that is out of range for its dim, as NumPy does. Eager calls
     it for CuPy arrays, whose indexing wraps such an index around instead; it waits for the device (one sync per
@@ -561,8 +569,15 @@ def check_index_bounds(shape, key, idx) -> None:
         dim += 1
 
 
-GETITEM = define("getitem", MOVEMENT, lambda xp, a, *idx, key: a[build_key(key, idx)], _getitem_rule,
-                 lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx), index_from=1)
+def _getitem_impl(xp, a, *idx, key):
+    if not idx and not any(k is Ellipsis for k in key):
+        key = key + (Ellipsis,)  # a basic key then gives a 0-d view, not a copied scalar: x[0].zero_() writes x
+    return a[build_key(key, idx)]
+
+
+GETITEM = define("getitem", MOVEMENT, _getitem_impl, _getitem_rule,
+                 lambda g, out, a, *idx, key: (_scatter_back(g, a, idx, key),) + (None,) * len(idx), index_from=1,
+                 view=True)
 
 
 def _index_add_impl(xp, base, values, *idx, key):
@@ -579,6 +594,24 @@ INDEX_ADD = define("index_add", MOVEMENT, _index_add_impl, _index_add_rule,
                    lambda g, out, base, values, *idx, key: (g, g[build_key(key, idx)] if idx else
                                                             _getitem_plain(g, key)) + (None,) * len(idx),
                    index_from=2)
+
+
+def _index_put_impl(xp, base, values, *idx, key):
+    out = base.copy()
+    out[build_key(key, idx)] = values
+    return out
+
+
+def _index_put_vjp(g, out, base, values, *idx, key):
+    from eager.creation import zeros_like
+    from eager.dispatch import apply
+    region = apply(GETITEM, g, *idx, key=key)
+    return (apply(INDEX_PUT, g, zeros_like(region), *idx, key=key), region) + (None,) * len(idx)
+
+
+# base with the region ``key`` replaced by ``values``: a write through a view, functionally (the tracer's record
+# of ``x[key] = v`` and of in-place ops on a slice, and the rebased history of the written base)
+INDEX_PUT = define("index_put", MOVEMENT, _index_put_impl, _index_add_rule, _index_put_vjp, index_from=2)
 
 
 def _getitem_plain(g, key):
@@ -601,9 +634,25 @@ CONCATENATE = define("concatenate", MOVEMENT, lambda xp, *arrays, axis: xp.conca
                      _concat_rule, _concat_vjp)
 
 # matmul (>= 2-D operands; 1-D cases are composites that reshape)
-MATMUL = define("matmul", CONTRACTION, lambda xp, a, b: xp.matmul(a, b), _matmul_rule,
-                lambda g, out, a, b: (unbroadcast(g @ _mT(b), a) if _needs(a) else None,
-                                      unbroadcast(_mT(a) @ g, b) if _needs(b) else None))
+def _transposed_layout(t) -> bool:
+    """A 2-D operand stored column-major: a transposed view, like the weight in ``x @ W.T``."""
+    flags = getattr(t._data, "flags", None)
+    return t.ndim == 2 and flags is not None and flags.f_contiguous and not flags.c_contiguous
+
+
+def _matmul_vjp(g, out, a, b):
+    # each gradient is computed in its operand's layout: W.T's comes out transposed, so W.grad is row-major like W
+    # (BLAS reads the transposed operands in place; an optimizer then updates W without strided reads)
+    ga = gb = None
+    if _needs(a):
+        ga = unbroadcast(_mT(b @ _mT(g)) if _transposed_layout(a) else g @ _mT(b), a)
+    if _needs(b):
+        gb = unbroadcast(_mT(_mT(g) @ a) if _transposed_layout(b) else _mT(a) @ g, b)
+    return ga, gb
+
+
+MATMUL = define("matmul", CONTRACTION, lambda xp, a, b: xp.matmul(a, b), _matmul_rule, _matmul_vjp,
+                reads=((0, 1), (1, 0)))
 
 
 # creation (no tensor inputs; inside a trace they become nodes, not baked constants)
@@ -640,7 +689,7 @@ def _to_device_impl(xp, a, *, device):
     return to_device(a, device)
 
 
-STOP_GRADIENT = define("stop_gradient", ELEMENTWISE, lambda xp, a: a, lambda a: a, None, "{0}")
+STOP_GRADIENT = define("stop_gradient", ELEMENTWISE, lambda xp, a: a, lambda a: a, None, "{0}", view=True)
 COPY = define("copy", ELEMENTWISE, lambda xp, a: a.copy(), lambda a: a, lambda g, out, a: (g,), "{0}")
 TO_DEVICE = define("to_device", OTHER, _to_device_impl, lambda a, *, device: a,
                    lambda g, out, a, *, device: (g.to(a.device),))

@@ -3,9 +3,9 @@
 Operators and methods only forward to ``eager.ops`` (which forwards to ``apply``); the class itself owns
 storage, autograd bookkeeping (grad, grad_fn, hooks, version counter) and conversions.
 
-In-place ops (``add_``, ``x[i] = v``, optimizer updates) compute the new value out of place and rebind the
-tensor to it, bumping its version: arrays saved for backward are never overwritten, and nodes that saved the
-old tensor notice the new version and refuse to run (as PyTorch does).
+A tensor owns its array or is a view of a base tensor's memory (``eager.storage``): in-place ops (``add_``,
+``x[i] = v``, optimizer updates) write that memory, so the base and every view see them, and bump the storage's
+version counter, which backward checks for the tensors a VJP reads (as PyTorch does).
 
     >>> import eager
     >>> w = eager.tensor([1.0], requires_grad=True)
@@ -23,11 +23,12 @@ import numpy as np
 
 from eager import backend
 from eager.autograd.mode import MODE
+from eager.storage import Version
 
 
 class Tensor:
-    __slots__ = ("_data", "_requires_grad", "_grad", "grad_fn", "_version", "_hooks", "_retains_grad",
-                 "__weakref__")
+    __slots__ = ("_data", "_requires_grad", "_grad", "grad_fn", "_vc", "_hooks", "_retains_grad", "_base",
+                 "_view_ops", "_view_version", "__weakref__")
     __array_priority__ = 1000  # numpy_scalar * tensor -> Tensor.__rmul__, not an object array
 
     def __init__(self, data, requires_grad: bool = False):
@@ -37,9 +38,10 @@ class Tensor:
         self._requires_grad = False
         self._grad = None
         self.grad_fn = None
-        self._version = 0
+        self._vc = Version()
         self._hooks = None
         self._retains_grad = False
+        self._base = None
         if requires_grad:
             self.requires_grad_(True)
 
@@ -50,10 +52,24 @@ class Tensor:
         t._requires_grad = requires_grad
         t._grad = None
         t.grad_fn = grad_fn
-        t._version = 0
+        t._vc = Version()
         t._hooks = None
         t._retains_grad = False
+        t._base = None
         return t
+
+    @property
+    def _version(self) -> int:
+        """The version of this tensor's storage: bumped by every in-place write to it or to a view of it."""
+        return self._vc.value
+
+    @_version.setter
+    def _version(self, value: int) -> None:
+        self._vc.value = value
+
+    def _is_view(self) -> bool:
+        """Whether this tensor shares its memory with a base tensor (``view``, slicing, ``detach``, ...)."""
+        return self._base is not None
 
     # ------------------------------------------------------------ metadata
     @property
@@ -133,13 +149,19 @@ class Tensor:
 
     @property
     def data(self) -> Tensor:
-        """The same values without autograd history (like ``detach()``)."""
+        """This tensor's memory without autograd history: in-place writes to it are seen here (``p.data.mul_(0.5)``).
+
+        Unlike PyTorch, ``.data`` shares the version counter: a tensor that backward saved and that was changed
+        through ``.data`` makes backward raise instead of silently using the new values.
+        """
         return self.detach()
 
     @data.setter
     def data(self, value: Tensor) -> None:
+        # rebinding gives this tensor new memory (views taken before keep the old one, as in PyTorch)
         self._data = value._data if isinstance(value, Tensor) else value
-        self._version += 1
+        self._base = None
+        self._vc = Version(self._vc.value + 1)
 
     def retain_grad(self) -> None:
         """Keep ``.grad`` of this non-leaf tensor after backward."""
@@ -152,8 +174,8 @@ class Tensor:
 
         def keep(g):
             t = ref()
-            if t is not None:
-                t._grad = g if t._grad is None else t._grad + g
+            if t is not None:  # its own copy: the gradient flows on, and a leaf's .grad may accumulate into it
+                t._grad = _ops.clone(g) if t._grad is None else t._grad + g
         keep.retains_grad = True  # runs after every hook, as in PyTorch (register_hook inserts before it)
         self.grad_fn.register_prehook(keep)
 
@@ -277,7 +299,7 @@ class Tensor:
         if self.device != backend.CPU:
             extras.append(f"device='{self.device}'")
         if self.grad_fn is not None:
-            extras.append(f"grad_fn=<{self.grad_fn.name}>")
+            extras.append(f"grad_fn=<{self.grad_fn.name()}>")
         elif self._requires_grad:
             extras.append("requires_grad=True")
         return "tensor(" + body + "".join(", " + e for e in extras) + ")"

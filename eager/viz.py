@@ -88,9 +88,9 @@ def make_dot(output: Tensor | list[Tensor] | tuple[Tensor, ...], params: dict[st
         seen.add(id(fn))
         nid = node_id(fn)
         if fn.inputs is None:
-            lines.append(f"  {nid} [label={_quote(fn.name + chr(10) + '(freed by backward)')}, fontcolor=grey40]")
+            lines.append(f"  {nid} [label={_quote(fn.name() + chr(10) + '(freed by backward)')}, fontcolor=grey40]")
             continue
-        lines.append(f"  {nid} [label={_quote(fn.name)}]")
+        lines.append(f"  {nid} [label={_quote(fn.name())}]")
         for x in fn.inputs:
             if not isinstance(x, Tensor) or not x.requires_grad:
                 continue

@@ -84,7 +84,7 @@ def test_parameter_is_a_leaf_tensor_and_ops_on_it_give_plain_tensors():
     p = nn.Parameter(eager.tensor([1.0, 2.0]))
     assert p.requires_grad and p.is_leaf and isinstance(p, eager.Tensor)
     y = p * 2
-    assert type(y) is eager.Tensor and y.grad_fn.name == "MulBackward" and y.tolist() == [2.0, 4.0]
+    assert type(y) is eager.Tensor and y.grad_fn.name() == "MulBackward" and y.tolist() == [2.0, 4.0]
     assert repr(p).startswith("Parameter containing:\ntensor([1., 2.], requires_grad=True)")
     assert not nn.Parameter(eager.zeros(1), requires_grad=False).requires_grad
 
@@ -150,14 +150,16 @@ def test_state_dict_round_trip_reproduces_outputs_and_keeps_parameter_identity()
     np.testing.assert_array_equal(_np(a(x)), _np(b(x)))
 
 
-def test_state_dict_is_a_snapshot_not_changed_by_later_updates():
+def test_state_dict_shares_memory_with_the_parameters_as_in_pytorch():
     m = TwoLayer()
     saved = m.state_dict()
     before = saved["fc1.weight"].numpy().copy()
     with eager.no_grad():
         m.fc1.weight.sub_(1.0)
-    np.testing.assert_array_equal(saved["fc1.weight"].numpy(), before)
+    np.testing.assert_array_equal(saved["fc1.weight"].numpy(), before - 1.0)  # sees the update
     assert not saved["fc1.weight"].requires_grad
+    saved["fc1.bias"].zero_()  # and writes through to the module
+    assert not m.fc1.bias.detach().numpy().any()
 
 
 def test_load_state_dict_reports_missing_unexpected_and_mis_shaped_keys_together():

@@ -73,6 +73,16 @@ def case(id, fn, ref, *inputs, **kw) -> Case:
     return Case(id, fn, ref, tuple(inputs), **kw)
 
 
+def _index_put_ref(idx):
+    def ref(xp, base, values):
+        if xp is np:
+            out = base.copy()
+            out[idx] = values
+            return out
+        return base.at[idx].set(values)
+    return ref
+
+
 def _index_add_ref(idx):
     def ref(xp, base, values):
         if xp is np:
@@ -226,6 +236,12 @@ CASES: dict[str, list[Case]] = {
              _index_add_ref(REPEATED), uniform(3, 2), uniform(4, 2)),
         case("slice", lambda b, v: apply(P.INDEX_ADD, b, v, key=(slice(None), slice(1, 3))),
              _index_add_ref((slice(None), slice(1, 3))), uniform(2, 4), uniform(2, 2)),
+    ],
+    "index_put": [
+        case("slice", lambda b, v: apply(P.INDEX_PUT, b, v, key=(slice(None), slice(1, 3))),
+             _index_put_ref((slice(None), slice(1, 3))), uniform(2, 4), uniform(2, 2)),
+        case("rows", lambda b, v: apply(P.INDEX_PUT, b, v, eager.tensor([2, 0]), key=(IndexSlot(0),)),
+             _index_put_ref(np.array([2, 0])), uniform(3, 2), uniform(2, 2)),
     ],
     "concatenate": [
         case("dim1", lambda a, b, c: eager.cat([a, b, c], dim=1), lambda xp, a, b, c: xp.concatenate([a, b, c], 1),

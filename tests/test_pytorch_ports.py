@@ -21,7 +21,7 @@ def test_seed_dynamic_graph_snippet_runs_unchanged_and_gives_the_right_gradients
     with warnings.catch_warnings(record=True):
         assert (w.grad.tolist(), x.grad.tolist(), a.grad.tolist(), b.grad, y.grad) == ([5.0], [2.0], [2.0], None, None)
     assert (w.grad_fn, x.grad_fn) == (None, None)
-    assert (a.grad_fn.name, b.grad_fn.name, y.grad_fn.name) == ("AddBackward", "AddBackward", "MulBackward")
+    assert (a.grad_fn.name(), b.grad_fn.name(), y.grad_fn.name()) == ("AddBackward", "AddBackward", "MulBackward")
 
 
 def _seed_001_snippets(torch, data: dict) -> dict:

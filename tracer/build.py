@@ -225,7 +225,7 @@ def _first_leaves(tape: Tape) -> dict[int, int]:
 def _mutated(run: RunRecord) -> dict[int, Tensor]:
     mutated = dict(run.recorder.tape.mutated)
     for tid, saved in run.snapshot_tensors.items():
-        if saved.tensor._data is not saved.data and tid not in mutated:
+        if saved.tensor._data is not saved.memory and tid not in mutated:
             mutated[tid] = saved.tensor  # changed without the recorder hearing of it (``t.data = ...``)
     return mutated
 

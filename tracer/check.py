@@ -97,8 +97,9 @@ def _close(a, b, rtol=None, atol=None) -> tuple[bool, str]:
 
 
 def _flat_values(obj, out: list) -> list:
+    """The arrays of a result, copied (a later in-place write or restored state must not change them)."""
     if isinstance(obj, Tensor):
-        out.append(obj._data)
+        out.append(obj._data.copy())
     elif isinstance(obj, (list, tuple)) and not (type(obj) is list and obj and not isinstance(obj[0], Tensor)
                                                  and isinstance(obj[0], (int, float, list))):
         for o in obj:
@@ -133,10 +134,11 @@ def check(traced, args: tuple, kwargs: dict, rtol: float | None = None, atol: fl
     if arrays is None:
         raise RuntimeError(f"check: the state {traced.name} reads no longer has the traced types after the eager "
                            "run; call the traced function once, then check again.")
+    inputs = [a.copy() for a in arrays]  # the call writes its state updates into this memory
     traced_result = entry.finish(leaves, entry.exe.run(arrays))  # for real: state updates are applied once
     divergences = _compare(_flat_values(traced_result, []), _state_values(entry, leaves), eager, rtol, atol)
     if divergences:
-        _locate(traced, entry, arrays, rng, eager, divergences, rtol, atol)
+        _locate(traced, entry, inputs, rng, eager, divergences, rtol, atol)
     return CheckReport(not divergences, divergences, eager.result, traced_result)
 
 
@@ -203,15 +205,15 @@ def _state_values(entry, leaves) -> dict[str, Any]:
     out = {}
     for target in plan.update_targets:
         if type(target) is int:
-            out[f"input {entry.names[target]}"] = leaves[target]._data
+            out[f"input {entry.names[target]}"] = leaves[target]._data.copy()
         else:
             t = target.get()
             if isinstance(t, Tensor):
-                out[target.name] = t._data
+                out[target.name] = t._data.copy()
     for slot in plan.extra_slots:
         t = slot.get()
         if isinstance(t, Tensor):
-            out[slot.name] = t._data
+            out[slot.name] = t._data.copy()
     return out
 
 

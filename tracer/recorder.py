@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from eager.autograd.mode import _package_dirs
-from eager.backend import to_numpy
+from eager.backend import namespace_of, to_numpy
 from eager.primitives import Aval
 from eager.tensor import Tensor
 from tracer.snapshot import SavedTensor
@@ -213,6 +213,15 @@ class Recorder:
         self.tape.mutated[id(tensor)] = tensor
         vid = self.vid_of(new)
         self._by_tensor[id(tensor)] = _Seen(tensor, tensor._data, vid)
+        self._by_data[id(tensor._data)] = vid  # the array was written in place: it holds the new value now
+
+    def before_write(self, tensor: Tensor) -> None:
+        """An in-place op is about to write ``tensor``'s memory: values recorded in that memory (the tensor's,
+        its base's, its views') are copied first, so the tape keeps what each value was (``check`` compares them)."""
+        memory = tensor._data
+        for vid, array in enumerate(self.tape.arrays):
+            if type(array) is type(memory) and namespace_of(memory).may_share_memory(array, memory):
+                self.tape.arrays[vid] = array.copy()
 
     def escape(self, tensor: Tensor, kind: str, value) -> None:
         vid = self.vid_of(tensor)

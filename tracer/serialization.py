@@ -40,6 +40,7 @@ import numpy as np
 
 from eager.backend import DTYPES, Device, canonical_device, to_device, to_numpy
 from eager.primitives import PRIMITIVES, Aval, IndexSlot
+from eager.storage import assign
 from eager.tensor import Tensor
 from tracer.conversions import CONVERSIONS, convert
 from tracer.interpret import Rule, evaluate
@@ -491,9 +492,9 @@ class LoadedGraph:
         for (p, _), arr in zip(self.graph.updates, results[k:]):
             if p.role == "input":
                 t = inputs[self._inputs.index(p)]
-                t._data, t._version = arr, t._version + 1
+                assign(t, arr)
             else:
-                self.state[p.name]._data = arr
+                assign(self.state[p.name], arr)
         outs = [Tensor(a) if c is None else convert(a, c) for a, c in zip(results[:n_user], self._conversions)]
         return unflatten(self._spec, outs)
 

@@ -21,6 +21,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from eager.backend import short_name
+from eager.storage import assign
 from eager.tensor import Tensor
 
 MISSING = object()
@@ -79,8 +80,7 @@ class Slot:
     def rebind(self, array) -> None:
         """Give the tensor at this location a new value, in place (it keeps its identity, as in eager)."""
         t = self.get()
-        t._data = array
-        t._version += 1
+        assign(t, array)
 
     def assign(self, value) -> None:
         """Put ``value`` at this location (creating missing dict levels); ``MISSING`` deletes it."""

@@ -27,23 +27,30 @@ from tracer.world import World, is_py_state
 
 
 class SavedTensor(NamedTuple):
-    """A tensor and what it held when the snapshot was taken."""
+    """A tensor and what it held when the snapshot was taken: its memory (the array object, which views share)
+    and a copy of the values in it, which in-place writes during the run overwrite."""
 
     tensor: Tensor
+    memory: Any
     data: Any
     version: int
+    counter: Any
     grad: Any
     grad_fn: Any
     requires_grad: bool
 
     @classmethod
     def of(cls, t: Tensor) -> SavedTensor:
-        return cls(t, t._data, t._version, t._grad, t.grad_fn, t._requires_grad)
+        return cls(t, t._data, t._data.copy(), t._version, t._vc, t._grad, t.grad_fn, t._requires_grad)
 
     def restore(self) -> None:
+        """The tensor back in its old memory with its old values (views taken before the run stay valid)."""
         t = self.tensor
-        t._data, t._version, t._grad, t.grad_fn, t._requires_grad = (self.data, self.version, self.grad,
-                                                                      self.grad_fn, self.requires_grad)
+        if self.counter.value != self.version:  # written in place during the run
+            self.memory[...] = self.data
+        t._data, t._vc = self.memory, self.counter
+        t._vc.value = self.version
+        t._grad, t.grad_fn, t._requires_grad = self.grad, self.grad_fn, self.requires_grad
 
 
 class Snapshot:

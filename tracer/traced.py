@@ -35,6 +35,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 from eager.autograd.mode import MODE, add_recorder
+from eager.storage import assign
 from eager.tensor import Tensor
 from tracer.assumptions import Assumption, Ledger, python_state_site
 from tracer.build import Plan, RunRecord, build, occupants
@@ -173,8 +174,7 @@ class Entry:
             else:
                 target.rebind(arr)
                 continue
-            t._data = arr
-            t._version += 1
+            assign(t, arr)
         for slot, value in plan.static_writes:
             slot.assign(value)
         if plan.out_spec == LEAF:
@@ -367,7 +367,7 @@ class Traced:
                 for t in leaves:
                     saved = snap.tensors.get(id(t))
                     if saved is not None:
-                        t._data, t._version = saved.data, saved.version
+                        saved.restore()
                 world2 = World.discover(self.fn, args, self._extra_params)
                 snap2 = Snapshot.of(world2, leaves)
                 steady = self._record(world2, snap2, args, kwargs, leaves, key, names, steady=True)

@@ -1,7 +1,8 @@
 """The autograd graph (one ``Node`` per recorded op) and the reverse walk over it.
 
 A node keeps what its VJP needs: the op's inputs (tensors and Python scalars), its static params, the
-input versions at record time, and the output's array when the VJP reads the output. It holds no strong
+versions of the inputs whose values the VJP reads (the primitive's ``reads``; only those are checked, as PyTorch
+checks only saved tensors), and the output's array when the VJP reads the output. It holds no strong
 reference to its output tensor, so a graph is freed as soon as the user drops the tensors (no cycles).
 
     >>> import eager
@@ -17,6 +18,7 @@ import re
 import weakref
 
 from eager.autograd.mode import MODE, no_grad
+from eager.storage import writeable
 
 
 class BackwardError(RuntimeError):
@@ -30,15 +32,18 @@ class AnomalyError(RuntimeError):
 class Node:
     """One recorded op in the autograd graph (``tensor.grad_fn``)."""
 
-    __slots__ = ("name", "vjp", "inputs", "params", "versions", "out_data", "out_ref", "out_version",
+    __slots__ = ("_name", "vjp", "inputs", "params", "saved", "edges", "out_data", "out_ref", "out_version",
                  "pre_hooks", "source", "__weakref__")
 
-    def __init__(self, name, vjp, inputs, params, versions, out=None, source=None):
-        self.name = name
+    def __init__(self, name, vjp, inputs, params, saved=(), out=None, source=None):
+        self._name = name
         self.vjp = vjp
         self.inputs = inputs
         self.params = params
-        self.versions = versions
+        self.saved = saved  # (input position, its version when recorded) for each input the VJP reads
+        # where each input's gradient goes, fixed now: a later in-place op gives the input tensor a new history,
+        # which gradients of this (earlier) op must not flow into
+        self.edges = tuple(_edge(x) for x in inputs)
         self.pre_hooks = None
         self.source = source
         if out is not None:  # the VJP reads the output: keep its array and watch its version
@@ -49,13 +54,18 @@ class Node:
             self.out_data = self.out_ref = self.out_version = None
 
     def __repr__(self) -> str:
-        return f"<{self.name}>"
+        return f"<{self._name}>"
+
+    def name(self) -> str:
+        """The node's name, as PyTorch's ``grad_fn.name()``: ``MulBackward``."""
+        return self._name
 
     @property
     def next_functions(self) -> tuple:
         """The nodes feeding this one, as in PyTorch: ``(grad_fn or None, index)`` per input tensor."""
         from eager.tensor import Tensor
-        return tuple((x.grad_fn, 0) for x in (self.inputs or ()) if isinstance(x, Tensor))
+        return tuple((e if isinstance(e, Node) else None, 0) for x, e in zip(self.inputs or (), self.edges or ())
+                     if isinstance(x, Tensor))
 
     def register_prehook(self, hook) -> None:
         if self.pre_hooks is None:
@@ -65,11 +75,11 @@ class Node:
     def _check_alive(self):
         if self.inputs is None:
             raise BackwardError(
-                f"Trying to backward through the graph a second time ({self.name} was already freed). "
+                f"Trying to backward through the graph a second time ({self._name} was already freed). "
                 "Pass retain_graph=True to the first backward() if you need to run backward twice.")
-        from eager.tensor import Tensor
-        for i, (x, seen) in enumerate(zip(self.inputs, self.versions)):
-            if isinstance(x, Tensor) and x._version != seen:
+        for i, seen in self.saved:
+            x = self.inputs[i]
+            if x._version != seen:
                 raise BackwardError(_modified_message(self, f"input {i}", x, seen))
         if self.out_ref is not None:
             out = self.out_ref()
@@ -86,13 +96,20 @@ class Node:
         return self.vjp(grad, out, *self.inputs, **self.params)
 
     def release(self):
-        self.inputs = self.out_data = self.out_ref = None
+        self.inputs = self.out_data = self.out_ref = self.edges = None
+
+
+def _edge(x):
+    """An input's gradient destination: its grad_fn, the tensor itself for a leaf that requires grad, or None."""
+    if getattr(x, "_requires_grad", False):
+        return x.grad_fn if x.grad_fn is not None else x
+    return None
 
 
 def _modified_message(node, what, tensor, seen):
     where = f" (created at {node.source})" if node.source else ""
     return (f"one of the tensors needed for gradient computation has been modified by an in-place "
-            f"operation: {what} of {node.name}{where}, a tensor of shape {list(tensor.shape)}, is at version "
+            f"operation: {what} of {node._name}{where}, a tensor of shape {list(tensor.shape)}, is at version "
             f"{tensor._version}; expected version {seen}. Clone it before modifying it in place "
             f"(x = x.clone()), or use the out-of-place op.")
 
@@ -115,9 +132,9 @@ def _topological_order(roots):
             continue
         visited.add(id(node))
         stack.append((node, True))
-        for x in node.inputs or ():
-            if isinstance(x, Tensor) and x.grad_fn is not None and id(x.grad_fn) not in visited:
-                stack.append((x.grad_fn, False))
+        for e in node.edges or ():
+            if e is not None and not isinstance(e, Tensor) and id(e) not in visited:
+                stack.append((e, False))
     order.reverse()
     return order
 
@@ -127,8 +144,8 @@ def _check_finite(node, index, grad):
     if not bool(xp.isfinite(grad._data).all()):
         bad = "nan" if bool(xp.isnan(grad._data).any()) else "inf"
         where = node.source or "<source unknown>"
-        op = re.sub(r"(?<!^)(?=[A-Z])", "_", node.name.removesuffix("Backward")).lower()  # IndexAdd -> index_add
-        raise AnomalyError(f"Function '{node.name}' returned {bad} values in its {index}th output. "
+        op = re.sub(r"(?<!^)(?=[A-Z])", "_", node._name.removesuffix("Backward")).lower()  # IndexAdd -> index_add
+        raise AnomalyError(f"Function '{node._name}' returned {bad} values in its {index}th output. "
                            f"The forward op was '{op}', created at {where}. "
                            "Check its inputs there (e.g. log of 0, division by 0, sqrt of a negative).")
 
@@ -143,9 +160,10 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
     captured = {id(t): None for t in inputs} if inputs is not None else None
     wanted_nodes = {id(t.grad_fn): t for t in inputs if t.grad_fn is not None} if inputs is not None else {}
     pending = {}
+    delivered: set = set()  # ids of the arrays owning the memory of the .grad tensors stored in this backward
     for root, g in zip(roots, grads):
-        if root.grad_fn is None:
-            _deliver_leaf(root, g, captured, create_graph)
+        if root.grad_fn is None:  # the caller's own gradient: never stored as .grad itself
+            _deliver_leaf(root, g, captured, create_graph, delivered, shared=True)
         else:
             key = id(root.grad_fn)
             pending[key] = g if key not in pending else pending[key] + g
@@ -166,37 +184,79 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
                 target = wanted_nodes[id(node)]
                 captured[id(target)] = g
             in_grads = node.backward(g)
-            inputs_of = node.inputs
+            incoming = _memory_owner(g._data)
+            user_code = getattr(node.vjp, "user_code", False)  # a Function's backward may return what it keeps
+            edges = node.edges
             if not retain_graph:
                 node.release()
-            for i, (x, gi) in enumerate(zip(inputs_of, in_grads)):
-                if gi is None or not isinstance(x, Tensor) or not x._requires_grad:
+            for i, (e, gi) in enumerate(zip(edges, in_grads)):
+                if gi is None or e is None:
                     continue
                 if anomaly:
                     _check_finite(node, i, gi)
-                fn = x.grad_fn
-                if fn is None:
-                    _deliver_leaf(x, gi, captured, create_graph)
+                if isinstance(e, Tensor):
+                    # a VJP may pass its incoming gradient on (add's, a reshape's view of it): that memory may be
+                    # pending for other nodes too, so such a gradient is copied before it becomes a .grad
+                    shared = gi is g or _memory_owner(gi._data) is incoming or user_code
+                    _deliver_leaf(e, gi, captured, create_graph, delivered, shared)
                 else:
-                    key = id(fn)
+                    key = id(e)
                     pending[key] = gi if key not in pending else pending[key] + gi
     return captured
 
 
-def _deliver_leaf(leaf, g, captured, create_graph):
+def _deliver_leaf(leaf, g, captured, create_graph, delivered: set, shared: bool):
     if captured is not None and id(leaf) not in captured:
         return  # autograd.grad: a leaf that was not asked for
     if leaf._hooks:  # before capture too: autograd.grad sees hooked gradients, as in PyTorch
         for hook in leaf._hooks:
             r = hook(g)
-            g = g if r is None else r
+            if r is not None:
+                g, shared = r, True  # the hook's own tensor: it may keep it
     if captured is not None:
         prev = captured[id(leaf)]
         captured[id(leaf)] = g if prev is None else prev + g
         return
-    if not create_graph:
-        g = g.detach()
-    leaf._grad = g if leaf._grad is None else leaf._grad + g
+    if leaf._grad is None:
+        leaf._grad = g if create_graph else _owned_gradient(g, leaf, delivered, shared)
+    elif create_graph or MODE.get().recorders or not _accumulate_in_place(leaf._grad, g):  # a trace: functional
+        leaf._grad = leaf._grad + g if create_graph else (leaf._grad + g).detach()
+
+
+def _accumulate_in_place(grad, g) -> bool:
+    """``.grad += g`` in its memory, as PyTorch accumulates outside create_graph: ``saved = w.grad`` sees later
+    backward passes. False where that memory cannot take it (read-only, another shape or dtype)."""
+    data = grad._data
+    if grad.shape != g.shape or data.dtype != g._data.dtype or not writeable(data) or \
+            type(data) is not type(g._data) or any(st == 0 and d > 1 for st, d in zip(data.strides, data.shape)):
+        return False
+    data += g._data
+    grad._vc.value += 1
+    return True
+
+
+def _owned_gradient(g, leaf, delivered: set, shared: bool):
+    """A first gradient as ``.grad``: its own memory, laid out like the leaf (PyTorch's AccumulateGrad contract).
+    A VJP may hand out a view of another gradient (a permute's, an expand's broadcast) or one tensor to two
+    leaves (add's): ``w.grad.zero_()`` then must not write another tensor, and the optimizer's in-place
+    updates must not mix a transposed gradient with a contiguous parameter (NumPy's slow strided path)."""
+    from eager.dispatch import apply
+    from eager.primitives import COPY
+    from eager.tensor import Tensor
+    data, like = g._data, leaf._data
+    laid_out = data.flags.c_contiguous or (data.flags.f_contiguous and like.flags.f_contiguous)
+    if shared or id(_memory_owner(data)) in delivered or not laid_out or not writeable(data):
+        g = apply(COPY, g)  # through apply: a trace records the copy like any op
+        data = g._data
+    delivered.add(id(_memory_owner(data)))
+    return Tensor._make(data, False, None)
+
+
+def _memory_owner(array):
+    """The array that owns ``array``'s memory (views chain to it through ``.base``)."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "flags"):
+        array = array.base
+    return array
 
 
 class _null:

@@ -93,8 +93,8 @@ class Function:
         mode = MODE.get()
         if mode.grad_enabled and any(needs):
             out._requires_grad = True
-            versions = tuple(a._version if isinstance(a, Tensor) else 0 for a in args)
-            out.grad_fn = Node(name, _vjp_of(cls, ctx, len(args)), args, {}, versions, None,
+            # no inputs are checked here: the ctx checks what forward saved (save_for_backward), as PyTorch does
+            out.grad_fn = Node(name, _vjp_of(cls, ctx, len(args)), args, {}, (), None,
                                user_source() if mode.anomaly else None)
             if any(t is out for t in ctx._saved):
                 ctx._saved = tuple(_SavedOutput(out, out.grad_fn) if t is out else t for t in ctx._saved)
@@ -113,4 +113,5 @@ def _vjp_of(cls, ctx, n_inputs):
                 raise BackwardError(f"{cls.__name__}.backward: gradient {i} has shape {list(gx.shape)}, but "
                                     f"input {i} has shape {list(x.shape)}.")
         return grads
+    vjp.user_code = True  # the engine copies what it returns before storing it as a .grad
     return vjp

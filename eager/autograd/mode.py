@@ -21,7 +21,8 @@ from typing import NamedTuple
 class Mode(NamedTuple):
     grad_enabled: bool = True
     anomaly: bool = False
-    recorders: tuple = ()  # objects with record(), mutate(), escape(): see tracer/recorder.py
+    # objects with record(), mutate(), escape() and optionally before_write(): see tracer/recorder.py
+    recorders: tuple = ()
 
 
 MODE: ContextVar[Mode] = ContextVar("graphduel_mode", default=Mode())  # noqa: B039  (Mode is immutable)

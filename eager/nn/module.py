@@ -301,10 +301,8 @@ class Module:
 
     # ------------------------------------------------------------ state
     def state_dict(self, prefix: str = "", keep_vars: bool = False) -> dict[str, Tensor]:
-        """Parameters and persistent buffers by dotted name; values are detached snapshots.
-
-        Arrays are never mutated in place in eager (in-place ops rebind), so later training does not change
-        a state_dict already taken (PyTorch users often ``deepcopy`` for the same effect).
+        """Parameters and persistent buffers by dotted name, detached: they share memory with the module, so
+        later training shows in a state_dict already taken (as in PyTorch; ``deepcopy`` it to keep a snapshot).
         """
         out: dict[str, Tensor] = {}
         for mod_prefix, mod in self.named_modules(prefix=prefix):

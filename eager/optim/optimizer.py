@@ -51,7 +51,7 @@ class Optimizer:
                                 f"{len(self.param_groups)} is a {type(p).__name__}.")
             if p.grad_fn is not None:
                 raise ValueError(f"{name} can't optimize a non-leaf Tensor (parameter {i}: shape {list(p.shape)}, "
-                                 f"grad_fn=<{p.grad_fn.name}>): its .grad is never filled. Pass leaf tensors "
+                                 f"grad_fn=<{p.grad_fn.name()}>): its .grad is never filled. Pass leaf tensors "
                                  "(model.parameters(), or x.detach().requires_grad_()).")
             if not p.is_floating_point():
                 raise TypeError(f"{name} can only optimize floating-point tensors, parameter {i} is {p.dtype}.")

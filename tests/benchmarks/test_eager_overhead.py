@@ -21,7 +21,7 @@ def operands():
 def test_eager_add_with_requires_grad(benchmark, operands):
     a, b = operands
     out = benchmark(lambda: a + b)
-    assert out.grad_fn.name == "AddBackward"
+    assert out.grad_fn.name() == "AddBackward"
 
 
 def test_numpy_bare_add(benchmark):
