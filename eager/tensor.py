@@ -365,6 +365,17 @@ class Tensor:
     def copy_(self, src): return _ops.inplace(self, _ops.copy_from, src)
     def zero_(self): return _ops.inplace(self, _ops.full_like, 0)
     def fill_(self, value): return _ops.inplace(self, _ops.full_like, value)
+    def masked_fill_(self, mask, value): return _ops.inplace(self, lambda x, v: _ops.where(mask, v, x), value)
+
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
+        """Fill with N(mean, std^2) draws from the default generator, in place (a trace records the draw)."""
+        from eager.creation import randn
+        return self.copy_(randn(*self.shape, dtype=self.dtype, device=self.device) * std + mean)
+
+    def uniform_(self, a: float = 0.0, b: float = 1.0) -> Tensor:
+        """Fill with U(a, b) draws from the default generator, in place."""
+        from eager.creation import rand
+        return self.copy_(rand(*self.shape, dtype=self.dtype, device=self.device) * (b - a) + a)
     def bitwise_and_(self, other): return _ops.inplace(self, _ops.bitwise_and, other)
     def bitwise_or_(self, other): return _ops.inplace(self, _ops.bitwise_or, other)
     def bitwise_xor_(self, other): return _ops.inplace(self, _ops.bitwise_xor, other)
@@ -436,6 +447,16 @@ class Tensor:
     def split(self, split_size_or_sections, dim=0): return _ops.split(self, split_size_or_sections, dim)
     def chunk(self, chunks, dim=0): return _ops.chunk(self, chunks, dim)
     def masked_fill(self, mask, value): return _ops.where(mask, value, self)
+
+    def narrow(self, dim: int, start: int, length: int) -> Tensor:
+        """``length`` entries of ``dim`` from ``start``: a view."""
+        dim = dim % self.ndim
+        return _ops.getitem(self, (slice(None),) * dim + (slice(start, start + length),))
+
+    def select(self, dim: int, index: int) -> Tensor:
+        """Entry ``index`` of ``dim``, the dim removed: a view."""
+        dim = dim % self.ndim
+        return _ops.getitem(self, (slice(None),) * dim + (index,))
 
     @property
     def T(self) -> Tensor:

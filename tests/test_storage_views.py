@@ -386,3 +386,24 @@ def test_a_leafs_gradient_never_aliases_one_still_pending_elsewhere_in_the_graph
         else:
             want = v1.grad.item()
     assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_narrow_select_masked_fill_and_random_fills_write_in_place_as_in_pytorch():
+    torch = pytest.importorskip("torch")
+    for m in (eager, torch):
+        x = m.zeros(3, 4)
+        x.narrow(1, 1, 2).fill_(1)
+        x.select(0, 2).add_(5)
+        x.masked_fill_(x > 5, -1)
+        if m is eager:
+            ours = x.numpy()
+        else:
+            theirs = x.numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    eager.manual_seed(0)
+    w = eager.zeros(2000)
+    assert w.normal_(3.0, 0.5) is w and abs(float(w.mean()) - 3.0) < 0.05 and abs(float(w.std()) - 0.5) < 0.05
+    w.uniform_(-1.0, 1.0)
+    assert -1.0 <= float(w.min()) and float(w.max()) < 1.0
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        eager.zeros(3, requires_grad=True).normal_()
