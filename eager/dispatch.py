@@ -66,8 +66,9 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
         out = np.asarray(out)  # NumPy returns scalars, not 0-d arrays, from 0-d ops (to_device returns CuPy's)
     if wants_grad and mode.grad_enabled and prim.vjp is not None:
         t = Tensor._make(out, True, None)
-        t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params, _saved_versions(prim, inputs),
-                         t if prim.saves_out else None, user_source() if mode.anomaly else None)
+        saved = _saved_versions(prim, inputs) if prim.saved or prim.index_from is not None else ()
+        t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params, saved, t if prim.saves_out else None,
+                         user_source() if mode.anomaly else None)
     else:
         t = Tensor._make(out, False, None)
     if prim.view:

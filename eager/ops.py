@@ -12,6 +12,7 @@ are written only with other ops, so they get gradients, tracing and fusion for f
 from __future__ import annotations
 
 import builtins
+import functools
 import math
 from collections import namedtuple
 from numbers import Number
@@ -218,8 +219,14 @@ def _wrapped(value, dtype):
     """A Python int as the integer of ``dtype`` with the same low bits (PyTorch wraps ``int8 | 1000``)."""
     if isinstance(value, bool) or not isinstance(value, int) or dtype.kind not in "iu":
         return value
-    info = np.iinfo(dtype)
-    return (value - int(info.min)) % (1 << info.bits) + int(info.min)
+    low, high, bits = _int_range(dtype)
+    return value if low <= value <= high else (value - low) % (1 << bits) + low
+
+
+@functools.cache
+def _int_range(dtype) -> tuple[int, int, int]:
+    info = np.iinfo(dtype)  # slow (microseconds): once per dtype
+    return int(info.min), int(info.max), info.bits
 
 
 def _bitwise(prim, a, b):

@@ -43,7 +43,7 @@ class Node:
         self.saved = saved  # (input position, its version when recorded) for each input the VJP reads
         # where each input's gradient goes, fixed now: a later in-place op gives the input tensor a new history,
         # which gradients of this (earlier) op must not flow into
-        self.edges = tuple(_edge(x) for x in inputs)
+        self.edges = [_edge(x) for x in inputs]
         self.pre_hooks = None
         self.source = source
         if out is not None:  # the VJP reads the output: keep its array and watch its version
