@@ -25,7 +25,7 @@ from eager.autograd.mode import MODE, no_grad
 from eager.creation import full_like, zeros_like  # noqa: F401  (zeros_like: optimizers and tracer.grad use it)
 from eager.dispatch import apply
 from eager.primitives import IndexSlot, ShapeError, describe
-from eager.storage import check_inplace_allowed, refresh, write_inplace, writeable
+from eager.storage import check_inplace_allowed, overlapping, refresh, write_inplace, writeable
 from eager.tensor import Tensor
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -319,7 +319,7 @@ def inplace(x: Tensor, op, *args) -> Tensor:
     """Compute ``op(x, *args)``, then write it into ``x``'s memory: the base and every view of it see the new
     values, and the storage's version is bumped (backward refuses tensors it saved that were written since)."""
     mode = MODE.get()
-    if len(args) == 1 and op in _UFUNC_OF and not mode.recorders and _arithmetic_in_memory(x, op, args[0], mode):
+    if len(args) == 1 and op in _ARITHMETIC and not mode.recorders and _arithmetic_in_memory(x, op, args[0], mode):
         return x
     check_inplace_allowed(x, mode.grad_enabled)
     if x._base is not None and x._view_version != x._vc.value:
@@ -361,16 +361,14 @@ def _arithmetic_in_memory(x: Tensor, op, other, mode) -> bool:
         value = other
     else:
         return False
-    if builtins.any(st == 0 and d > 1 for st, d in zip(data.strides, data.shape)):
+    if overlapping(data):
         return False  # an expanded view: the general path raises PyTorch's error
-    _UFUNC_OF[op](backend.namespace_of(data), data, value)
+    getattr(backend.namespace_of(data), _ARITHMETIC[op].impl.ufunc)(data, value, out=data)  # the row's own ufunc
     x._vc.value += 1
     return True
 
 
-# the in-place form of each arithmetic op: the ufunc with out= (NumPy and CuPy alike)
-_UFUNC_OF = {add: lambda xp, a, b: xp.add(a, b, out=a), sub: lambda xp, a, b: xp.subtract(a, b, out=a),
-             mul: lambda xp, a, b: xp.multiply(a, b, out=a), div: lambda xp, a, b: xp.divide(a, b, out=a)}
+_ARITHMETIC = {add: P.ADD, sub: P.SUB, mul: P.MUL, div: P.DIV}  # the row each arithmetic wrapper applies
 
 
 # ---------------------------------------------------------------- reductions
@@ -754,7 +752,7 @@ def setitem(x: Tensor, key, value) -> None:
 
     def put(base, v):
         region = apply(P.GETITEM, base, *index_tensors, key=static)  # also validates the key
-        keep = _last_writes(base, static, index_tensors) if index_tensors else None
+        keep = _last_writes(base, static, index_tensors)
         if isinstance(v, Number):
             v = full_like(region, v)
         else:  # v broadcasts against the PyTorch-shaped region, then takes the shape the key really gives

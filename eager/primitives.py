@@ -385,15 +385,25 @@ ERF = define("erf", ELEMENTWISE, special("erf"), _float_rule("erf"),
 ERFC = define("erfc", ELEMENTWISE, special("erfc"), _float_rule("erfc"),  # 1 - erf, without the cancellation
               lambda g, out, a: (-(g * (-(a * a)).exp() * _TWO_OVER_SQRT_PI),), "erfc({0})", api=API_FLOAT, reads=(0,))
 
+
+def _ufunc(name: str):
+    """The impl of an arithmetic row: the array namespace's ufunc ``name``. ``impl.ufunc`` names it, so an in-place
+    update (``eager.ops.inplace``) can run the same ufunc with ``out=`` instead of allocating its result."""
+    def impl(xp, a, b):
+        return getattr(xp, name)(a, b)
+    impl.ufunc = name
+    return impl
+
+
 # binary elementwise (numpy-style implicit broadcasting; gradients are summed back by unbroadcast)
-ADD = define("add", ELEMENTWISE, lambda xp, a, b: a + b, _elementwise_rule("add"),
+ADD = define("add", ELEMENTWISE, _ufunc("add"), _elementwise_rule("add"),
              lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(g, b)), "({0} + {1})")
-SUB = define("sub", ELEMENTWISE, lambda xp, a, b: a - b, _elementwise_rule("sub"),
+SUB = define("sub", ELEMENTWISE, _ufunc("subtract"), _elementwise_rule("sub"),
              lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(-g, b)), "({0} - {1})")
-MUL = define("mul", ELEMENTWISE, lambda xp, a, b: a * b, _elementwise_rule("mul"),
+MUL = define("mul", ELEMENTWISE, _ufunc("multiply"), _elementwise_rule("mul"),
              lambda g, out, a, b: (unbroadcast(g * b, a) if _needs(a) else None,
                                    unbroadcast(g * a, b) if _needs(b) else None), "({0} * {1})", reads=((0, 1), (1, 0)))
-DIV = define("div", ELEMENTWISE, lambda xp, a, b: a / b, _elementwise_rule("div"),
+DIV = define("div", ELEMENTWISE, _ufunc("divide"), _elementwise_rule("div"),
              lambda g, out, a, b: (unbroadcast(g / b, a) if _needs(a) else None,
                                    unbroadcast(-(g * a) / (b * b), b) if _needs(b) else None), "({0} / {1})",
              reads=((0, 1), 1))

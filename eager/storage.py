@@ -5,8 +5,8 @@ owns the memory and ``_view_ops`` the movement primitives (with their params) th
 NumPy (and CuPy) views already share memory, so an in-place op writes into the array and the base and every
 other view see it. What the engine adds is bookkeeping:
 
-- one ``Version`` counter per storage, shared by the base and its views (and ``detach()``; ``.data`` gets its
-  own, as in PyTorch), bumped by every in-place write; backward checks it for the tensors a VJP saved;
+- one ``Version`` counter per storage, shared by the base and its views (``detach()`` and, unlike PyTorch, ``.data``
+  too), bumped by every in-place write; backward checks it for the tensors a VJP reads;
 - a view's autograd history and a trace's value are derived from the base: after a write through a view the
   base's history is rebased onto a functional scatter of the new values (PyTorch's CopySlices), and a view that
   is read after its storage changed is re-derived from the base (``refresh``).
@@ -37,6 +37,18 @@ class Version:
 def writeable(array) -> bool:
     """Whether an array's memory may be written (NumPy's read-only broadcasts are not; CuPy has no such flag)."""
     return getattr(array.flags, "writeable", True)
+
+
+def overlapping(array) -> bool:
+    """Whether several elements of ``array`` are one memory location (an ``expand()``ed view): never written."""
+    return any(st == 0 and d > 1 for st, d in zip(array.strides, array.shape))
+
+
+def memory_owner(array):
+    """The array that owns ``array``'s memory (NumPy and CuPy views chain to it through ``.base``)."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "flags"):
+        array = array.base
+    return array
 
 
 def has_views(t) -> bool:
@@ -91,7 +103,7 @@ def refresh(view) -> None:
     """Re-derive a view whose storage was written since its value was last derived: its autograd history and
     a trace's value now come from the base's current ones. Memory is already right; without autograd or a
     trace, nothing else is needed."""
-    from eager.autograd.mode import MODE, no_grad
+    from eager.autograd.mode import MODE
     mode = MODE.get()
     view._view_version = view._vc.value
     base = view._base
@@ -99,14 +111,20 @@ def refresh(view) -> None:
     grad = mode.grad_enabled and not detached and (base._requires_grad or view._requires_grad)
     if not (grad or mode.recorders):
         return
+    fresh = _derived(grad, _from_base, base, view._view_ops)
     if grad:
-        fresh = _from_base(base, view._view_ops)
         view.grad_fn, view._requires_grad = fresh.grad_fn, fresh._requires_grad
-    else:
-        with no_grad():
-            fresh = _from_base(base, view._view_ops)
     for recorder in mode.recorders:
         recorder.mutate(view, fresh)
+
+
+def _derived(grad: bool, fn, *args):
+    """``fn(*args)`` recorded by autograd when ``grad``, else under no_grad (only a trace needs it then)."""
+    from eager.autograd.mode import no_grad
+    if grad:
+        return fn(*args)
+    with no_grad():
+        return fn(*args)
 
 
 def _scatter(base, ops: tuple, value):
@@ -132,7 +150,7 @@ def _scatter(base, ops: tuple, value):
 
 def _write_memory(x, new) -> None:
     data = x._data
-    if any(st == 0 and d > 1 for st, d in zip(data.strides, data.shape)):
+    if overlapping(data):
         raise RuntimeError(f"unsupported operation: more than one element of the written-to tensor (shape "
                            f"{list(x.shape)}, an expand()ed view) refers to a single memory location; clone() the "
                            "tensor before performing the in-place operation.")
@@ -161,7 +179,7 @@ def check_inplace_allowed(x, grad_enabled: bool) -> None:
 def write_inplace(x, new) -> None:
     """Make ``x`` hold ``new`` (same shape and dtype): write its memory, bump the storage's version, and keep
     autograd and any trace consistent for ``x``, its base and (through ``refresh``) every other view."""
-    from eager.autograd.mode import MODE, no_grad
+    from eager.autograd.mode import MODE
     mode = MODE.get()
     for recorder in mode.recorders:
         before_write = getattr(recorder, "before_write", None)  # optional: recorders that keep arrays need it
@@ -170,23 +188,14 @@ def write_inplace(x, new) -> None:
     _write_memory(x, new)
     x._vc.value += 1
     base = x._base
-    if base is not None and not _detached(x):
+    if base is not None:
         x._view_version = x._vc.value
-        grad = mode.grad_enabled and (new.grad_fn is not None or base._requires_grad)
+        # a detach()/.data alias changes the base's values, never its history
+        grad = mode.grad_enabled and not _detached(x) and (new.grad_fn is not None or base._requires_grad)
         if grad or mode.recorders:
+            base_new = _derived(grad, _scatter, base, x._view_ops, new)
             if grad:
-                base_new = _scatter(base, x._view_ops, new)
                 base.grad_fn, base._requires_grad = base_new.grad_fn, True
-            else:
-                with no_grad():
-                    base_new = _scatter(base, x._view_ops, new)
-            for recorder in mode.recorders:
-                recorder.mutate(base, base_new)
-    elif base is not None:  # a detach()/.data alias: the base's values change, its history does not
-        x._view_version = x._vc.value
-        if mode.recorders:
-            with no_grad():
-                base_new = _scatter(base, x._view_ops, new)
             for recorder in mode.recorders:
                 recorder.mutate(base, base_new)
     if new.grad_fn is not None:

@@ -67,10 +67,6 @@ class Tensor:
     def _version(self, value: int) -> None:
         self._vc.value = value
 
-    def _is_view(self) -> bool:
-        """Whether this tensor shares its memory with a base tensor (``view``, slicing, ``detach``, ...)."""
-        return self._base is not None
-
     # ------------------------------------------------------------ metadata
     @property
     def shape(self) -> tuple[int, ...]:

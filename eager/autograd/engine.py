@@ -18,7 +18,7 @@ import re
 import weakref
 
 from eager.autograd.mode import MODE, no_grad
-from eager.storage import writeable
+from eager.storage import memory_owner, overlapping, writeable
 
 
 class BackwardError(RuntimeError):
@@ -184,7 +184,7 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
                 target = wanted_nodes[id(node)]
                 captured[id(target)] = g
             in_grads = node.backward(g)
-            incoming = _memory_owner(g._data)
+            incoming = memory_owner(g._data)
             user_code = getattr(node.vjp, "user_code", False)  # a Function's backward may return what it keeps
             edges = node.edges
             if not retain_graph:
@@ -197,7 +197,7 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
                 if isinstance(e, Tensor):
                     # a VJP may pass its incoming gradient on (add's, a reshape's view of it): that memory may be
                     # pending for other nodes too, so such a gradient is copied before it becomes a .grad
-                    shared = gi is g or _memory_owner(gi._data) is incoming or user_code
+                    shared = gi is g or memory_owner(gi._data) is incoming or user_code
                     _deliver_leaf(e, gi, captured, create_graph, delivered, shared)
                 else:
                     key = id(e)
@@ -228,7 +228,7 @@ def _accumulate_in_place(grad, g) -> bool:
     backward passes. False where that memory cannot take it (read-only, another shape or dtype)."""
     data = grad._data
     if grad.shape != g.shape or data.dtype != g._data.dtype or not writeable(data) or \
-            type(data) is not type(g._data) or any(st == 0 and d > 1 for st, d in zip(data.strides, data.shape)):
+            type(data) is not type(g._data) or overlapping(data):
         return False
     data += g._data
     grad._vc.value += 1
@@ -245,18 +245,11 @@ def _owned_gradient(g, leaf, delivered: set, shared: bool):
     from eager.tensor import Tensor
     data, like = g._data, leaf._data
     laid_out = data.flags.c_contiguous or (data.flags.f_contiguous and like.flags.f_contiguous)
-    if shared or id(_memory_owner(data)) in delivered or not laid_out or not writeable(data):
+    if shared or id(memory_owner(data)) in delivered or not laid_out or not writeable(data):
         g = apply(COPY, g)  # through apply: a trace records the copy like any op
         data = g._data
-    delivered.add(id(_memory_owner(data)))
+    delivered.add(id(memory_owner(data)))
     return Tensor._make(data, False, None)
-
-
-def _memory_owner(array):
-    """The array that owns ``array``'s memory (views chain to it through ``.base``)."""
-    while getattr(array, "base", None) is not None and hasattr(array.base, "flags"):
-        array = array.base
-    return array
 
 
 class _null:

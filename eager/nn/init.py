@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 from eager.autograd.mode import no_grad
-from eager.creation import rand, randn
 from eager.tensor import Tensor
 
 
@@ -24,13 +23,15 @@ def _fill(tensor: Tensor, value) -> Tensor:
 
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
-    """U(a, b) in place."""
-    return _fill(tensor, rand(*tensor.shape, dtype=tensor.dtype, device=tensor.device) * (b - a) + a)
+    """U(a, b) in place (``Tensor.uniform_`` outside autograd, so parameters may be initialised)."""
+    with no_grad():
+        return tensor.uniform_(a, b)
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
-    """N(mean, std^2) in place."""
-    return _fill(tensor, randn(*tensor.shape, dtype=tensor.dtype, device=tensor.device) * std + mean)
+    """N(mean, std^2) in place (``Tensor.normal_`` outside autograd)."""
+    with no_grad():
+        return tensor.normal_(mean, std)
 
 
 def constant_(tensor: Tensor, val: float) -> Tensor:
