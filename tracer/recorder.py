@@ -32,8 +32,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from eager.autograd.mode import _package_dirs
-from eager.backend import namespace_of, to_numpy
+from eager.backend import to_numpy
 from eager.primitives import Aval
+from eager.storage import memory_owner
 from eager.tensor import Tensor
 from tracer.snapshot import SavedTensor
 
@@ -121,6 +122,7 @@ class Recorder:
         self.calls = self.tape.calls
         self._by_tensor: dict[int, _Seen] = {}   # id(tensor) -> what it held when last seen
         self._by_data: dict[int, int] = {}       # id(array) -> vid
+        self._by_owner: dict[int, list[int]] = {}  # id(the array owning the memory) -> the vids recorded in it
         self._keep: list = []                    # tensors and escaped values kept alive during the run
         self._known_before = known_before or {}  # id(tensor) -> the tensor and what it held before the run
         self.source_hint: str | None = None      # set by replays that know the original source line
@@ -136,6 +138,7 @@ class Recorder:
     def _new_value(self, array, index: bool = True) -> int:
         vid = len(self.tape.arrays)
         self.tape.arrays.append(array)
+        self._by_owner.setdefault(id(memory_owner(array)), []).append(vid)
         if index:
             self._by_data[id(array)] = vid
         return vid
@@ -218,10 +221,8 @@ class Recorder:
     def before_write(self, tensor: Tensor) -> None:
         """An in-place op is about to write ``tensor``'s memory: values recorded in that memory (the tensor's,
         its base's, its views') are copied first, so the tape keeps what each value was (``check`` compares them)."""
-        memory = tensor._data
-        for vid, array in enumerate(self.tape.arrays):
-            if type(array) is type(memory) and namespace_of(memory).may_share_memory(array, memory):
-                self.tape.arrays[vid] = array.copy()
+        for vid in self._by_owner.pop(id(memory_owner(tensor._data)), ()):  # the copies are nobody's memory
+            self.tape.arrays[vid] = self.tape.arrays[vid].copy()
 
     def escape(self, tensor: Tensor, kind: str, value) -> None:
         vid = self.vid_of(tensor)
