@@ -12,22 +12,21 @@ shared VM PyTorch's thread pool swings 2-5x when anything else runs. The goals a
 from __future__ import annotations
 
 import argparse
-import statistics
+import contextlib
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-GOALS = {"add, requires_grad (64, 10)": 1.15, "relu (64, 10)": 2.0, "cross_entropy (64, 10)": 2.0,
-         "MLP SGD step": 1.0, "MLP Adam step": 1.0, "optimizer.step() (Adam)": 1.5}
+from compare import timing
 
 
 @dataclass
 class Case:
     name: str
     make: Callable  # make(lib) -> a callable running one step on lib (eager or torch)
+    goal: float  # the ratio ours/torch to reach (issue 14)
 
 
 def _small(lib):
@@ -71,43 +70,29 @@ def cases() -> list[Case]:
         x, _, y = _small(lib)
         return lambda: lib.nn.functional.cross_entropy(x, y)
 
-    return [Case("add, requires_grad (64, 10)", add), Case("relu (64, 10)", relu),
-            Case("cross_entropy (64, 10)", cross_entropy),
-            Case("MLP SGD step", lambda lib: _mlp(lib, "sgd")[0]),
-            Case("MLP Adam step", lambda lib: _mlp(lib, "adam")[0]),
-            Case("optimizer.step() (Adam)", lambda lib: _mlp(lib, "adam")[1].step)]
-
-
-def _seconds_per_call(fn, number: int) -> float:
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
+    return [Case("add, requires_grad (64, 10)", add, 1.15), Case("relu (64, 10)", relu, 2.0),
+            Case("cross_entropy (64, 10)", cross_entropy, 2.0),
+            Case("MLP SGD step", lambda lib: _mlp(lib, "sgd")[0], 1.0),
+            Case("MLP Adam step", lambda lib: _mlp(lib, "adam")[0], 1.0),
+            Case("optimizer.step() (Adam)", lambda lib: _mlp(lib, "adam")[1].step, 1.5)]
 
 
 def measure(case: Case, repeat: int, torch) -> dict:
-    """Median seconds per call of ours and torch's, timed round-robin."""
+    """Median seconds per call of ours and torch's, timed round-robin (``compare.timing``, ~20 ms a repeat)."""
     import eager
-    ours, theirs = case.make(eager), case.make(torch)
-    first = max(_seconds_per_call(ours, 3), _seconds_per_call(theirs, 3))
-    number = max(1, int(0.02 / max(first, 1e-7)))  # about 20 ms per timed block
-    times: dict[str, list[float]] = {"ours": [], "torch": []}
-    for _ in range(repeat):
-        times["ours"].append(_seconds_per_call(ours, number))
-        times["torch"].append(_seconds_per_call(theirs, number))
-    ours_s, torch_s = statistics.median(times["ours"]), statistics.median(times["torch"])
-    goal = GOALS.get(case.name)
+    samples = timing.measure({"ours": case.make(eager), "torch": case.make(torch)}, repeats=repeat, warmup=3,
+                             target_s=0.02)
+    ours_s, torch_s = (timing.summarize(samples[k])["median"] for k in ("ours", "torch"))
     return {"case": case.name, "ours_us": ours_s * 1e6, "torch_us": torch_s * 1e6, "ratio": ours_s / torch_s,
-            "goal": goal, "met": None if goal is None else ours_s / torch_s <= goal}
+            "goal": case.goal, "met": ours_s / torch_s <= case.goal}
 
 
 def table(rows: list[dict], title: str) -> str:
     lines = [f"### {title}", "", "| case | eager us | torch us | eager/torch | goal | met |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        goal = "" if r["goal"] is None else f"<= {r['goal']}"
-        met = "" if r["met"] is None else ("yes" if r["met"] else "no")
-        lines.append(f"| {r['case']} | {r['ours_us']:.1f} | {r['torch_us']:.1f} | {r['ratio']:.2f} | {goal} | {met} |")
+        lines.append(f"| {r['case']} | {r['ours_us']:.1f} | {r['torch_us']:.1f} | {r['ratio']:.2f} | "
+                     f"<= {r['goal']} | {'yes' if r['met'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -120,7 +105,7 @@ def run(threads: list[int | None], repeat: int) -> str:
         default = torch.get_num_threads()
         torch.set_num_threads(n or default)
         try:
-            with BlasThreads(n) if n else _nothing():
+            with BlasThreads(n) if n else contextlib.nullcontext():
                 rows = []
                 for case in cases():
                     rows.append(measure(case, repeat, torch))
@@ -129,14 +114,6 @@ def run(threads: list[int | None], repeat: int) -> str:
             torch.set_num_threads(default)
         sections.append(table(rows, f"{n} thread each" if n else f"default threads (torch {default})"))
     return "\n\n".join(sections)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv=None) -> None:

@@ -5,10 +5,10 @@ import pytest
 from compare import eager_vs_torch as bench
 
 
-def test_every_case_runs_the_same_step_on_eager_and_torch_and_the_goals_name_real_cases():
+def test_every_case_runs_the_same_step_on_eager_and_torch_and_has_a_goal():
     torch = pytest.importorskip("torch")
     import eager
-    assert set(bench.GOALS) == {c.name for c in bench.cases()}
+    assert all(c.goal > 0 for c in bench.cases())
     for case in bench.cases()[:3]:
         ours, theirs = case.make(eager)(), case.make(torch)()
         assert tuple(ours.shape) == tuple(theirs.shape)
