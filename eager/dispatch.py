@@ -39,6 +39,7 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
     """Run ``prim`` on ``inputs`` (Tensors or Python scalars) with static ``params``."""
     mode = MODE.get()
     arrays = []
+    edges = []  # each input's gradient destination (see Node.edges), gathered in the same pass
     xp = None
     wants_grad = False
     for x in inputs:
@@ -51,8 +52,12 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
                 xp = np if type(data) is _ndarray else namespace_of(data)
             if x._requires_grad:
                 wants_grad = True
+                edges.append(x.grad_fn or x)
+            else:
+                edges.append(None)
         else:
             arrays.append(x)
+            edges.append(None)
     if xp is None:
         xp = namespace(params["device"])
     try:
@@ -68,7 +73,7 @@ def apply(prim: Primitive, *inputs, **params) -> Tensor:
         t = Tensor._make(out, True, None)
         saved = _saved_versions(prim, inputs) if prim.saved or prim.index_from is not None else ()
         t.grad_fn = Node(prim.backward_name, prim.vjp, inputs, params, saved, t if prim.saves_out else None,
-                         user_source() if mode.anomaly else None)
+                         user_source() if mode.anomaly else None, edges)
     else:
         t = Tensor._make(out, False, None)
     if prim.view:

@@ -250,3 +250,29 @@ def test_repr_lists_groups_and_hyperparameters():
     opt = optim.SGD([eager.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
     text = repr(opt)
     assert text.startswith("SGD (\nParameter Group 0\n") and "    lr: 0.1" in text and "    momentum: 0.9" in text
+
+
+@pytest.mark.parametrize("kwargs", ADAM_CASES + [dict(ADAMW_CASES[2], decoupled_weight_decay=True)], ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adam_eager_array_path_equals_the_traced_tensor_path_bit_for_bit(kwargs, dtype):
+    # run eagerly, Adam updates arrays in place with the step count as a Python float; under a recorder (a trace)
+    # it runs tensor ops with the step count as a tensor: the two must compute exactly the same parameters
+    def run(recorded: bool):
+        eager.manual_seed(0)
+        m = nn.Linear(5, 3).to(getattr(eager, dtype))
+        opt = optim.Adam(m.parameters(), **kwargs)
+        x = eager.randn(7, 5, dtype=getattr(eager, dtype))
+        for _ in range(10):
+            opt.zero_grad()
+            (m(x) ** 2).sum().backward()
+            if recorded:
+                with add_recorder(_Recorder()):
+                    opt.step()
+            else:
+                opt.step()
+        return [p.detach().numpy().copy() for p in m.parameters()], opt.state
+    arrays, state = run(False)
+    tensors, _ = run(True)
+    for a, b in zip(arrays, tensors):
+        np.testing.assert_array_equal(a, b)
+    assert all(float(s["step"]) == 10.0 for s in state.values())

@@ -35,7 +35,7 @@ class Node:
     __slots__ = ("_name", "vjp", "inputs", "params", "saved", "edges", "out_data", "out_ref", "out_version",
                  "pre_hooks", "source", "__weakref__")
 
-    def __init__(self, name, vjp, inputs, params, saved=(), out=None, source=None):
+    def __init__(self, name, vjp, inputs, params, saved=(), out=None, source=None, edges=None):
         self._name = name
         self.vjp = vjp
         self.inputs = inputs
@@ -43,7 +43,7 @@ class Node:
         self.saved = saved  # (input position, its version when recorded) for each input the VJP reads
         # where each input's gradient goes, fixed now: a later in-place op gives the input tensor a new history,
         # which gradients of this (earlier) op must not flow into
-        self.edges = [_edge(x) for x in inputs]
+        self.edges = [_edge(x) for x in inputs] if edges is None else edges
         self.pre_hooks = None
         self.source = source
         if out is not None:  # the VJP reads the output: keep its array and watch its version

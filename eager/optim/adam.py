@@ -1,8 +1,11 @@
 """Adam and AdamW (PyTorch's algorithms: bias correction, L2 or decoupled weight decay, AMSGrad).
 
-The step count is a float64 eager Tensor per parameter and the bias corrections are computed from it with
-tensor ops, so a traced training step replays with the right correction at every step (a Python float would
-be baked into the trace).
+The step count is a float64 eager Tensor per parameter. Under a tracer the bias corrections are computed
+from it with tensor ops, so a traced training step replays with the right correction at every step (a Python
+float would be baked into the trace), like PyTorch's ``capturable=True``. Run eagerly, the step reads the count
+as a Python float and updates each parameter with a few in-place array calls (``out=``, one scratch buffer), as
+PyTorch's default path does; the two paths compute the same operations in the same order (tests check they
+agree bit for bit).
 
     >>> import eager
     >>> w = eager.tensor([1.0], requires_grad=True)
@@ -14,9 +17,10 @@ be baked into the trace).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
-from eager.autograd.mode import no_grad
+from eager.autograd.mode import MODE, no_grad
 from eager.backend import float64
 from eager.creation import full
 from eager.ops import inplace, maximum, zeros_like
@@ -57,32 +61,75 @@ class Adam(Optimizer):
 
     def step(self, closure=None):
         loss = self._closure_loss(closure)
+        update = self._update_tensors if MODE.get().recorders else self._update_arrays
         with no_grad():
             for group in self.param_groups:
-                lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-                weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
                 for p, g in self._params_with_grad(group):
                     state = self.state.get(p)
                     if state is None:
-                        state = self.state[p] = self._init_state(p, amsgrad)
-                    step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                    step.add_(1.0)
-                    if weight_decay != 0:
-                        if group["decoupled_weight_decay"]:
-                            p.mul_(1.0 - lr * weight_decay)
-                        else:
-                            g = g + p * weight_decay
-                    exp_avg.add_((g - exp_avg) * (1.0 - beta1))  # lerp, as torch.lerp_ computes it
-                    exp_avg_sq.mul_(beta2).add_(g * g * (1.0 - beta2))
-                    # bias corrections in float64 from the step tensor, then cast to the parameter's dtype
-                    step_size = (lr / (1.0 - beta1 ** step)).to(p.dtype)
-                    bias_correction2_sqrt = (1.0 - beta2 ** step).sqrt().to(p.dtype)
-                    second = exp_avg_sq
-                    if amsgrad:
-                        second = inplace(state["max_exp_avg_sq"], maximum, exp_avg_sq)
-                    denom = second.sqrt() / bias_correction2_sqrt + eps
-                    p.sub_(exp_avg / denom * step_size)
+                        state = self.state[p] = self._init_state(p, group["amsgrad"])
+                    update(p, g, state, group)
         return loss
+
+    @staticmethod
+    def _update_tensors(p, g, state, group) -> None:
+        """One parameter's update in tensor ops: what a trace records (the step count stays a tensor)."""
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        step.add_(1.0)
+        if weight_decay != 0:
+            if group["decoupled_weight_decay"]:
+                p.mul_(1.0 - lr * weight_decay)
+            else:
+                g = g + p * weight_decay
+        exp_avg.add_((g - exp_avg) * (1.0 - beta1))  # lerp, as torch.lerp_ computes it
+        exp_avg_sq.mul_(beta2).add_(g * g * (1.0 - beta2))
+        # bias corrections in float64 from the step tensor, then cast to the parameter's dtype
+        step_size = (lr / (1.0 - beta1 ** step)).to(p.dtype)
+        bias_correction2_sqrt = (1.0 - beta2 ** step).sqrt().to(p.dtype)
+        second = exp_avg_sq
+        if group["amsgrad"]:
+            second = inplace(state["max_exp_avg_sq"], maximum, exp_avg_sq)
+        denom = second.sqrt() / bias_correction2_sqrt + eps
+        p.sub_(exp_avg / denom * step_size)
+
+    @staticmethod
+    def _update_arrays(p, g, state, group) -> None:
+        """``_update_tensors`` as in-place array calls on the memory of p and its moments (no trace to see it):
+        the same operations in the same order, with the bias corrections as Python floats."""
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        step, m, v = state["step"], state["exp_avg"]._data, state["exp_avg_sq"]._data
+        data, grad = p._data, g._data
+        xp = p._xp()
+        step._data += 1.0
+        # powers of the betas by the array pow the tensor path uses (libm's pow can differ in the last bit)
+        power1, power2 = (float(xp.power(beta, step._data)) for beta in (beta1, beta2))
+        scratch = xp.empty_like(data)
+        if weight_decay != 0:
+            if group["decoupled_weight_decay"]:
+                data *= 1.0 - lr * weight_decay
+            else:
+                grad = grad + data * weight_decay
+        xp.subtract(grad, m, out=scratch)
+        scratch *= 1.0 - beta1
+        m += scratch
+        v *= beta2
+        xp.multiply(grad, grad, out=scratch)
+        scratch *= 1.0 - beta2
+        v += scratch
+        second = v
+        if group["amsgrad"]:
+            second = state["max_exp_avg_sq"]._data
+            xp.maximum(second, v, out=second)
+            state["max_exp_avg_sq"]._vc.value += 1
+        xp.sqrt(second, out=scratch)
+        scratch /= data.dtype.type(math.sqrt(1.0 - power2))
+        scratch += eps
+        xp.divide(m, scratch, out=scratch)
+        scratch *= data.dtype.type(lr / (1.0 - power1))
+        data -= scratch
+        for tensor in (p, step, state["exp_avg"], state["exp_avg_sq"]):
+            tensor._vc.value += 1
 
 
 class AdamW(Adam):
