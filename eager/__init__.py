@@ -13,6 +13,7 @@ from eager.tensor import Tensor  # isort: skip
 from eager import autograd
 from eager.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from eager.backend import Device, bool_, cuda_available, float32, float64, int8, int32, int64
+from eager.control import cond, scan, while_loop
 from eager.creation import (
     arange,
     as_tensor,

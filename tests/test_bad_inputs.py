@@ -194,7 +194,7 @@ CATALOGUE = [
      [r"traced <lambda>\(x\)", r"2 positional argument", r"arguments the original function takes"]),
     ("ir_file_corrupt", lambda: _load_edited(lambda text, json: text[:50]), ValueError,
      [r"^load:", r"graph\.json is corrupt", r"traced\.save"]),
-    ("ir_file_newer_version", lambda: _load_edited(lambda t, json: t.replace('"version": 1', '"version": 99')),
+    ("ir_file_newer_version", lambda: _load_edited(lambda t, json: t.replace('"version": 2', '"version": 99')),
      ValueError, [r"^load:", r"newer graphduel \(format version 99\)", r"Upgrade graphduel"]),
     ("ir_file_python_object", lambda: _load_edited(_python_object_reference), ValueError,
      [r"reference a Python object", r"py/reduce", r"Refused.*never imports or calls"]),

@@ -62,7 +62,7 @@ def test_missing_array_and_mismatched_shape(saved):
 def test_newer_format_version_says_upgrade(saved):
     edit(saved, lambda d: d.update(version=99))
     with pytest.raises(FormatError, match=r"written by a newer graphduel \(format version 99\); this version reads "
-                                          r"format versions up to 1\. Upgrade graphduel"):
+                                          r"format versions up to 2\. Upgrade graphduel"):
         tracer.load(saved)
 
 

@@ -122,7 +122,7 @@ def test_save_and_load_round_trip_runs_without_the_python_source(tmp_path):
     path = tmp_path / "step"
     traced.save(path)
     doc = json.loads((path / "graph.json").read_text())
-    assert doc["format"] == "graphduel.graph" and doc["version"] == 1
+    assert doc["format"] == "graphduel.graph" and doc["version"] == 2
     assert sorted(os.listdir(path)) == ["arrays.npz", "graph.json"]
     loaded = tracer.load(path)
     assert str(loaded.graph) == str(traced.graph)

@@ -92,11 +92,11 @@ def literal(value, constants: dict, key: str) -> str:
         return f"slice({', '.join(parts)})"
     if value is Ellipsis:
         return "..."
-    if type(value) is tuple:
-        inner = [literal(v, constants, key) for v in value]
+    if type(value) is tuple:  # each element its own key: two non-literal elements must not share one slot
+        inner = [literal(v, constants, f"{key}_{i}") for i, v in enumerate(value)]
         return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
     if type(value) is list:
-        return "[" + ", ".join(literal(v, constants, key) for v in value) + "]"
+        return "[" + ", ".join(literal(v, constants, f"{key}_{i}") for i, v in enumerate(value)) + "]"
     constants[key] = value
     return f"constants[{key!r}]"
 

@@ -34,6 +34,7 @@ from eager.backend import (
     float32,  # noqa: F401  (used by the doctest above)
     to_numpy,
 )
+from eager.control import Results
 from eager.primitives import PRIMITIVES, Aval, IndexSlot, ShapeError, format_key
 
 PLACEHOLDER, CONSTANT = "placeholder", "constant"
@@ -100,7 +101,21 @@ def _format_arg(a) -> str:
     return a.ref if isinstance(a, Node) else repr(a)
 
 
+def regions_of(node: Node) -> list:
+    """The regions (sub-graphs) of a control-flow node, in its params' order; [] for every other node."""
+    out = []
+    for value in node.params.values():
+        for v in value if isinstance(value, tuple) else (value,):
+            if hasattr(v, "graph") and hasattr(v, "label"):
+                out.append(v)
+    return out
+
+
 def _format_param(key: str, value) -> str:
+    if hasattr(value, "graph") and hasattr(value, "label"):  # a region: printed below its node
+        return value.label
+    if type(value) is tuple and value and all(hasattr(v, "graph") for v in value):
+        return "(" + ", ".join(v.label for v in value) + ")"
     if key == "key":
         return format_key(value)
     if isinstance(value, np.dtype):
@@ -193,18 +208,28 @@ class Graph:
             h.update(line.encode())
             if n.op == CONSTANT:
                 h.update(np.ascontiguousarray(to_numpy(n.value)).tobytes())
+            for region in regions_of(n):
+                h.update(f"{region.label}:{region.graph.fingerprint()}".encode())
         h.update(("out:" + ",".join(n.ref for n in self.outputs)).encode())
         h.update(("upd:" + ",".join(f"{p.ref}<-{v.ref}" for p, v in self.updates)).encode())
         return h.hexdigest()
 
     # ------------------------------------------------------------ printing
     def __str__(self) -> str:
+        return "\n".join(self._lines("graph"))
+
+    def _lines(self, head: str, indent: str = "") -> list[str]:
+        """The program's lines; a control-flow node's regions follow it, indented, each headed by its label."""
         heads = ", ".join(f"{n.ref}: {n.aval} {n.name}" for n in self.placeholders)
-        lines = [f"graph({heads}):"]
-        lines += ["  " + n.format() for n in self.nodes if n.op != PLACEHOLDER]
-        lines.append("  return (" + ", ".join(n.ref for n in self.outputs) + ")")
-        lines += [f"  update {p.name} <- {v.ref}" for p, v in self.updates]
-        return "\n".join(lines)
+        lines = [f"{indent}{head}({heads}):"]
+        for n in self.nodes:
+            if n.op != PLACEHOLDER:
+                lines.append(f"{indent}  {n.format()}")
+                for region in regions_of(n):
+                    lines += region.graph._lines(region.label, indent + "      ")
+        lines.append(f"{indent}  return (" + ", ".join(n.ref for n in self.outputs) + ")")
+        lines += [f"{indent}  update {p.name} <- {v.ref}" for p, v in self.updates]
+        return lines
 
     __repr__ = __str__
 
@@ -257,7 +282,11 @@ class Graph:
                     expected = prim.shape_rule(*avals, **n.params)
                 except ShapeError as e:
                     raise GraphError(f"node {n.ref} is ill-typed ({e}): {n.format()}") from None
-                if tuple(expected.shape) != tuple(n.shape) or expected.dtype != n.dtype:
+                if isinstance(expected, Results) or isinstance(n.aval, Results):  # a control-flow node's results
+                    if tuple(expected) != tuple(n.aval):
+                        raise GraphError(f"node {n.ref} records {n.aval} but its regions give {expected}: "
+                                         f"{n.format()}")
+                elif tuple(expected.shape) != tuple(n.shape) or expected.dtype != n.dtype:
                     raise GraphError(f"node {n.ref} records {n.aval} but {n.op} gives {Aval(*expected)} for "
                                      f"these inputs: {n.format()}")
             defined.add(n.id)

@@ -33,6 +33,7 @@ import numpy as np
 
 from eager.autograd.mode import _package_dirs
 from eager.backend import to_numpy
+from eager.control import Results
 from eager.primitives import Aval
 from eager.storage import memory_owner
 from eager.tensor import Tensor
@@ -224,6 +225,11 @@ class Recorder:
         for vid in self._by_owner.pop(id(memory_owner(tensor._data)), ()):  # the copies are nobody's memory
             self.tape.arrays[vid] = self.tape.arrays[vid].copy()
 
+    def control(self, op: str, **kw):
+        """``eager.cond`` / ``while_loop`` / ``scan`` under this recorder: one node with regions (tracer.regions)."""
+        from tracer.regions import record_control
+        return record_control(self, op, **kw)
+
     def escape(self, tensor: Tensor, kind: str, value) -> None:
         vid = self.vid_of(tensor)
         source, filename, lineno = user_frame()
@@ -242,6 +248,8 @@ class Recorder:
     # ------------------------------------------------------------ reading back
     def aval(self, vid: int) -> Aval:
         a = self.tape.arrays[vid]
+        if type(a) is tuple:  # a control-flow node's results (``tracer.regions``)
+            return Results(Aval(tuple(v.shape), v.dtype) for v in a)
         return Aval(tuple(a.shape), a.dtype)
 
     def lookup(self, value) -> int | None:

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from eager.backend import DTYPES, Device, canonical_device, to_device, to_numpy
+from eager.control import Results
 from eager.primitives import PRIMITIVES, Aval, IndexSlot
 from eager.storage import assign
 from eager.tensor import Tensor
@@ -46,10 +47,11 @@ from tracer.conversions import CONVERSIONS, convert
 from tracer.interpret import Rule, evaluate
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, GraphError, Node
 from tracer.pytree import LEAF, unflatten
+from tracer.regions import Region
 from tracer.signature import SignatureError
 
 FORMAT = "graphduel.graph"
-VERSION = 1
+VERSION = 2  # 2: control-flow nodes (cond, while_loop, scan) with their regions; version 1 files still load
 _OBJECT_TAGS = {"py/object", "py/reduce", "py/type", "py/function", "py/repr", "__class__", "__reduce__",
                 "__reduce_ex__", "__import__", "pickle", "object", "module", "callable", "function", "class",
                 "eval", "exec", "import", "code", "lambda", "type"}
@@ -271,9 +273,10 @@ class _SaveRule(Rule):
     """A node's value is its JSON reference (``{"ref": id}``); each node appends its entry to ``nodes``, and
     the arrays of param/state placeholders (fed their reader slots) and of constants go into ``arrays``."""
 
-    def __init__(self):
+    def __init__(self, arrays: dict | None = None, prefix: str = ""):
         self.nodes: list[dict] = []
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, np.ndarray] = {} if arrays is None else arrays
+        self.prefix = prefix  # a region's constants are keyed by the path to it: constant_n4.branches.1/3
 
     def placeholder(self, n: Node, slot) -> dict:
         if n.role != "input":
@@ -285,17 +288,34 @@ class _SaveRule(Rule):
         return self._entry(n, name=n.name, role=n.role)
 
     def constant(self, n: Node) -> dict:
-        self.arrays[f"constant_{n.id}"] = to_numpy(n.value)
-        return self._entry(n, array=f"constant_{n.id}")
+        key = f"constant_{self.prefix}{n.id}"
+        self.arrays[key] = to_numpy(n.value)
+        return self._entry(n, array=key)
 
     def call(self, n: Node, args: list) -> dict:
         where = _where(n)
         return self._entry(n, args=[v if isinstance(a, Node) else encode(a, where) for a, v in zip(n.args, args)],
-                           params={k: encode(v, f"{where} param {k!r}") for k, v in n.params.items()})
+                           params={k: self._param(n, k, v) for k, v in n.params.items()})
+
+    def _param(self, n: Node, key: str, value):
+        if type(value) is tuple and value and all(isinstance(v, Region) for v in value):
+            return {"tuple": [self._region(v, f"{self.prefix}n{n.id}.{key}.{i}/") for i, v in enumerate(value)]}
+        if isinstance(value, Region):
+            return self._region(value, f"{self.prefix}n{n.id}.{key}/")
+        return encode(value, f"{_where(n)} param {key!r}")
+
+    def _region(self, region: Region, prefix: str) -> dict:
+        """A region as a nested graph entry (its constants in the same arrays.npz, keyed by ``prefix``)."""
+        rule = _SaveRule(self.arrays, prefix)
+        evaluate(region.graph, [None] * len(region.graph.placeholders), rule)
+        return {"region": {"label": region.label, "nodes": rule.nodes, "outputs": [o.id for o in region.graph.outputs]}}
 
     def _entry(self, n: Node, **fields) -> dict:
-        item: dict[str, Any] = {"id": n.id, "op": n.op, "shape": list(n.shape),
-                                "dtype": encode(n.dtype, _where(n))["dtype"], **fields}
+        if isinstance(n.aval, Results):  # a control-flow node: one (shape, dtype) per result
+            types: dict[str, Any] = {"results": [[list(a.shape), encode(a.dtype, _where(n))["dtype"]] for a in n.aval]}
+        else:
+            types = {"shape": list(n.shape), "dtype": encode(n.dtype, _where(n))["dtype"]}
+        item: dict[str, Any] = {"id": n.id, "op": n.op, **types, **fields}
         if n.source:
             item["source"] = n.source
         self.nodes.append(item)
@@ -363,6 +383,20 @@ def _get(doc, key):
 
 
 def _read_graph(doc: dict, arrays: dict, graph_file: str) -> tuple[Graph, dict[int, np.ndarray]]:
+    g, values, by_id = _read_nodes(doc, arrays, graph_file)
+    try:
+        g.updates.extend((by_id[p], by_id[v]) for p, v in _list(doc.get("updates", []), "updates"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"load: {graph_file} is corrupt: updates name unknown nodes ({e})") from None
+    try:
+        g.validate()
+    except GraphError as e:
+        raise FormatError(f"load: {graph_file} holds an inconsistent graph: {e}") from None
+    return g, values
+
+
+def _read_nodes(doc: dict, arrays: dict, graph_file: str) -> tuple[Graph, dict[int, np.ndarray], dict[int, Node]]:
+    """The nodes and outputs of a graph entry (the top level or a region's)."""
     g = Graph()
     by_id: dict[int, Node] = {}
     values: dict[int, np.ndarray] = {}
@@ -377,14 +411,9 @@ def _read_graph(doc: dict, arrays: dict, graph_file: str) -> tuple[Graph, dict[i
         g._add(node)
     try:
         g.outputs.extend(by_id[i] for i in _list(doc.get("outputs"), "outputs"))
-        g.updates.extend((by_id[p], by_id[v]) for p, v in _list(doc.get("updates", []), "updates"))
     except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"load: {graph_file} is corrupt: outputs/updates name unknown nodes ({e})") from None
-    try:
-        g.validate()
-    except GraphError as e:
-        raise FormatError(f"load: {graph_file} holds an inconsistent graph: {e}") from None
-    return g, values
+        raise FormatError(f"load: {graph_file} is corrupt: outputs name unknown nodes ({e})") from None
+    return g, values, by_id
 
 
 def _read_node(item: dict, by_id: dict[int, Node], arrays: dict, values: dict[int, np.ndarray]) -> Node:
@@ -396,10 +425,10 @@ def _read_node(item: dict, by_id: dict[int, Node], arrays: dict, values: dict[in
         raise FormatError(f"load: {where}: missing, non-integer or duplicate id")
     if not isinstance(op, str):
         raise FormatError(f"load: {where}: missing op name")
-    shape = item.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise FormatError(f"load: {where}: shape must be a list of non-negative ints, got {shape!r:.60}")
-    aval = Aval(tuple(shape), _dtype(item.get("dtype"), f"load: {where}"))
+    if "results" in item:  # a control-flow node
+        aval = Results(_aval(shape, dtype, where) for shape, dtype in _list(item["results"], f"load: {where} results"))
+    else:
+        aval = _aval(item.get("shape"), item.get("dtype"), where)
     source = item.get("source")
     source = source if isinstance(source, str) else None
     if op == PLACEHOLDER:
@@ -418,7 +447,31 @@ def _read_node(item: dict, by_id: dict[int, Node], arrays: dict, values: dict[in
     if not isinstance(args, list) or not isinstance(params, dict):
         raise FormatError(f"load: {where}: args must be a list and params an object")
     return Node(nid, op, tuple(decode(a, f"load: {where} arg {i}", by_id) for i, a in enumerate(args)),
-                {str(k): decode(v, f"load: {where} param {k!r}") for k, v in params.items()}, aval, source)
+                {str(k): _read_param(v, f"load: {where} param {k!r}", arrays) for k, v in params.items()}, aval, source)
+
+
+def _aval(shape, dtype, where: str) -> Aval:
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise FormatError(f"load: {where}: shape must be a list of non-negative ints, got {shape!r:.60}")
+    return Aval(tuple(shape), _dtype(dtype, f"load: {where}"))
+
+
+def _read_param(obj, where: str, arrays: dict):
+    """A param; a region (or a tuple of regions) is a nested graph entry, read and validated like the top level."""
+    if isinstance(obj, dict) and set(obj) == {"tuple"} and isinstance(obj["tuple"], list) and obj["tuple"] and \
+            all(isinstance(v, dict) and set(v) == {"region"} for v in obj["tuple"]):
+        return tuple(_read_param(v, f"{where}[{i}]", arrays) for i, v in enumerate(obj["tuple"]))
+    if isinstance(obj, dict) and set(obj) == {"region"}:
+        body = obj["region"]
+        if not isinstance(body, dict) or not isinstance(body.get("label"), str):
+            raise FormatError(f"{where}: a region needs a label, nodes and outputs")
+        graph, _, _ = _read_nodes(body, arrays, where)
+        try:
+            graph.validate()
+        except GraphError as e:
+            raise FormatError(f"{where}: the region holds an inconsistent graph: {e}") from None
+        return Region(graph, body["label"])
+    return decode(obj, where)
 
 
 def _array(arrays: dict, key, aval: Aval, where: str) -> np.ndarray:
