@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from compiler import debug
 from compiler.passes import optimize
 from compiler.program import Program, build
-from tracer.ir import Graph
+from tracer.ir import Graph, regions_of
+from tracer.regions import lower_regions
 
 
 @dataclass
@@ -123,6 +124,12 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
     if device == "cuda" and backend in ("c", "numpy"):  # C kernels cannot read GPU arrays; the CUDA ones can
         backend = "cuda"
     start = time.perf_counter()
+    if any(regions_of(n) for n in graph.nodes):
+        if cuda_graph:
+            raise ValueError("compile(cuda_graph=True): this graph has a control-flow node (cond, while_loop or "
+                             "scan) whose branch or trip count is decided on the host every call; CuPy exposes no "
+                             "conditional graph nodes to capture it. Compile without cuda_graph=True.")
+        graph = lower_regions(graph, lambda region: lower_graph(region, device, backend, fuel))
     optimized = optimize(graph)
     passes = time.perf_counter() - start
     stats = cache.thread_stats()

@@ -291,3 +291,28 @@ def test_scan_with_a_tuple_carry_and_tuple_xs_passes_them_as_the_user_wrote_them
     (rh, rc), rys = lstm_like(*other)
     for got, want in ((h, rh), (c, rc), (ys, rys)):
         np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-6)
+
+
+def test_compiled_regions_run_fused_kernels_inside_each_branch_and_loop_body():
+    def f(x, w):
+        def body(c, v):
+            return (c * w + v).tanh().exp() * 0.5, c.sum()
+        h, ys = eager.scan(body, eager.zeros(3), x)
+        return eager.cond(h.sum() > 1, lambda a: (a * 2).exp().sin(), lambda a: a.cos() + 1, (h,)), ys
+    x, w = eager.randn(6, 3), eager.randn(3)
+    compiled = compiler.compile(f, x, w)
+    regions = [r for n in compiled.lowered.graph.nodes for r in tracer.ir.regions_of(n)]
+    assert [r.label for r in regions] == ["body", "true", "false"]
+    assert all(type(r._executor).__name__ == "Lowered" for r in regions)  # each region went through the compiler
+    assert all(r._executor.kernels for r in regions)  # ... and got fused kernels of its own
+    for scale in (1.0, -3.0):
+        got, want = compiled(x * scale, w), f(x * scale, w)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5)
+
+
+def test_cuda_graph_capture_of_a_host_decided_branch_is_refused():
+    from compiler.api import lower_graph
+    traced = tracer.trace(_branchy, eager.ones(3), eager.ones(3))
+    with pytest.raises(ValueError, match="cuda_graph=True.*control-flow node"):
+        lower_graph(traced.graph, "cpu", "simt", cuda_graph=True)

@@ -35,11 +35,15 @@ LABELS = {"cond": ("true", "false"), "while_loop": ("cond", "body"), "scan": ("b
 class Region:
     """A closed sub-graph of a control-flow node; ``run(arrays)`` runs it on the static executor."""
 
-    def __init__(self, graph: Graph, label: str):
+    def __init__(self, graph: Graph, label: str, executor=None):
         self.graph = graph
         self.label = label
         self.out_avals = tuple(n.aval for n in graph.outputs)
-        self._executor = None
+        self._executor = executor
+
+    def lowered(self, lower) -> Region:
+        """The same region run by ``lower(graph)`` (the compiler's lowering) instead of the static executor."""
+        return Region(self.graph, self.label, lower(self.graph))
 
     def run(self, arrays: list) -> list:
         if self._executor is None:
@@ -66,6 +70,30 @@ class _SubTrace:
     outputs: list[Tensor]
     single: bool
     what: str
+
+
+def lower_regions(graph: Graph, lower) -> Graph:
+    """A copy of ``graph`` whose control-flow nodes run their regions through ``lower`` (passes and fusion inside
+    each region; the branch or the loop itself stays on the host)."""
+    from compiler.rewrite import rebuild
+    from tracer.ir import regions_of
+    if not any(regions_of(n) for n in graph.nodes):
+        return graph
+
+    def lowered(value):
+        if isinstance(value, Region):
+            return value.lowered(lower)
+        if type(value) is tuple and value and all(isinstance(v, Region) for v in value):
+            return tuple(v.lowered(lower) for v in value)
+        return value
+
+    def visit(rb, n):
+        if regions_of(n):
+            params = {k: lowered(v) for k, v in n.params.items()}
+            rb.env[n.id] = rb.new.call(n.op, rb.args(n), params, n.aval, n.source)
+        else:
+            rb.copy(n)
+    return rebuild(graph, visit)
 
 
 def _sub_trace(outer, fn, example: list[Tensor], op: str, what: str) -> _SubTrace:

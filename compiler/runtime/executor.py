@@ -20,6 +20,7 @@ import numpy as np
 
 from compiler.fusion import VIEW_OPS
 from compiler.runtime.blas import BlasThreads, ThreadTuner, threads_for
+from eager.control import Results
 from eager.primitives import PRIMITIVES
 from tracer.ir import CONSTANT, PLACEHOLDER
 
@@ -165,6 +166,12 @@ class Executable:
         if n.op in _VIEW_METHODS and not contiguous and arg_index[0] is not None:
             return self._view_step(i, arg_index[0], getattr(xp.ndarray, _VIEW_METHODS[n.op]),
                                    params["axes" if n.op == "permute" else "shape"])
+
+        if isinstance(n.aval, Results):  # a control-flow node: a tuple of arrays, which result nodes pick apart
+            def run_control(env):
+                env[i] = prim.impl(xp, *[env[j] if j is not None else s for j, s in zip(arg_index, scalars)],
+                                   **params)
+            return run_control
 
         def run(env):
             vals = [env[j] if j is not None else s for j, s in zip(arg_index, scalars)]
