@@ -303,6 +303,9 @@ def prepare_torch_jit_trace(wl: Workload, arrays: dict, device: str) -> Runner:
     torch = _torch(device)
     if wl.kind != "forward":
         raise Skip("torch.jit.trace records a forward pass; it cannot trace backward() or optimizer.step()")
+    if "control-flow" in wl.tags:  # measured: "Detected that you are using FX to torch.jit.trace a dynamo-optimized
+        # function. This is not supported at the moment."
+        raise Skip("torch.jit.trace cannot record torch.cond / while_loop / scan (PyTorch runs them through Dynamo)")
     prog = _build(wl, torch, arrays, device)
     t0 = time.perf_counter()
     with warnings.catch_warnings():

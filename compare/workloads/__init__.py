@@ -25,7 +25,7 @@ from compare.workloads.registry import (
 )
 
 # Importing registers; the order is the order reports list them in.
-from compare.workloads import elementwise, attention, mlp, seeds  # noqa: E402, I001  isort: skip
+from compare.workloads import elementwise, attention, mlp, seeds, control  # noqa: E402, I001  isort: skip
 
 
 def names() -> list[str]:

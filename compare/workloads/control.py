@@ -1,0 +1,157 @@
+"""Control-flow workloads: a static graph that must decide on every call (``cond``, ``while_loop``, ``scan``).
+
+Each is written once with ``lib.cond`` / ``lib.while_loop`` / ``lib.scan`` (eager's, or PyTorch's higher-order
+ops for the torch peer); traced and compiled modes record ONE control node with regions, so they take another
+branch or trip count when the data asks. The NumPy peer (Python control flow, float64) is the reference; the
+JAX peer uses ``jax.lax.cond`` / ``while_loop`` / ``scan`` under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from compare.workloads.registry import JaxStep, workload
+
+
+def _ops(lib):
+    """cond, while_loop and scan of ``lib`` (PyTorch keeps scan among its higher-order ops)."""
+    if getattr(lib, "__name__", "") == "torch":
+        from torch._higher_order_ops import scan
+        return SimpleNamespace(cond=lib.cond, while_loop=lib.while_loop, scan=scan)
+    return SimpleNamespace(cond=lib.cond, while_loop=lib.while_loop, scan=lib.scan)
+
+
+# ------------------------------------------------------------------ an Elman RNN over a sequence: scan
+# (sequence length, batch, input width, hidden width)
+RNN_SIZES = {"small": (16, 8, 16, 32), "medium": (64, 32, 64, 128), "large": (256, 64, 128, 256)}
+
+
+def _rnn_inputs(size: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    t, b, d, h = RNN_SIZES[size]
+    return {"xs": rng.standard_normal((t, b, d)).astype(np.float32),
+            "w_ih": (rng.standard_normal((d, h)) / np.sqrt(d)).astype(np.float32),
+            "w_hh": (rng.standard_normal((h, h)) / np.sqrt(h)).astype(np.float32),
+            "b": (0.1 * rng.standard_normal(h)).astype(np.float32),
+            "h0": np.zeros((b, h), np.float32)}
+
+
+@workload(inputs=_rnn_inputs, size_names=tuple(RNN_SIZES), outputs=("h", "ys"), tags=("control-flow", "scan"))
+def rnn_scan(lib, xs, w_ih, w_hh, b, h0):
+    """h_t = tanh(x_t W_ih + h_{t-1} W_hh + b) over the sequence: ``scan`` (one node, not T unrolled steps)."""
+    def step(h, x):
+        h = lib.tanh(x @ w_ih + h @ w_hh + b)
+        return h, h.clone()  # torch's scan refuses a carry that aliases a y
+    return _ops(lib).scan(step, h0, xs)
+
+
+@rnn_scan.peer("numpy")
+def _(xp, xs, w_ih, w_hh, b, h0):
+    h, ys = h0, []
+    for x in xs:
+        h = xp.tanh(x @ w_ih + h @ w_hh + b)
+        ys.append(h)
+    return h, xp.stack(ys)
+
+
+@rnn_scan.peer("jax")
+def _(jnp, arrays):
+    import jax
+
+    def step(carry, xs, w_ih, w_hh, b, h0):
+        h, ys = jax.lax.scan(lambda h, x: (jnp.tanh(x @ w_ih + h @ w_hh + b),) * 2, h0, xs)
+        return (h, ys), carry
+    names = ("xs", "w_ih", "w_hh", "b", "h0")
+    return JaxStep(step, (), tuple(jnp.asarray(arrays[k]) for k in names))
+
+
+# ------------------------------------------------------------------ power iteration to a tolerance: while_loop
+POWER_SIZES = {"small": 32, "medium": 256, "large": 1024}
+POWER_TOL, POWER_MAX_STEPS = 1e-4, 500
+
+
+def _power_inputs(size: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n = POWER_SIZES[size]
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    spectrum = np.linspace(1.0, 2.0, n) ** 4  # a gap that needs tens of steps; the count depends on the data
+    a = (q * spectrum) @ q.T
+    return {"a": a.astype(np.float32), "v0": rng.standard_normal(n).astype(np.float32)}
+
+
+@workload(inputs=_power_inputs, size_names=tuple(POWER_SIZES), outputs=("eigenvalue", "vector"),
+          tags=("control-flow", "while_loop"))
+def power_iteration(lib, a, v0):
+    """The dominant eigenpair of a symmetric matrix, iterated until the vector moves less than a tolerance:
+    ``while_loop`` (the trip count is decided by the data on every call)."""
+    def step(i, v, delta):
+        w = a @ v
+        w = w / lib.sqrt((w * w).sum())
+        return i + 1, w, lib.sqrt(((w - v) * (w - v)).sum())
+
+    def running(i, v, delta):
+        return (delta > POWER_TOL) & (i < POWER_MAX_STEPS)
+    v = v0 / lib.sqrt((v0 * v0).sum())
+    start = (lib.zeros((), dtype=lib.int64), v, lib.ones((), dtype=v.dtype))
+    _, v, _ = _ops(lib).while_loop(running, step, start)
+    return (v * (a @ v)).sum(), v
+
+
+@power_iteration.peer("numpy")
+def _(xp, a, v0):
+    v, delta, i = v0 / xp.sqrt((v0 * v0).sum()), 1.0, 0
+    while delta > POWER_TOL and i < POWER_MAX_STEPS:
+        w = a @ v
+        w = w / xp.sqrt((w * w).sum())
+        v, delta, i = w, float(xp.sqrt(((w - v) * (w - v)).sum())), i + 1
+    return (v * (a @ v)).sum(), v
+
+
+@power_iteration.peer("jax")
+def _(jnp, arrays):
+    import jax
+
+    def step(carry, a, v0):
+        def body(c):
+            i, v, _ = c
+            w = a @ v
+            w = w / jnp.sqrt((w * w).sum())
+            return i + 1, w, jnp.sqrt(((w - v) * (w - v)).sum())
+        v = v0 / jnp.sqrt((v0 * v0).sum())
+        _, v, _ = jax.lax.while_loop(lambda c: (c[2] > POWER_TOL) & (c[0] < POWER_MAX_STEPS), body,
+                                     (0, v, jnp.ones((), v.dtype)))
+        return ((v * (a @ v)).sum(), v), carry
+    return JaxStep(step, (), (jnp.asarray(arrays["a"]), jnp.asarray(arrays["v0"])))
+
+
+# ------------------------------------------------------------------ a data-dependent gate between two nets: cond
+GATE_SIZES = {"small": (16, 64), "medium": (128, 512), "large": (512, 2048)}
+
+
+def _gate_inputs(size: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n, d = GATE_SIZES[size]
+    scale = 1.0 / np.sqrt(d)
+    return {"x": rng.standard_normal((n, d)).astype(np.float32),
+            "w_a": (scale * rng.standard_normal((d, d))).astype(np.float32),
+            "w_b": (scale * rng.standard_normal((d, d))).astype(np.float32)}
+
+
+@workload(inputs=_gate_inputs, size_names=tuple(GATE_SIZES), tags=("control-flow", "cond"))
+def branch_gate(lib, x, w_a, w_b):
+    """One of two sub-networks, picked by the batch's own statistics: ``cond`` (both branches in the graph)."""
+    return _ops(lib).cond(x.mean() > 0, lambda v: lib.tanh(v @ w_a), lambda v: lib.relu(v @ w_b) * 0.5, (x,))
+
+
+@branch_gate.peer("numpy")
+def _(xp, x, w_a, w_b):
+    return xp.tanh(x @ w_a) if x.mean() > 0 else xp.maximum(x @ w_b, 0) * 0.5
+
+
+@branch_gate.peer("jax")
+def _(jnp, arrays):
+    import jax
+
+    def step(carry, x, w_a, w_b):
+        out = jax.lax.cond(x.mean() > 0, lambda v: jnp.tanh(v @ w_a), lambda v: jnp.maximum(v @ w_b, 0) * 0.5, x)
+        return (out,), carry
+    return JaxStep(step, (), tuple(jnp.asarray(arrays[k]) for k in ("x", "w_a", "w_b")))
