@@ -217,14 +217,14 @@ def test_a_loop_body_that_changes_the_carry_shape_is_refused():
         tracer.trace(lambda v: eager.while_loop(*grow, v), eager.ones(2))
 
 
-def test_backward_through_a_traced_control_node_is_refused_not_silently_zero():
+def test_backward_through_a_traced_while_loop_is_refused_pointing_to_scan():
     w = eager.ones(3, requires_grad=True)
 
     def step(x):
-        out = eager.cond(x.sum() > 0, lambda v: v * w, lambda v: v - w, (x,))
+        _, out = eager.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * w), (eager.tensor(0), x))
         out.sum().backward()
         return out
-    with pytest.raises(BackwardError, match="traced control-flow node"):
+    with pytest.raises(BackwardError, match="while_loop is forward only.*eager.scan"):
         tracer.trace(step, eager.ones(3))
 
 
@@ -316,3 +316,63 @@ def test_cuda_graph_capture_of_a_host_decided_branch_is_refused():
     traced = tracer.trace(_branchy, eager.ones(3), eager.ones(3))
     with pytest.raises(ValueError, match="cuda_graph=True.*control-flow node"):
         lower_graph(traced.graph, "cpu", "simt", cuda_graph=True)
+
+
+# ---------------------------------------------------------------- gradients through traced regions
+
+
+def _cond_step(w):
+    def step(x):
+        out = eager.cond(x.sum() > 0, lambda v: (v * w).sin(), lambda v: v * w * w, (x,))
+        loss = out.sum()
+        loss.backward()
+        return loss
+    return step
+
+
+def _cond_ref(w, v):
+    return jax.lax.cond(v.sum() > 0, lambda u: jax.numpy.sin(u * w), lambda u: u * w * w, v).sum()
+
+
+@pytest.mark.parametrize("make", [tracer.trace, compiler.compile], ids=["traced", "compiled"])
+def test_a_train_step_through_cond_gets_jax_grad_on_either_branch(make):
+    w = eager.tensor([0.5, -1.0, 2.0], dtype=eager.float64, requires_grad=True)
+    x = eager.tensor([1.0, 2.0, 3.0], dtype=eager.float64)
+    step = make(_cond_step(w), x)
+    assert "cond" in step.graph.op_counts() and step.graph.op_counts()["cond"] == 2  # forward and backward
+    for sign in (1.0, -1.0):
+        w.grad = None
+        step(x * sign)
+        want = jax.grad(_cond_ref, argnums=0)(w.detach().numpy(), x.numpy() * sign)
+        np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("make", [tracer.trace, compiler.compile], ids=["traced", "compiled"])
+def test_a_train_step_through_scan_gets_jax_grad_for_weights_inputs_and_initial_carry(make, reverse):
+    rng = np.random.default_rng(1)
+    w = eager.tensor(rng.standard_normal((3, 3)) * 0.5, requires_grad=True)
+    scale = eager.tensor(rng.standard_normal(3), requires_grad=True)  # reaches the loss through xs
+    h0 = eager.tensor(rng.standard_normal(3), requires_grad=True)  # a learned initial carry
+
+    def step(xs):
+        h, ys = eager.scan(lambda h, x: ((h @ w + x).tanh(), (h * x).sum()), h0, xs * scale, reverse=reverse)
+        loss = h.sum() + (ys * ys).sum()
+        loss.backward()
+        return loss
+
+    def ref(w_, scale_, h0_, xs_):
+        step = lambda h, x: (jax.numpy.tanh(h @ w_ + x), (h * x).sum())  # noqa: E731
+        h, ys = jax.lax.scan(step, h0_, xs_ * scale_, reverse=reverse)
+        return h.sum() + (ys * ys).sum()
+    traced = make(step, eager.tensor(rng.standard_normal((5, 3))))
+    for _ in range(2):
+        other = eager.tensor(rng.standard_normal((5, 3)))
+        for t in (w, scale, h0):
+            t.grad = None
+        loss = traced(other)
+        params = [t.detach().numpy() for t in (w, scale, h0)]
+        np.testing.assert_allclose(loss.item(), ref(*params, other.numpy()), rtol=1e-12)
+        want = jax.grad(ref, argnums=(0, 1, 2))(*params, other.numpy())
+        for got, expected in zip((w.grad, scale.grad, h0.grad), want):
+            np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)

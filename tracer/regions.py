@@ -49,7 +49,8 @@ class Region:
         if self._executor is None:
             from tracer.executor import StaticExecutor
             self._executor = StaticExecutor(self.graph)
-        return self._executor.run(arrays)
+        # a previous trip's 0-d result may come back as a NumPy scalar; kernels take arrays
+        return self._executor.run([np.asarray(a) if isinstance(a, np.generic) else a for a in arrays])
 
     def fingerprint(self) -> str:
         return self.graph.fingerprint()
@@ -255,14 +256,148 @@ def _emit(outer, prim, args: list[Tensor], params: dict, values: list) -> list[T
     packed = tuple(values)
     vid = outer._new_value(packed, index=False)
     outer.calls.append(Call(prim.name, tuple(Ref(outer.vid_of(t)) for t in args), dict(params), vid, source))
-    needs_grad = MODE.get().grad_enabled and any(t._requires_grad for t in args)
+    node = _backward_node(prim, args, params, values)
     outs = []
     for i, value in enumerate(values):
-        t = Tensor._make(value, needs_grad, None)
-        if needs_grad:  # backward through it is refused with a clear error, never silently zero
-            t.grad_fn = AutogradNode(f"{prim.name.title().replace('_', '')}Backward", RESULT.vjp, (), {})
+        t = Tensor._make(value, node is not None, None)
+        if node is not None:
+            t.grad_fn = AutogradNode(f"{prim.name.title().replace('_', '')}ResultBackward", _result_vjp,
+                                     (_Packed(node),), {"index": i, "n": len(values)})
         rid = outer._new_value(value)
         outer._by_tensor[id(t)] = _Seen(t, value, rid)
         outer.calls.append(Call(RESULT.name, (Ref(vid),), {"index": i}, rid, source))
         outs.append(t)
     return outs
+
+
+# ---------------------------------------------------------------- gradients: backward regions
+
+
+class PackedGrad:
+    """The cotangents of a control node's results, gathered from its result nodes (None: no gradient yet)."""
+
+    _data = None  # the engine asks who owns a gradient's memory: nobody's
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __add__(self, other: PackedGrad) -> PackedGrad:
+        return PackedGrad([a if b is None else b if a is None else a + b for a, b in zip(self.items, other.items)])
+
+
+class _Packed:
+    """The edge from a result node to its control node (an autograd input that is not a tensor)."""
+
+    _requires_grad = True
+
+    def __init__(self, node):
+        self.grad_fn = node
+
+
+def _result_vjp(g, out, packed, index: int, n: int):
+    items = [None] * n
+    items[index] = g
+    return (PackedGrad(items),)
+
+
+def _backward_node(prim, args: list[Tensor], params: dict, values: list):
+    """The autograd node of a traced control node: its backward records a control node of backward regions."""
+    if not (MODE.get().grad_enabled and any(t._requires_grad for t in args)):
+        return None
+    if prim is WHILE_LOOP:
+        return AutogradNode("WhileLoopBackward", _no_while_gradient, (), {})
+    result_avals = [Aval(tuple(v.shape), v.dtype) for v in values]
+    vjp = _cond_vjp if prim is COND else _scan_vjp
+    return AutogradNode(f"{prim.name.title().replace('_', '')}Backward", vjp, tuple(args),
+                        {"params": params, "result_avals": result_avals})
+
+
+def _no_while_gradient(g, out, **params):
+    from eager.autograd.engine import BackwardError
+    raise BackwardError("while_loop is forward only: its trip count is data-dependent, so reverse-mode needs every "
+                        "step's carry (as in JAX). Use eager.scan with a fixed number of steps to differentiate.")
+
+
+def _cotangents(g: PackedGrad, result_avals) -> list[Tensor]:
+    import eager
+    return [c if c is not None else eager.zeros(a.shape, dtype=a.dtype) for c, a in zip(g.items, result_avals)]
+
+
+def _replay(region: Region, args: list):
+    from tracer.grad import _ReplayRule
+    from tracer.interpret import evaluate
+    return evaluate(region.graph, list(args), _ReplayRule())
+
+
+def _leaves(tensors) -> list[Tensor]:
+    return [t.detach().requires_grad_() if t.is_floating_point() else t.detach() for t in tensors]
+
+
+def _vjp(region: Region, args, cts, wrt_positions) -> list[Tensor]:
+    """Gradients of ``region``'s outputs (weighted by ``cts``) w.r.t. its inputs at ``wrt_positions`` (zeros when an
+    input does not reach them), by replaying it on fresh leaves under autograd."""
+    import eager
+    from eager.autograd import enable_grad
+    with enable_grad():
+        leaves = _leaves(args)
+        outs = _replay(region, leaves)
+        pairs = [(o, c) for o, c in zip(outs, cts) if o._requires_grad]
+        wrt = [leaves[i] for i in wrt_positions]
+        grads = eager.autograd.grad([o for o, _ in pairs], wrt, [c for _, c in pairs], allow_unused=True) \
+            if pairs and wrt else [None] * len(wrt)
+    return [g.detach() if g is not None else eager.zeros_like(w).detach() for g, w in zip(grads, wrt)]
+
+
+def _cond_vjp(g, out, pred, *args, params, result_avals):
+    """d cond = cond(pred, vjp of the true branch, vjp of the false branch): both backward regions in the graph
+    (each replays its branch's forward, the residuals are recomputed, not saved)."""
+    import eager
+    cts = _cotangents(g, result_avals)
+    floats = [i for i, a in enumerate(args) if a.is_floating_point()]
+    n = len(args)
+
+    def backward_of(region):
+        return lambda *xs: tuple(_vjp(region, xs[:n], xs[n:], floats))
+    grads = eager.cond(pred, *[backward_of(r) for r in params["branches"]], list(args) + cts)
+    out_grads: list = [None] * n
+    for i, gi in zip(floats, grads if isinstance(grads, tuple) else (grads,)):
+        out_grads[i] = gi
+    return (None, *out_grads)
+
+
+def _scan_vjp(g, out, *args, params, result_avals):
+    """d scan = a forward scan that recomputes every step's input carry, then a reverse scan of the step's VJP
+    carrying the carry's cotangent and the captures' accumulated gradients (residuals recomputed, not saved)."""
+    import eager
+    body, n_carry, n_xs = params["body"], params["n_carry"], params["n_xs"]
+    dim, reverse = params["dim"], params["reverse"]
+    carry0, xs, caps = list(args[:n_carry]), list(args[n_carry:n_carry + n_xs]), list(args[n_carry + n_xs:])
+    cts = _cotangents(g, result_avals)
+    if not all(t.is_floating_point() for t in carry0):
+        raise ControlFlowError("scan backward: every carry must be floating point to differentiate through a traced "
+                               "scan (an integer counter in the carry is not supported yet); pass it as xs instead.")
+    ct_carry, ct_ys = cts[:n_carry], cts[n_carry:]
+    _, carries = eager.scan(lambda c, x: (tuple(_replay(body, list(c) + list(x) + caps)[:n_carry]), c),
+                            tuple(carry0), tuple(xs), dim=dim, reverse=reverse)
+    cap_pos = [n_carry + n_xs + i for i, c in enumerate(caps) if c.is_floating_point()]
+    x_pos = [n_carry + i for i, x in enumerate(xs) if x.is_floating_point()]
+    wrt = list(range(n_carry)) + x_pos + cap_pos
+
+    def step_back(carry, x):
+        ct_c, acc = list(carry[:n_carry]), list(carry[n_carry:])
+        x_t, c_t, ct_y = list(x[:n_xs]), list(x[n_xs:n_xs + n_carry]), list(x[n_xs + n_carry:])
+        grads = _vjp(body, c_t + x_t + caps, ct_c + ct_y, wrt)
+        g_c, g_x, g_caps = grads[:n_carry], grads[n_carry:n_carry + len(x_pos)], grads[n_carry + len(x_pos):]
+        return tuple(g_c) + tuple(a + b for a, b in zip(acc, g_caps)), tuple(g_x) if g_x else (c_t[0] * 0,)
+    acc0 = [eager.zeros_like(caps[i - n_carry - n_xs]) for i in cap_pos]
+    final, gxs = eager.scan(step_back, tuple(ct_carry) + tuple(acc0), tuple(xs) + tuple(carries) + tuple(ct_ys),
+                            dim=dim, reverse=not reverse)
+    gxs = gxs if isinstance(gxs, tuple) else (gxs,)
+    out_grads: list = [None] * len(args)
+    for i in range(n_carry):
+        out_grads[i] = final[i]
+    for k, i in enumerate(x_pos):
+        out_grads[i] = gxs[k]
+    for k, i in enumerate(cap_pos):
+        out_grads[i] = final[n_carry + k]
+    return tuple(out_grads)

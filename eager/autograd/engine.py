@@ -140,6 +140,8 @@ def _topological_order(roots):
 
 
 def _check_finite(node, index, grad):
+    if not hasattr(grad, "_xp"):  # a control node's packed cotangents (tracer.regions): checked per result
+        return
     xp = grad._xp()
     if not bool(xp.isfinite(grad._data).all()):
         bad = "nan" if bool(xp.isnan(grad._data).any()) else "inf"
