@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from eager import primitives as P
 from eager.backend import to_numpy
 from eager.primitives import PRIMITIVES, build_key
 from tracer.interpret import Rule, evaluate
@@ -29,6 +30,31 @@ def _overrides():
     def index_put(xp, base, values, *idx, key):
         return base.at[build_key(key, idx)].set(values)
 
+    # gather, scatter and scatter_add as JAX scatters: jitted, they cannot check the index values (eager does)
+    def gather(xp, a, index, *, axis):
+        return a[P.grid_key(jnp, index, axis)]
+
+    def scatter_add(xp, a, index, src, *, axis):
+        return a.at[P.grid_key(jnp, index, axis)].add(src[P.leading(index.shape)])
+
+    def scatter(xp, a, index, src, *, axis):
+        # the last write lands, as in eager: each position takes the value of the highest-numbered write to it
+        # (a scatter-max of write numbers; JAX leaves the order of repeated ``.set`` writes unspecified)
+        if not index.size:
+            return a
+        pos = P.flat_positions(jnp, a.shape, index, axis).reshape(-1)
+        order = jnp.arange(pos.size)
+        last = jnp.full(a.size, -1, order.dtype).at[pos].max(order)
+        values = src[P.leading(index.shape)].reshape(-1)[jnp.maximum(last, 0)]
+        return jnp.where(last >= 0, values, a.reshape(-1)).reshape(a.shape)
+
+    def unfold(xp, a, *, dimension, size, step):
+        if not a.ndim:
+            return jnp.reshape(a, (1,))[:size]
+        count = (a.shape[dimension] - size) // step + 1
+        windows = jnp.take(a, jnp.asarray(P.unfold_positions(count, size, step)), axis=dimension)
+        return jnp.moveaxis(windows, dimension + 1, -1)  # [..., count, size, ...] -> [..., count, ..., size]
+
     def unsupported(name):
         def impl(*a, **k):
             raise NotImplementedError(f"xla backend: {name} draws from graphduel's generator; it cannot be "
@@ -39,6 +65,10 @@ def _overrides():
     return random | {
         "index_add": index_add,
         "index_put": index_put,
+        "gather": gather,
+        "scatter": scatter,
+        "scatter_add": scatter_add,
+        "unfold": unfold,
         "copy": lambda xp, a: a,
         "to_device": lambda xp, a, *, device: a,
         "full": lambda xp, *, shape, fill_value, dtype, device: jnp.full(shape, fill_value, dtype),

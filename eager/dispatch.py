@@ -111,6 +111,6 @@ def _op_error(prim, inputs, params, exc):
         return shape_error
     shown = ", ".join(describe(a) for a in avals)
     if isinstance(exc, IndexError):  # an index tensor's values (shape rules only see its shape)
-        return IndexOutOfRange(f"{prim.name}({shown}): {exc}; index values along a dim of size n must lie in "
-                               "[-n, n).")
+        rule = "; index values along a dim of size n must lie in [-n, n)." if prim.index_from is not None else ""
+        return IndexOutOfRange(f"{prim.name}({shown}): {exc}{rule}")
     return OpError(f"{prim.name}({shown}) failed: {type(exc).__name__}: {exc}")

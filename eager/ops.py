@@ -22,8 +22,8 @@ import numpy as np
 from eager import backend
 from eager import primitives as P
 from eager.autograd.mode import MODE, no_grad
-from eager.creation import full_like, zeros_like  # noqa: F401  (zeros_like: optimizers and tracer.grad use it)
-from eager.dispatch import apply
+from eager.creation import full, full_like, zeros_like  # noqa: F401  (zeros_like: optimizers and tracer.grad use it)
+from eager.dispatch import IndexOutOfRange, apply
 from eager.primitives import IndexSlot, ShapeError, describe
 from eager.storage import check_inplace_allowed, overlapping, refresh, write_inplace, writeable
 from eager.tensor import Tensor
@@ -770,6 +770,169 @@ def setitem(x: Tensor, key, value) -> None:
 
 def _is_full_mask(x: Tensor, key) -> bool:
     return isinstance(key, Tensor) and key.dtype == backend.bool_ and key.shape == x.shape
+
+
+# ---------------------------------------------------------------- diagonal and unfold (views), gather and scatter
+
+
+def diagonal(x: Tensor, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Tensor:
+    """``torch.diagonal``: the diagonal of dims ``dim1`` and ``dim2`` (``offset`` > 0: above the main one, < 0:
+    below) as the last dim of a view: writes through it reach ``x``.
+
+        >>> import eager
+        >>> m = eager.zeros(2, 3)
+        >>> m.diagonal(offset=1).fill_(1).shape, m.tolist()
+        ((2,), [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    """
+    if x.ndim < 2:
+        raise ShapeError(f"diagonal: expects a tensor with at least 2 dims, got shape {list(x.shape)}; a 1-D tensor "
+                         "has no diagonal.")
+    return apply(P.DIAGONAL, x, offset=int(offset), dim1=_axes(x, dim1)[0], dim2=_axes(x, dim2)[0])
+
+
+def unfold(x: Tensor, dimension: int, size: int, step: int) -> Tensor:
+    """``Tensor.unfold``: every window of ``size`` elements along ``dimension``, ``step`` apart, as a view: that dim
+    counts the windows and a new last dim runs within one. Windows that overlap (step < size) share memory, so
+    in-place writes to such a view are refused (PyTorch lets them run in an unspecified order).
+
+        >>> import eager
+        >>> eager.arange(5.0).unfold(0, 2, 2).tolist()
+        [[0.0, 1.0], [2.0, 3.0]]
+    """
+    return apply(P.UNFOLD, x, dimension=_axes(x, dimension)[0], size=int(size), step=int(step))
+
+
+def _index_tensor(op: str, index, x: Tensor) -> Tensor:
+    index = as_tensor(index, like=x)
+    if index._data.dtype.kind not in "iu":
+        raise TypeError(f"{op}: the index must be an integer tensor, got {describe(P.Aval(index.shape, index.dtype))}"
+                        "; cast it with .long().")
+    return index
+
+
+def _check_index_range(op: str, index: Tensor, size: int, dim: int) -> None:
+    """PyTorch's index ops take indices in [0, size) only (negative ones are refused, unlike ``x[i]``): raise
+    IndexOutOfRange naming the op. It reads the index (on CuPy, a wait for the device)."""
+    try:
+        P.check_index_values(op, index._data, size, dim)
+    except IndexError as e:
+        raise IndexOutOfRange(str(e)) from None
+
+
+def _one_dim(*tensors: Tensor) -> list[Tensor]:
+    """0-d operands as 1-D tensors of one element, as PyTorch's index ops treat them."""
+    return [reshape(t, 1) if t.ndim == 0 else t for t in tensors]
+
+
+def gather(x: Tensor, dim: int, index) -> Tensor:
+    """``torch.gather``: ``out[i][j] = x[i][index[i][j]]`` for dim 1; index has x's rank, and the sizes of x
+    apart from ``dim``. The gradient adds up where an index repeats.
+
+        >>> import eager
+        >>> eager.tensor([[1.0, 2.0], [3.0, 4.0]]).gather(1, eager.tensor([[1, 1], [0, 1]])).tolist()
+        [[2.0, 2.0], [3.0, 4.0]]
+    """
+    index = _index_tensor("gather", index, x)
+    shape = index.shape
+    x1, index1 = _one_dim(x, index)
+    d = _axes(x1, dim)[0]
+    _check_index_range("gather", index1, x1.shape[d], d)
+    out = apply(P.GATHER, x1, index1, axis=d)
+    return out if out.shape == shape else reshape(out, shape)
+
+
+def _scatter(prim, x: Tensor, dim: int, index, src) -> Tensor:
+    index = _index_tensor(prim.name, index, x)
+    shape = x.shape
+    x1, index1, src1 = _one_dim(x, index, src)
+    d = _axes(x1, dim)[0]
+    _check_index_range(prim.name, index1, x1.shape[d], d)
+    out = apply(prim, x1, index1, src1, axis=d)
+    return out if out.shape == shape else reshape(out, shape)
+
+
+def scatter(x: Tensor, dim: int, index, src=None, *, value=None) -> Tensor:
+    """``torch.scatter``: x with ``out[i][index[i][j]] = src[i][j]`` for dim 1 (src a tensor of x's dtype, or a
+    number: ``scatter(x, dim, index, 2.0)`` or ``value=2.0``). Where an index repeats, the last write lands
+    (PyTorch leaves that unspecified). The gradient of src is ``gather(grad, index)``; x's is grad with the
+    written positions zeroed.
+
+        >>> import eager
+        >>> eager.zeros(3).scatter(0, eager.tensor([2, 0, 2]), eager.tensor([1.0, 2.0, 3.0])).tolist()
+        [2.0, 0.0, 3.0]
+    """
+    if src is None or isinstance(src, Number):
+        if (src is None) == (value is None):
+            raise TypeError("scatter: give src (a tensor) or value (a number), one of them.")
+        fill = src if value is None else value
+        index = _index_tensor("scatter", index, x)
+        src = full(index.shape, fill, dtype=x.dtype, device=x.device)
+    elif value is not None:
+        raise TypeError("scatter: give src (a tensor) or value (a number), not both.")
+    return _scatter(P.SCATTER, x, dim, index, as_tensor(src, like=x))
+
+
+def scatter_add(x: Tensor, dim: int, index, src) -> Tensor:
+    """``torch.scatter_add``: x with ``out[i][index[i][j]] += src[i][j]`` for dim 1; repeated indices add up.
+
+        >>> import eager
+        >>> eager.zeros(2).scatter_add(0, eager.tensor([1, 1, 0]), eager.tensor([1.0, 2.0, 3.0])).tolist()
+        [3.0, 3.0]
+    """
+    return _scatter(P.SCATTER_ADD, x, dim, index, as_tensor(src, like=x))
+
+
+def _vector_index(op: str, x: Tensor, dim: int, index) -> tuple[int, Tensor]:
+    """(dim, index as a 1-D tensor) for index_select and index_add, after PyTorch's checks."""
+    index = _index_tensor(op, index, x)
+    if index.ndim > 1:
+        raise ShapeError(f"{op}: the index must be 1-D (or 0-d), got shape {list(index.shape)}.")
+    d = _axes(x, dim)[0]
+    index = reshape(index, -1) if index.ndim == 0 else index
+    _check_index_range(op, index, x.shape[d] if x.ndim else 1, d)
+    return d, index
+
+
+def index_select(x: Tensor, dim: int, index) -> Tensor:
+    """``torch.index_select``: the entries ``index`` (1-D) of dim ``dim``; the gradient adds up repeated indices.
+
+        >>> import eager
+        >>> eager.tensor([[1.0, 2.0], [3.0, 4.0]]).index_select(1, eager.tensor([1, 1, 0])).tolist()
+        [[2.0, 2.0, 1.0], [4.0, 4.0, 3.0]]
+    """
+    d, index = _vector_index("index_select", x, dim, index)
+    if x.ndim == 0:  # PyTorch: the one element, once
+        if index.shape[0] != 1:
+            raise ShapeError(f"index_select: a 0-d tensor takes an index of one value, got {index.shape[0]}.")
+        return reshape(x, ())
+    return apply(P.GETITEM, x, index, key=(slice(None),) * d + (IndexSlot(0),))
+
+
+def index_add(x: Tensor, dim: int, index, source, *, alpha=1) -> Tensor:
+    """``torch.index_add``: x with ``alpha * source`` added at the entries ``index`` (1-D) of dim ``dim``; repeated
+    indices add up. source has x's shape but ``len(index)`` along ``dim``.
+
+        >>> import eager
+        >>> eager.zeros(3).index_add(0, eager.tensor([0, 2, 0]), eager.tensor([1.0, 2.0, 3.0])).tolist()
+        [4.0, 0.0, 2.0]
+    """
+    d, index = _vector_index("index_add", x, dim, index)
+    source = as_tensor(source, like=x)
+    if source.dtype != x.dtype:
+        raise TypeError(f"index_add: source ({source.dtype}) must have the dtype of the input ({x.dtype}); cast it "
+                        "with .to(x.dtype).")
+    want = x.shape[:d] + (index.shape[0],) + x.shape[d + 1:] if x.ndim else ()
+    if source.shape != want:
+        raise ShapeError(f"index_add: source of shape {list(source.shape)} must have the input's shape "
+                         f"{list(x.shape)} with dim {d} of size len(index) = {index.shape[0]}: {list(want)}.")
+    if x.ndim == 0:
+        return add(x, source if alpha == 1 else mul(source, alpha))
+    if alpha != 1:
+        source = mul(source, alpha)
+        if source.dtype != x.dtype:
+            raise TypeError(f"index_add: alpha={alpha!r} turns the {x.dtype} source into {source.dtype}; use an "
+                            "alpha of the input's kind.")
+    return apply(P.INDEX_ADD, x, source, index, key=(slice(None),) * d + (IndexSlot(0),))
 
 
 # ---------------------------------------------------------------- matmul

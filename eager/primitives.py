@@ -643,6 +643,263 @@ def _concat_vjp(g, out, *inputs, axis):
 CONCATENATE = define("concatenate", MOVEMENT, lambda xp, *arrays, axis: xp.concatenate(arrays, axis=axis),
                      _concat_rule, _concat_vjp)
 
+
+# views with strides of their own (diagonal, unfold): NumPy and CuPy arrays viewing input 0's memory, so writes
+# through them reach it (NumPy's own diagonal is read-only); their writes' functional form is ``diagonal_put`` and
+# ``unfold_put`` below (what eager.storage records for a write through one)
+def _validated(rule, impl):
+    """``impl`` that runs the row's shape rule on its arrays first: NumPy runs some wrong calls without an error (a
+    gather index of lower rank, an unfold window longer than its dim, src of another dtype), and eager asks the
+    rule only when the impl fails."""
+    def run(xp, *arrays, **params):
+        rule(*(Aval(a.shape, a.dtype) if hasattr(a, "dtype") else a for a in arrays), **params)
+        return impl(xp, *arrays, **params)
+    return run
+
+
+def _diagonal_length(rows: int, cols: int, offset: int) -> int:
+    return max(0, min(rows, cols - offset) if offset >= 0 else min(rows + offset, cols))
+
+
+def _diagonal_rule(a, *, offset, dim1, dim2):
+    if len(a.shape) < 2:
+        raise ShapeError(f"diagonal: expects a tensor with at least 2 dims, got {a}; a 1-D tensor has no diagonal.")
+    d1, d2 = _normalize_axes("diagonal", (dim1, dim2), len(a.shape))
+    if d1 == d2:
+        raise ShapeError(f"diagonal: dim1 and dim2 must be two different dims of {a}, both are {d1}.")
+    rest = tuple(n for i, n in enumerate(a.shape) if i not in (d1, d2))
+    return Aval(rest + (_diagonal_length(a.shape[d1], a.shape[d2], offset),), a.dtype)
+
+
+def _diagonal_impl(xp, a, *, offset, dim1, dim2):
+    if xp is not np:  # CuPy's diagonal is a writable view already; jax.numpy's is a value (no views to write)
+        return xp.diagonal(a, offset, dim1, dim2)
+    d1, d2 = dim1 % a.ndim, dim2 % a.ndim
+    start = [slice(None)] * a.ndim
+    start[d1], start[d2] = slice(max(-offset, 0), None), slice(max(offset, 0), None)
+    s = a[tuple(start)]  # a view starting at the diagonal's first element
+    rest = [d for d in range(a.ndim) if d not in (d1, d2)]
+    shape = tuple(s.shape[d] for d in rest) + (min(s.shape[d1], s.shape[d2]),)
+    strides = tuple(s.strides[d] for d in rest) + (s.strides[d1] + s.strides[d2],)
+    return np.lib.stride_tricks.as_strided(s, shape, strides)
+
+
+def diagonal_put(base, values, *, offset, dim1, dim2):
+    """``base`` with its diagonal (``offset``, ``dim1``, ``dim2``) replaced by ``values``, with Tensor ops: the
+    two dims moved last, an ``index_put`` at (row, col) pairs, the dims moved back."""
+    from eager.creation import arange
+    from eager.dispatch import apply
+    d1, d2 = dim1 % base.ndim, dim2 % base.ndim
+    axes = tuple(d for d in range(base.ndim) if d not in (d1, d2)) + (d1, d2)
+    n, row, col = values.shape[-1], max(-offset, 0), max(offset, 0)
+    rows, cols = arange(row, row + n, device=base.device), arange(col, col + n, device=base.device)
+    put = apply(INDEX_PUT, apply(PERMUTE, base, axes=axes), values, rows, cols,
+                key=(Ellipsis, IndexSlot(0), IndexSlot(1)))
+    return apply(PERMUTE, put, axes=_inverse(axes))
+
+
+def _diagonal_vjp(g, out, a, *, offset, dim1, dim2):
+    from eager.creation import zeros_like
+    return (diagonal_put(zeros_like(a), g, offset=offset, dim1=dim1, dim2=dim2),)
+
+
+DIAGONAL = define("diagonal", MOVEMENT, _validated(_diagonal_rule, _diagonal_impl), _diagonal_rule, _diagonal_vjp,
+                  view=True)
+
+
+def _unfold_rule(a, *, dimension, size, step):
+    ndim = len(a.shape)
+    (d,) = _normalize_axes("unfold", (dimension,), ndim)
+    if step <= 0:
+        raise ShapeError(f"unfold: step is {step} but must be > 0.")
+    length = a.shape[d] if ndim else 1  # a 0-d tensor unfolds as one element
+    if not 0 <= size <= length:
+        raise ShapeError(f"unfold: size {size} does not fit dim {d} of {a}: windows are 0 to {length} elements "
+                         "long (the size of that dim).")
+    if not ndim:
+        return Aval((size,), a.dtype)
+    return Aval(a.shape[:d] + ((length - size) // step + 1,) + a.shape[d + 1:] + (size,), a.dtype)
+
+
+def _unfold_impl(xp, a, *, dimension, size, step):
+    # the windows as a strided view: dim ``dimension`` steps window by window, a new last dim within a window
+    if not a.ndim:
+        return xp.lib.stride_tricks.as_strided(a, (size,), (0,))
+    d = dimension % a.ndim
+    st = a.strides
+    shape = a.shape[:d] + ((a.shape[d] - size) // step + 1,) + a.shape[d + 1:] + (size,)
+    return xp.lib.stride_tricks.as_strided(a, shape, st[:d] + (st[d] * step,) + st[d + 1:] + (st[d],))
+
+
+def unfold_positions(count: int, size: int, step: int):
+    """[count, size]: the index, along the unfolded dim, of each window's elements (an int64 NumPy array)."""
+    return np.arange(count)[:, None] * step + np.arange(size)
+
+
+def unfold_put(base, values, *, dimension, size, step, accumulate: bool = False):
+    """``base`` with the windows of ``base.unfold(dimension, size, step)`` replaced by ``values`` (added to them when
+    ``accumulate``: where windows overlap, each one adds its share), with Tensor ops."""
+    from eager.creation import tensor
+    from eager.dispatch import apply
+    if not base.ndim:  # one window of 0 or 1 elements
+        if not size:
+            return base
+        value = apply(RESHAPE, values, shape=())
+        return apply(ADD, base, value) if accumulate else value
+    d = dimension % base.ndim
+    idx = tensor(unfold_positions(values.shape[d], size, step), device=base.device)
+    nd = values.ndim  # values: [..., count, ..., size] -> [..., count, size, ...], as base[..., idx, ...] reads
+    moved = apply(PERMUTE, values, axes=tuple(range(d + 1)) + (nd - 1,) + tuple(range(d + 1, nd - 1)))
+    return apply(INDEX_ADD if accumulate else INDEX_PUT, base, moved, idx, key=(slice(None),) * d + (IndexSlot(0),))
+
+
+def _unfold_vjp(g, out, a, *, dimension, size, step):
+    from eager.creation import zeros_like
+    return (unfold_put(zeros_like(a), g, dimension=dimension, size=size, step=step, accumulate=True),)
+
+
+UNFOLD = define("unfold", MOVEMENT, _validated(_unfold_rule, _unfold_impl), _unfold_rule, _unfold_vjp, view=True)
+
+
+# gather, scatter, scatter_add (PyTorch's): ``out[i][j] = x[i][index[i][j]]`` for dim 1, and its inverses. Input 1
+# is the index, of the input's rank; indices lie in [0, size) (PyTorch refuses negative ones, unlike x[i])
+def _integer_index(op: str, index) -> None:
+    if not isinstance(index, Aval) or index.dtype.kind not in "iu":
+        raise ShapeError(f"{op}: the index must be an integer tensor, got {describe(index)}; cast it with .long().")
+
+
+def _gather_rule(a, index, *, axis):
+    _integer_index("gather", index)
+    ndim = len(a.shape)
+    if not ndim or len(index.shape) != ndim:
+        raise ShapeError(f"gather: the index {index} must have as many dims as the input {a} (at least 1).")
+    (ax,) = _normalize_axes("gather", (axis,), ndim)
+    for d in range(ndim):
+        if d != ax and index.shape[d] > a.shape[d]:
+            raise ShapeError(f"gather: the index {index} is larger than the input {a} in dim {d}; apart from dim "
+                             f"{ax}, the index's sizes may not exceed the input's.")
+    return Aval(index.shape, a.dtype)
+
+
+def _scatter_rule(op: str):
+    def rule(a, index, src, *, axis):
+        _integer_index(op, index)
+        if not isinstance(src, Aval) or src.dtype != a.dtype:
+            raise ShapeError(f"{op}: src {describe(src)} must be a tensor of the input's dtype ({a}); cast it "
+                             "with .to(x.dtype).")
+        ndim = len(a.shape)
+        if not ndim or len(index.shape) != ndim or len(src.shape) != ndim:
+            raise ShapeError(f"{op}: the input {a}, index {index} and src {src} must have the same number of dims "
+                             "(at least 1).")
+        (ax,) = _normalize_axes(op, (axis,), ndim)
+        for d in range(ndim):
+            if index.shape[d] > src.shape[d] or (d != ax and index.shape[d] > a.shape[d]):
+                raise ShapeError(f"{op}: the index {index} is larger than src {src} or (apart from dim {ax}) the "
+                                 f"input {a} in dim {d}; each index size must fit both.")
+        return a
+    return rule
+
+
+def check_index_values(op: str, index, size: int, dim: int) -> None:
+    """Raise IndexError unless every value of the index array lies in [0, size). It reads the values: the impls
+    call it on NumPy only (on CuPy it waits for the device, which a captured CUDA graph cannot do: eager's
+    wrappers check there, as for getitem), and the XLA backend's jitted programs cannot raise."""
+    if not index.size:
+        return
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or high >= size:
+        raise IndexError(f"{op}: index {low if low < 0 else high} is out of bounds for dim {dim} with size {size}; "
+                         f"indices must lie in [0, {size}) (negative ones too are refused, as in PyTorch).")
+
+
+def grid_key(xp, index, axis: int) -> tuple:
+    """The advanced-indexing key of ``gather``: ``index`` at dim ``axis``, and at every other dim d the position
+    itself (a broadcast arange), so ``x[key][i, j, k]`` is ``x[i, index[i, j, k], k]`` for axis 1."""
+    nd = index.ndim
+    return tuple(index if d == axis else xp.arange(n).reshape((-1,) + (1,) * (nd - 1 - d))
+                 for d, n in enumerate(index.shape))
+
+
+def leading(shape) -> tuple:
+    """The basic key of the leading corner of that shape (src's part a scatter reads)."""
+    return tuple(slice(0, n) for n in shape)
+
+
+def flat_positions(xp, shape, index, axis: int):
+    """Where each scatter writes, as flat positions into a C-contiguous array of ``shape`` (index's shape)."""
+    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    key = grid_key(xp, index.astype(int64, copy=False), axis)
+    return xp.broadcast_to(sum(k * s for k, s in zip(key, strides)), index.shape)
+
+
+def _gather_impl(xp, a, index, *, axis):
+    if xp is np:
+        check_index_values("gather", index, a.shape[axis], axis)
+    return a[grid_key(xp, index, axis)]
+
+
+def _scatter_add_impl(xp, a, index, src, *, axis):
+    if xp is np:
+        check_index_values("scatter_add", index, a.shape[axis], axis)
+    out = a.copy()
+    xp.add.at(out, grid_key(xp, index, axis), src[leading(index.shape)])  # repeated positions accumulate
+    return out
+
+
+def _scatter_impl(xp, a, index, src, *, axis):
+    if xp is np:
+        check_index_values("scatter", index, a.shape[axis], axis)
+    if not index.size:
+        return a.copy()
+    pos = flat_positions(xp, a.shape, index, axis).reshape(-1)
+    values = src[leading(index.shape)].reshape(-1)
+    # where positions repeat, the last write lands (PyTorch leaves it unspecified; NumPy and CuPy promise no order
+    # for a repeated assignment): sorted stably, a position's last write ends its run, and the others are sent to
+    # one spare element past the end, so every real position is written once (no result sized by the data)
+    order = xp.argsort(pos, kind="stable")
+    pos, values = pos[order], values[order]
+    last = xp.concatenate([pos[1:] != pos[:-1], xp.ones(1, dtype=bool)])
+    out = xp.concatenate([a.reshape(-1), xp.zeros(1, dtype=a.dtype)])
+    out[xp.where(last, pos, a.size)] = values
+    return out[:a.size].reshape(a.shape)
+
+
+def _gather_vjp(g, out, a, index, *, axis):
+    from eager.creation import zeros_like
+    from eager.dispatch import apply
+    return apply(SCATTER_ADD, zeros_like(a), index, g, axis=axis), None
+
+
+def _src_grad(g, index, src, axis):
+    """src's gradient in a scatter: ``gather(g, index)`` (PyTorch's, repeated positions included), and zero where
+    src is larger than the index."""
+    from eager.creation import zeros
+    from eager.dispatch import apply
+    picked = apply(GATHER, g, index, axis=axis)
+    if picked.shape == src.shape:
+        return picked
+    return apply(INDEX_PUT, zeros(*src.shape, dtype=g.dtype, device=g.device), picked, key=leading(picked.shape))
+
+
+def _scatter_vjp(g, out, a, index, src, *, axis):
+    from eager.creation import zeros
+    from eager.dispatch import apply
+    # a's gradient is g but where src was written: those values no longer depend on a
+    ga = apply(SCATTER, g, index, zeros(*index.shape, dtype=g.dtype, device=g.device), axis=axis) if _needs(a) \
+        else None
+    return ga, None, _src_grad(g, index, src, axis) if _needs(src) else None
+
+
+def _scatter_add_vjp(g, out, a, index, src, *, axis):
+    return g, None, _src_grad(g, index, src, axis) if _needs(src) else None
+
+
+GATHER = define("gather", MOVEMENT, _validated(_gather_rule, _gather_impl), _gather_rule, _gather_vjp, reads=(1,))
+SCATTER = define("scatter", MOVEMENT, _validated(_scatter_rule("scatter"), _scatter_impl), _scatter_rule("scatter"),
+                 _scatter_vjp, reads=(1,))
+SCATTER_ADD = define("scatter_add", MOVEMENT, _validated(_scatter_rule("scatter_add"), _scatter_add_impl),
+                     _scatter_rule("scatter_add"), _scatter_add_vjp, reads=(1,))
+
 # matmul (>= 2-D operands; 1-D cases are composites that reshape)
 def _transposed_layout(t) -> bool:
     """A 2-D operand stored column-major: a transposed view, like the weight in ``x @ W.T``."""

@@ -40,15 +40,30 @@ def writeable(array) -> bool:
 
 
 def overlapping(array) -> bool:
-    """Whether several elements of ``array`` are one memory location (an ``expand()``ed view): never written."""
-    return any(st == 0 and d > 1 for st, d in zip(array.strides, array.shape))
+    """Whether several elements of ``array`` are one memory location (an ``expand()``ed view, an ``unfold()`` whose
+    windows overlap): never written. From the strides: taken from the smallest, each dim's stride must step past
+    everything the smaller ones span (exact for every view eager makes; a contiguous array is decided at once)."""
+    flags = array.flags
+    if flags.c_contiguous or flags.f_contiguous:
+        return False
+    span = 0
+    for stride, size in sorted((abs(st), d) for st, d in zip(array.strides, array.shape) if d > 1):
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
 
 
 def memory_owner(array):
-    """The array that owns ``array``'s memory (NumPy and CuPy views chain to it through ``.base``)."""
-    while getattr(array, "base", None) is not None and hasattr(array.base, "flags"):
-        array = array.base
-    return array
+    """The array that owns ``array``'s memory (NumPy and CuPy views chain to it through ``.base``; a NumPy
+    ``as_strided`` view, as ``diagonal`` and ``unfold`` are, through a holder object whose ``.base`` is the array)."""
+    while True:
+        base = getattr(array, "base", None)
+        if base is not None and not hasattr(base, "flags"):
+            base = getattr(base, "base", None)
+        if base is None or not hasattr(base, "flags"):
+            return array
+        array = base
 
 
 def has_views(t) -> bool:
@@ -143,6 +158,10 @@ def _scatter(base, ops: tuple, value):
         return apply(P.RESHAPE, new_inner, shape=tuple(base.shape))
     if prim is P.PERMUTE:
         return apply(P.PERMUTE, new_inner, axes=P._inverse(params["axes"]))
+    if prim is P.DIAGONAL:
+        return P.diagonal_put(base, new_inner, **params)
+    if prim is P.UNFOLD:  # windows that overlap were refused before (_write_memory): each element is written once
+        return P.unfold_put(base, new_inner, **params)
     if prim is P.STOP_GRADIENT:
         return new_inner
     raise RuntimeError(f"in-place write through a {prim.name} view is not supported; clone() the tensor first")
@@ -152,8 +171,8 @@ def _write_memory(x, new) -> None:
     data = x._data
     if overlapping(data):
         raise RuntimeError(f"unsupported operation: more than one element of the written-to tensor (shape "
-                           f"{list(x.shape)}, an expand()ed view) refers to a single memory location; clone() the "
-                           "tensor before performing the in-place operation.")
+                           f"{list(x.shape)}, an expand()ed view or an unfold() whose windows overlap) refers to a "
+                           "single memory location; clone() the tensor before performing the in-place operation.")
     try:
         data[...] = new._data
     except ValueError as e:

@@ -443,6 +443,23 @@ class Tensor:
     def split(self, split_size_or_sections, dim=0): return _ops.split(self, split_size_or_sections, dim)
     def chunk(self, chunks, dim=0): return _ops.chunk(self, chunks, dim)
     def masked_fill(self, mask, value): return _ops.where(mask, value, self)
+    def diagonal(self, offset=0, dim1=0, dim2=1): return _ops.diagonal(self, offset, dim1, dim2)
+    def unfold(self, dimension, size, step): return _ops.unfold(self, dimension, size, step)
+    def gather(self, dim, index): return _ops.gather(self, dim, index)
+    def index_select(self, dim, index): return _ops.index_select(self, dim, index)
+    def scatter(self, dim, index, src=None, *, value=None): return _ops.scatter(self, dim, index, src, value=value)
+    def scatter_add(self, dim, index, src): return _ops.scatter_add(self, dim, index, src)
+
+    def index_add(self, dim, index, source, *, alpha=1):
+        return _ops.index_add(self, dim, index, source, alpha=alpha)
+
+    def scatter_(self, dim, index, src=None, *, value=None):
+        return _ops.inplace(self, lambda x, s: _ops.scatter(x, dim, index, s, value=value), src)
+
+    def scatter_add_(self, dim, index, src): return _ops.inplace(self, _ops.scatter_add, dim, index, src)
+
+    def index_add_(self, dim, index, source, *, alpha=1):
+        return _ops.inplace(self, lambda x, s: _ops.index_add(x, dim, index, s, alpha=alpha), source)
 
     def narrow(self, dim: int, start: int, length: int) -> Tensor:
         """``length`` entries of ``dim`` from ``start``: a view."""

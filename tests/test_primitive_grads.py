@@ -26,6 +26,7 @@ from eager import primitives as P
 from eager.autograd import gradcheck
 from eager.autograd.mode import add_recorder
 from eager.backend import CPU
+from eager.control import CONTROL_OPS, RESULT
 from eager.dispatch import apply, aval_of
 from eager.primitives import Aval, IndexSlot
 
@@ -90,6 +91,41 @@ def _index_add_ref(idx):
             np.add.at(out, idx, values)
             return out
         return base.at[idx].add(values)
+    return ref
+
+
+def _grid(index, axis):
+    """The advanced-indexing key at which gather reads (and scatter writes): index at dim axis, positions elsewhere."""
+    return tuple(index if d == axis else np.arange(n).reshape((-1,) + (1,) * (index.ndim - 1 - d))
+                 for d, n in enumerate(index.shape))
+
+
+def _scatter_ref(axis, add=False):
+    def ref(xp, a, index, src):
+        key, region = _grid(index, axis), src[tuple(slice(0, n) for n in index.shape)]
+        if xp is np:
+            out = a.copy()
+            if add:
+                np.add.at(out, key, region)
+            else:
+                out[key] = region
+            return out
+        return a.at[key].add(region) if add else a.at[key].set(region)
+    return ref
+
+
+def _last_write_ref(xp, a, index, src):
+    out = a.copy()
+    for j, i in enumerate(index):  # one write after another: the last one to a position stays
+        out[i] = src[j]
+    return out
+
+
+def _unfold_ref(dim, size, step, count):
+    def ref(xp, x):
+        windows = [xp.moveaxis(xp.take(x, np.arange(i * step, i * step + size), axis=dim), dim, -1)
+                   for i in range(count)]
+        return xp.stack(windows, axis=dim)
     return ref
 
 
@@ -243,6 +279,33 @@ CASES: dict[str, list[Case]] = {
         case("rows", lambda b, v: apply(P.INDEX_PUT, b, v, eager.tensor([2, 0]), key=(IndexSlot(0),)),
              _index_put_ref(np.array([2, 0])), uniform(3, 2), uniform(2, 2)),
     ],
+    "diagonal": [
+        case("main", lambda x: x.diagonal(), lambda xp, x: xp.diagonal(x), uniform(3, 4)),
+        case("offset_dims", lambda x: x.diagonal(1, 2, 0), lambda xp, x: xp.diagonal(x, 1, 2, 0), uniform(3, 2, 4)),
+        case("below", lambda x: eager.ops.diagonal(x, offset=-1), lambda xp, x: xp.diagonal(x, -1), uniform(3, 3)),
+    ],
+    "unfold": [
+        # windows overlap (step < size): the gradient of a shared element adds up over its windows
+        case("overlapping", lambda x: x.unfold(1, 3, 2), _unfold_ref(1, 3, 2, 3), uniform(2, 7)),
+        case("gaps", lambda x: x.unfold(0, 2, 3), _unfold_ref(0, 2, 3, 2), uniform(6, 2)),
+    ],
+    "gather": [
+        case("repeated", lambda x, i: x.gather(1, i), lambda xp, x, i: xp.take_along_axis(x, i, 1), uniform(2, 4),
+             np.array([[0, 2, 2], [1, 0, 3]])),  # repeated indices: their gradients add up
+        case("smaller_index", lambda x, i: x.gather(0, i), lambda xp, x, i: xp.take_along_axis(x[:, :2], i, 0),
+             uniform(3, 4), np.array([[2, 0], [0, 0]])),
+    ],
+    "scatter": [
+        # src larger than the index: the rest of src gets a zero gradient
+        case("rows", lambda a, i, s: a.scatter(1, i, s), _scatter_ref(1), uniform(2, 4), np.array([[3, 0], [1, 2]]),
+             uniform(2, 3)),
+        case("repeated_last_wins", lambda a, i, s: a.scatter(0, i, s), _last_write_ref, uniform(3), REPEATED,
+             uniform(4), differentiable=False),
+    ],
+    "scatter_add": [
+        case("repeated", lambda a, i, s: a.scatter_add(0, i, s), _scatter_ref(0, add=True), uniform(3, 2),
+             np.array([[0, 1], [2, 1], [0, 1], [0, 0]]), uniform(4, 2)),
+    ],
     "concatenate": [
         case("dim1", lambda a, b, c: eager.cat([a, b, c], dim=1), lambda xp, a, b, c: xp.concatenate([a, b, c], 1),
              uniform(2, 1), uniform(2, 3), uniform(2, 2)),
@@ -362,17 +425,22 @@ def x64():
 # ---------------------------------------------------------------- the table is covered
 
 
+# control-flow rows take regions, not arrays: their values and gradients (against jax.grad of lax.cond / lax.scan)
+# are tests/test_control_flow.py's, and tests/test_primitive_table.py checks that file covers each of them
+CONTROL = set(CONTROL_OPS) | {RESULT.name}
+
+
 def test_every_primitive_has_a_gradient_case():
-    missing = [name for name in P.PRIMITIVES
-               if name not in NON_DIFFERENTIABLE and not any(c.differentiable for c in CASES.get(name, []))]
+    missing = [name for name in P.PRIMITIVES if name not in NON_DIFFERENTIABLE and name not in CONTROL
+               and not any(c.differentiable for c in CASES.get(name, []))]
     assert not missing, f"primitives without a gradient case (add one to CASES, or a reason to NON_DIFFERENTIABLE): " \
                         f"{missing}"
 
 
 def test_non_differentiable_list_matches_the_table():
     # a primitive listed as non-differentiable must really have no VJP, and vice versa
-    assert {n for n, p in P.PRIMITIVES.items() if p.vjp is None} == set(NON_DIFFERENTIABLE)
-    assert set(CASES) | set(NON_DIFFERENTIABLE) == set(P.PRIMITIVES), "cases for primitives that do not exist"
+    assert {n for n, p in P.PRIMITIVES.items() if p.vjp is None} - CONTROL == set(NON_DIFFERENTIABLE)
+    assert set(CASES) | set(NON_DIFFERENTIABLE) | CONTROL == set(P.PRIMITIVES), "cases for primitives that do not exist"
 
 
 @pytest.mark.parametrize("name, c", ALL)
