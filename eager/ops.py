@@ -164,8 +164,8 @@ def detach(x: Tensor) -> Tensor:
 
 
 def relu(x: Tensor) -> Tensor:
-    # gradient 0 at 0 and NaN kept as NaN, as in PyTorch (where(x > 0, x, 0) would turn NaN into 0)
-    return where(le(x, 0), 0, x)
+    """max(x, 0): one primitive (gradient 0 at 0 and NaN kept as NaN, as in PyTorch)."""
+    return apply(P.RELU, x)
 
 
 def where(condition, x, y) -> Tensor:

@@ -347,6 +347,10 @@ COS = define("cos", ELEMENTWISE, lambda xp, a: xp.cos(a), _float_rule("cos"),
              lambda g, out, a: (-(g * a.sin()),), "cos({0})", api=API_FLOAT, reads=(0,))
 ABS = define("abs", ELEMENTWISE, lambda xp, a: xp.abs(a), lambda a: a,
              lambda g, out, a: (g * a.sign(),), "fabs({0})", api=API_SAME, reads=(0,))
+# max(x, 0) with PyTorch's edges: NaN stays NaN, and the gradient at 0 is 0 (threshold_backward); one row, so an
+# eager relu is one call and one autograd node (it was le + where)
+RELU = define("relu", ELEMENTWISE, lambda xp, a: xp.maximum(a, 0), lambda a: a,
+              lambda g, out, a: (_where(a <= 0, 0.0, g),), "({0} <= 0 ? 0 : {0})", reads=(0,))
 SIGN = define("sign", ELEMENTWISE, lambda xp, a: xp.sign(a), lambda a: a,
               lambda g, out, a: (g * 0,), "(({0}) != ({0}) ? ({0}) : (({0}) > 0) - (({0}) < 0))",  # NaN stays NaN
               api=API_SAME)

@@ -31,7 +31,8 @@ def kernel_cache(tmp_path_factory):
 
 UNARY = {"neg": lambda x: -x, "exp": eager.exp, "log": lambda x: eager.log(x.abs() + 0.5),
          "sqrt": lambda x: x.abs().sqrt(), "tanh": eager.tanh, "sin": eager.sin, "cos": eager.cos,
-         "abs": eager.abs, "sign": eager.sign, "sigmoid": eager.sigmoid, "erf": eager.erf, "erfc": eager.erfc,
+         "abs": eager.abs, "sign": eager.sign, "relu": eager.relu, "sigmoid": eager.sigmoid, "erf": eager.erf,
+         "erfc": eager.erfc,
          "stop_gradient": eager.detach, "copy": eager.clone}
 BINARY = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
           "div": lambda x, y: x / (y.abs() + 1), "pow": lambda x, y: (x.abs() + 0.1) ** y,

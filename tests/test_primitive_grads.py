@@ -159,6 +159,7 @@ CASES: dict[str, list[Case]] = {
     "sin": [case("sin", lambda x: x.sin(), lambda xp, x: xp.sin(x), uniform(2, 3))],
     "cos": [case("cos", lambda x: x.cos(), lambda xp, x: xp.cos(x), uniform(2, 3))],
     "abs": [case("abs", lambda x: x.abs(), lambda xp, x: xp.abs(x), away_from_zero(2, 3))],
+    "relu": [case("relu", lambda x: x.relu(), lambda xp, x: xp.maximum(x, 0), away_from_zero(2, 3))],
     "sign": [case("sign", lambda x: x.sign() * x, lambda xp, x: xp.sign(x) * x, away_from_zero(2, 3))],
     "sigmoid": [
         case("sigmoid", lambda x: x.sigmoid(), lambda xp, x: 1 / (1 + xp.exp(-x)), uniform(2, 3)),
