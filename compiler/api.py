@@ -129,6 +129,9 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
             raise ValueError("compile(cuda_graph=True): this graph has a control-flow node (cond, while_loop or "
                              "scan) whose branch or trip count is decided on the host every call; CuPy exposes no "
                              "conditional graph nodes to capture it. Compile without cuda_graph=True.")
+        if backend == "xla":
+            raise NotImplementedError("compile(backend='xla'): control-flow nodes (cond, while_loop, scan) have no "
+                                      "XLA lowering yet (lax.cond / while_loop / scan); use the default backend.")
         graph = lower_regions(graph, lambda region: lower_graph(region, device, backend, fuel))
     optimized = optimize(graph)
     passes = time.perf_counter() - start

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from eager.autograd.functional import grad as autograd_grad
 from eager.autograd.mode import MODE, enable_grad
+from eager.control import CONTROL_OPS
 from eager.dispatch import apply
 from eager.ops import zeros_like
 from eager.primitives import PRIMITIVES, STOP_GRADIENT
@@ -142,6 +143,11 @@ class _ReplayRule(Rule):
         return Tensor(node.value)
 
     def call(self, node: Node, args: list) -> Tensor:
+        if node.op in CONTROL_OPS:
+            raise NotImplementedError(
+                f"tracer.grad does not differentiate through a control-flow node yet ({node.format()}); trace the "
+                "whole step instead (call loss.backward() inside the traced function: cond and scan differentiate "
+                "there), or keep nested control flow out of a region that is differentiated.")
         if self.recorder is None:
             return apply(PRIMITIVES[node.op], *args, **node.params)
         self.recorder.source_hint = node.source
