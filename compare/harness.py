@@ -8,7 +8,13 @@ For each cell it records, one row per measurement (a tidy DataFrame):
   compiled mode that disagrees with eager gets the first diverging IR node and the broken assumption;
 - timing: ``time`` (median seconds per call, with the repeat samples), ``time_iqr``, ``first_call``,
   ``trace_time``, ``compile_cold``, ``compile_cached``, ``speedup_vs_eager``, ``break_even_calls``, ``gbps``;
-- structure: ``ir_nodes``, ``kernels``, ``fusion_groups``, ``source_hash`` (for the exact tier of the gate).
+- structure: ``ir_nodes``, ``kernels``, ``fusion_groups``, ``source_hash`` (for the exact tier of the gate);
+- guards (traced and compiled modes, counted over every call the cell made: checks and timing): ``retraces``,
+  ``guard_failures`` and ``eager_fallbacks``, with the latest reason in the detail.
+
+A workload marked ``expect_divergence`` (DynamicNet) is expected to disagree with eager in peers that freeze
+Python state (``jax.jit``, ``torch.jit.trace``); our traced and compiled modes guard what they froze and must
+agree (``expected_for``).
 
     >>> cfg = RunConfig(workloads=["softmax"], modes=["eager", "numpy"], sizes=["small"], repeats=3, target_s=1e-3)
     >>> df = run(cfg)
@@ -38,6 +44,7 @@ from compare.workloads.registry import Workload
 COLUMNS = ["workload", "kind", "size", "mode", "family", "device", "metric", "value", "unit", "status", "detail",
            "samples", "expected_divergence"]
 CORRECTNESS_METRICS = ("abs_err_vs_reference", "rel_err_vs_reference", "abs_err_vs_eager", "rel_err_vs_eager")
+GUARD_METRICS = ("retraces", "guard_failures", "eager_fallbacks")
 
 
 @dataclass
@@ -76,12 +83,18 @@ class RunConfig:
         return [get_workload(n) for n in (self.workloads or workload_names())]
 
 
+def expected_for(wl: Workload, family: str) -> bool:
+    """Whether a divergence from eager is expected of a mode of ``family`` on ``wl``: only of peers (they freeze
+    Python state as traced); our static modes guard every value they froze, so they must agree."""
+    return bool(wl.expect_divergence) and family == "peer"
+
+
 def _row(wl: Workload, size: str, mode: str, device: str, metric: str, value=math.nan, unit: str = "",
          status: str = "ok", detail: str = "", samples: list[float] | None = None) -> dict:
     family = MODES[mode].family if mode in MODES else "reference"
     return {"workload": wl.name, "kind": wl.kind, "size": size, "mode": mode, "family": family, "device": device,
             "metric": metric, "value": float(value), "unit": unit, "status": status, "detail": detail,
-            "samples": samples, "expected_divergence": wl.expect_divergence}
+            "samples": samples, "expected_divergence": expected_for(wl, family)}
 
 
 def _error_text(e: BaseException) -> str:
@@ -164,7 +177,7 @@ def _correctness_rows(wl, size, mode, device, cell: _Cell, reference, eager_cell
                    "(e.g. Adam turning a near-zero gradient into +-lr), not a wrong result")
     elif not worst.ok and MODES[mode].family == "ours":
         detail += " | " + locate_divergence(wl, cell.runner, bad_call)
-    elif not worst.ok and wl.expect_divergence:
+    elif not worst.ok and expected_for(wl, MODES[mode].family):
         detail += f" | divergence: {wl.note}"
     rows.append(_row(wl, size, mode, device, "abs_err_vs_eager", worst.max_abs, "abs", status, detail))
     rows.append(_row(wl, size, mode, device, "rel_err_vs_eager", worst.max_rel, "rel", status, detail))
@@ -221,6 +234,22 @@ def run_cell(wl: Workload, size: str, cfg: RunConfig, tick: Callable[[str], None
         rows.append(_row(wl, size, mode, device, "run", status="skip", detail=why))
     tick(f"{wl.name}/{size}/timing")
     rows.extend(_timing_rows(wl, size, cfg, cells, arrays))
+    rows.extend(_guard_rows(wl, size, cfg.device, cells))
+    return rows
+
+
+def _guard_rows(wl, size, device: str, cells: dict[str, _Cell]) -> list[dict]:
+    """Retraces, guard failures and eager fallbacks of each traced/compiled cell, over all the calls it made."""
+    rows = []
+    for mode, cell in cells.items():
+        handle = cell.runner.handle
+        if MODES[mode].family != "ours" or handle is None or not hasattr(handle, "retrace_count"):
+            continue
+        reasons = list(getattr(handle, "retrace_reasons", ()) or ())
+        detail = f"latest: {reasons[-1]}" if reasons else ""
+        for metric in GUARD_METRICS:
+            value = getattr(handle, "retrace_count" if metric == "retraces" else metric, math.nan)
+            rows.append(_row(wl, size, mode, device, metric, value, "count", detail=detail))
     return rows
 
 
@@ -280,12 +309,21 @@ def correctness_failures(df: pd.DataFrame) -> pd.DataFrame:
     return rows[rows.status == "fail"]
 
 
+def failed_cells(df: pd.DataFrame) -> set[tuple[str, str, str]]:
+    """(workload, size, mode) of every cell with a correctness failure: a wrong answer, never a speedup."""
+    fails = correctness_failures(df)
+    return set(zip(fails.workload, fails["size"], fails["mode"]))
+
+
 def summary_line(df: pd.DataFrame) -> str:
     fails = correctness_failures(df)
     expected = fails[fails.expected_divergence.astype(bool)]
     errors = df[df.status == "error"]
+    retraces = df[df.metric == "retraces"].value.sum() if "metric" in df else 0
+    guard_fails = df[df.metric == "guard_failures"].value.sum() if "metric" in df else 0
     return (f"{df.workload.nunique()} workloads, {df[df.metric == 'run'].shape[0]} cells: "
             f"{len(fails.drop_duplicates(['workload', 'size', 'mode']))} with a correctness failure "
-            f"({len(expected.drop_duplicates(['workload', 'size', 'mode']))} expected: dynamic control flow), "
-            f"{len(errors)} errors, {int((df.status == 'skip').sum())} skipped")
+            f"({len(expected.drop_duplicates(['workload', 'size', 'mode']))} expected: peers that freeze dynamic "
+            f"control flow), {len(errors)} errors, {int((df.status == 'skip').sum())} skipped; our traced and "
+            f"compiled cells retraced {int(retraces)} times on {int(guard_fails)} guard failures")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from compare.harness import COLUMNS, CORRECTNESS_METRICS, summary_line
+from compare.harness import COLUMNS, CORRECTNESS_METRICS, GUARD_METRICS, failed_cells, summary_line
 from compare.plots import SIZE_ORDER, write_plots
 
 CSS = """
@@ -111,6 +111,8 @@ def correctness_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str,
 
 
 def timing_table(df: pd.DataFrame, size: str) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """Median time per call and speedup; a cell whose answer is wrong shows its time and no speedup."""
+    wrong = failed_cells(df)
     t = df[(df.metric == "time") & (df["size"] == size) & df.value.notna()]
     sp = df[(df.metric == "speedup_vs_eager") & (df["size"] == size)]
     iqr = df[(df.metric == "time_iqr") & (df["size"] == size)]
@@ -126,6 +128,9 @@ def timing_table(df: pd.DataFrame, size: str) -> tuple[list[str], list[list[tupl
             s = sp[(sp.workload == wl) & (sp["mode"] == mode)].value
             q = iqr[(iqr.workload == wl) & (iqr["mode"] == mode)].value
             text = f"{_fmt_time(v.iloc[0])} ± {_fmt_time(q.iloc[0] / 2) if not q.empty else '?'}"
+            if (wl, size, mode) in wrong:
+                row.append((text + " (wrong answer: no speedup)", "fail"))
+                continue
             if mode != "eager" and not s.empty:
                 text += f" ({s.iloc[0]:.2f}x)"
             row.append((text, ""))
@@ -156,6 +161,22 @@ def setup_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str, str]]
                 row.append((f"{int(v)}", ""))
         body.append(row)
     return ["workload / size / mode", *metrics], body
+
+
+def guard_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """Per traced/compiled cell: retraces, guard failures, eager fallbacks and the latest reason."""
+    d = df[df.metric.isin(GUARD_METRICS) & df.value.notna()]
+    body = []
+    for (wl, size, mode), g in d.groupby(["workload", "size", "mode"], sort=False):
+        vals = dict(zip(g.metric, g.value))
+        detail = next((x for x in g.detail if x), "")
+        busy = any(vals.get(m, 0) for m in GUARD_METRICS)
+        row = [(f"{wl} / {size} / {mode}", "")]
+        row += [(f"{int(vals[m])}" if m in vals else "", "expected" if busy and vals.get(m) else "")
+                for m in GUARD_METRICS]
+        row.append((detail.removeprefix("latest: "), ""))
+        body.append(row)
+    return ["workload / size / mode", "retraces", "guard failures", "eager fallbacks", "latest reason"], body
 
 
 def problems(df: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -200,11 +221,19 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, str, object]]:
                  "and against eager over several calls; tolerances per dtype are in compare/correctness.py "
                  "(float32: rtol 1e-3, atol 1e-4 x max(1, max|ref|))."))
     secs.append(("", "table", correctness_table(df)))
+    if (df.metric.isin(GUARD_METRICS)).any():
+        secs.append(("Retraces and guard failures", "text",
+                     "Traced and compiled modes check every value a trace froze (a branch on a tensor, .item(), a "
+                     "boolean mask's positions, Python state such as a call counter): a failed guard runs the program "
+                     "traced for that outcome or retraces, and past cache_size programs per signature the call runs "
+                     "eagerly (as torch.compile does). Counted over every call of the cell (checks and timing)."))
+        secs.append(("", "table", guard_table(df)))
     sizes = [s for s in SIZE_ORDER if s in set(df[df.metric == "time"]["size"])]
     for size in sizes:
         secs.append((f"Time per call, size {size}", "text",
                      "Median seconds per call ± half the interquartile range over interleaved repeats, and the speedup "
-                     "over eager measured in the same run."))
+                     "over eager measured in the same run. A cell with a wrong answer shows no speedup, and the plots "
+                     "leave it out (marked 'wrong answer')."))
         secs.append(("", "table", timing_table(df, size)))
         secs.append(("", "image", f"speedup_{size}.png"))
     if len(sizes) > 1:

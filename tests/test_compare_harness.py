@@ -14,9 +14,9 @@ import pytest
 from compare import modes as modes_module
 from compare import timing, workloads
 from compare.correctness import compare_outputs
-from compare.harness import COLUMNS, RunConfig, correctness_failures, run, run_cell
+from compare.harness import COLUMNS, GUARD_METRICS, RunConfig, correctness_failures, run, run_cell, summary_line
 from compare.modes import MODES, Mode, Runner, Skip
-from compare.report import correctness_table, load_results, write_report
+from compare.report import correctness_table, guard_table, load_results, timing_table, write_report
 
 FAST = {"repeats": 3, "warmup": 1, "target_s": 1e-3}
 
@@ -92,7 +92,7 @@ def test_a_peer_that_is_installed_but_broken_is_an_error_not_a_skip(monkeypatch,
 
 
 class _FakeTrace:
-    """Replays the first call forever, as a static graph replays the branch it recorded."""
+    """Replays the first call forever, as a static graph without guards replays the branch it recorded."""
 
     assumptions = ["seeds.py:93: self.counter % 2 == 0 was False when traced"]
 
@@ -108,7 +108,7 @@ class _FakeTrace:
         return type("Report", (), {"ok": False, "divergences": ["%4 = mul(%0, 2.0)    # seeds.py:96"]})()
 
 
-def test_a_static_replay_of_dynamic_net_is_a_located_divergence_not_a_crash(monkeypatch):
+def _fake_static_replay(monkeypatch, family):
     import eager
 
     def fake_traced(wl, arrays, device):
@@ -116,17 +116,68 @@ def test_a_static_replay_of_dynamic_net_is_a_located_divergence_not_a_crash(monk
         fake = _FakeTrace(prog)
         return Runner(lambda: fake(*prog.args), handle=fake, program=prog, setup={"trace_time": 1e-3},
                       structure={"ir_nodes": 7, "source_hash": "abc"})
-    _with_mode(monkeypatch, "fake_traced", "ours", fake_traced)
-    df = run(RunConfig(workloads=["dynamic_net"], modes=["eager", "fake_traced"], sizes=["small"], **FAST))
+    _with_mode(monkeypatch, "fake_traced", family, fake_traced)
+    return run(RunConfig(workloads=["dynamic_net"], modes=["eager", "fake_traced"], sizes=["small"], **FAST))
+
+
+def test_an_unguarded_static_replay_of_dynamic_net_in_our_modes_is_a_located_failure_not_expected(monkeypatch):
+    df = _fake_static_replay(monkeypatch, "ours")
     vs_eager = df[(df["mode"] == "fake_traced") & (df.metric == "abs_err_vs_eager")].iloc[0]
-    assert vs_eager.status == "fail" and vs_eager.expected_divergence
+    assert vs_eager.status == "fail" and not vs_eager.expected_divergence  # our modes guard: this is a bug
     assert "call 2" in vs_eager.detail and "first diverging node" in vs_eager.detail and "%4 = mul" in vs_eager.detail
     assert "self.counter" in vs_eager.detail
     vs_ref = df[(df["mode"] == "fake_traced") & (df.metric == "abs_err_vs_reference")].iloc[0]
     assert vs_ref.status == "pass"  # the first call took the branch the reference computes
     _, body = correctness_table(df)
-    assert ("diverged (expected)", "expected") in body[0]
+    assert ("FAIL vs eager", "fail") in body[0]
     assert df[df.metric == "break_even_calls"].shape[0] == 1 and (df.metric == "ir_nodes").any()
+    assert "1 with a correctness failure (0 expected" in summary_line(df)
+
+
+def test_a_peer_that_freezes_dynamic_net_is_an_expected_divergence(monkeypatch):
+    df = _fake_static_replay(monkeypatch, "peer")
+    vs_eager = df[(df["mode"] == "fake_traced") & (df.metric == "abs_err_vs_eager")].iloc[0]
+    assert vs_eager.status == "fail" and vs_eager.expected_divergence
+    assert "divergence: Python state (self.counter) picks the branch" in vs_eager.detail
+    _, body = correctness_table(df)
+    assert ("diverged (expected)", "expected") in body[0]
+    assert "1 with a correctness failure (1 expected" in summary_line(df)
+
+
+@pytest.mark.parametrize("mode", ["traced", "compiled"])
+def test_dynamic_net_in_our_static_modes_agrees_with_eager_by_retracing_and_the_report_counts_it(mode, tmp_path):
+    df = run(RunConfig(workloads=["dynamic_net"], modes=["eager", mode], sizes=["small"], **FAST))
+    assert correctness_failures(df).empty, correctness_failures(df)[["mode", "metric", "detail"]].to_string()
+    counts = df[(df["mode"] == mode) & df.metric.isin(GUARD_METRICS)].set_index("metric")
+    # every call after the first finds model.counter at a value no program was traced for: a guard fails and
+    # the call retraces (up to cache_size programs, then it runs eagerly)
+    calls = counts.value["retraces"] + counts.value["eager_fallbacks"]
+    assert counts.value["retraces"] >= 1 and counts.value["guard_failures"] == calls
+    assert "model.counter" in counts.detail["retraces"] and "seeds.py:" in counts.detail["retraces"]
+    assert df[(df["mode"] == "eager") & df.metric.isin(GUARD_METRICS)].empty  # eager has nothing to guard
+    header, body = guard_table(df)
+    assert header[1:4] == ["retraces", "guard failures", "eager fallbacks"]
+    assert body[0][0][0] == f"dynamic_net / small / {mode}" and int(body[0][1][0]) == counts.value["retraces"]
+    md = (write_report(df, tmp_path) / "report.md").read_text()
+    assert "## Retraces and guard failures" in md and "model.counter" in md
+    assert "retraced" in summary_line(df)
+
+
+def test_a_wrong_answer_is_never_shown_or_plotted_as_a_speedup(monkeypatch):
+    from compare.plots import speedup_figure
+    df = _fake_static_replay(monkeypatch, "peer")
+    _, body = timing_table(df, "small")
+    cell = dict(zip(["workload", "eager", "fake_traced"], body[0]))["fake_traced"]
+    assert cell[1] == "fail" and "wrong answer: no speedup" in cell[0] and "x)" not in cell[0]
+    fig = speedup_figure(df, "small")
+    ax = fig.axes[0]
+    assert all(np.isnan(p.get_width()) for p in ax.patches)  # no bar drawn for the wrong cell
+    assert any("wrong answer" in t.get_text() for t in ax.texts)
+    good = df[df.metric != "abs_err_vs_eager"]  # without the failing row, the same speedup is drawn
+    good = good[good.metric != "rel_err_vs_eager"]
+    drawn = speedup_figure(good, "small").axes[0]
+    assert [p.get_width() for p in drawn.patches] == pytest.approx(
+        df[(df.metric == "speedup_vs_eager") & (df["mode"] == "fake_traced")].value.tolist())
 
 
 def test_tolerances_catch_wrong_values_shapes_nans_and_missing_outputs():
@@ -173,8 +224,8 @@ def test_scaling_plot_appears_with_two_sizes(tmp_path):
 @pytest.mark.parametrize("mode", ["traced", "compiled"])
 def test_our_static_modes_agree_with_eager(mode):
     names = ["tanh_gelu", "layer_norm", "softmax", "attention_block", "mlp_forward", "mlp_train_sgd",
-             "mlp_train_adam", "adam_update", "classifier_train", "seed_add_mul", "module_list", "gan_step",
-             "custom_sigmoid"]
+             "mlp_train_adam", "adam_update", "classifier_train", "seed_add_mul", "dynamic_net", "module_list",
+             "gan_step", "custom_sigmoid"]
     df = run(RunConfig(workloads=names, modes=["eager", mode], sizes=["small"], **FAST))
     runs = df[(df.metric == "run") & (df["mode"] == mode)]
     assert (runs.status == "ok").all(), runs[runs.status != "ok"][["workload", "detail"]].to_string()
@@ -199,7 +250,7 @@ def test_compiled_mode_with_its_cuda_kernels_under_the_emulator_matches_float64_
         return compiled
     monkeypatch.setattr(compiler, "compile", simt_compile)
     from compare import workloads
-    names = [n for n in workloads.names() if n != "dynamic_net"]
+    names = workloads.names()  # dynamic_net included: its retraces compile the same kernels under the emulator
     df = run(RunConfig(workloads=names, modes=["eager", "compiled"], sizes=["small"], **FAST))
     runs = df[(df.metric == "run") & (df["mode"] == "compiled")]
     assert len(runs) == len(names) and (runs.status == "ok").all(), runs[runs.status != "ok"][["workload", "detail"]]

@@ -42,13 +42,15 @@ def test_data_dependent_branch_warns_once_per_site_with_line_and_value():
     assert not [w for w in again if issubclass(w.category, tracer.TracerWarning)]
 
 
-def test_check_reports_the_divergence_on_a_counterexample():
-    def fn(x):
-        if x.sum() > 0:
-            return x * 2
-        return x - 1
+def _branchy(x):
+    if x.sum() > 0:
+        return x * 2
+    return x - 1
 
-    traced, _ = traced_quietly(fn, eager.ones(3))
+
+def test_check_of_an_unguarded_trace_reports_the_divergence_on_a_counterexample():
+    fn = _branchy
+    traced, _ = traced_quietly(fn, eager.ones(3), guards="off")
     assert traced.check(eager.tensor([1.0, 2.0, 3.0])).ok
     report = traced.check(eager.tensor([-1.0, -2.0, -3.0]))
     assert not report.ok
@@ -61,27 +63,49 @@ def test_check_reports_the_divergence_on_a_counterexample():
     assert any(d.kind == "output" for d in report.divergences)
 
 
-def test_item_and_tolist_are_recorded_with_their_values():
-    def fn(x):
-        scale = x.max().item()
-        shape = x.sum(dim=1).tolist()
-        return x / scale + len(shape)
+def test_check_of_a_guarded_trace_on_a_counterexample_agrees_by_retracing_and_notes_the_guard():
+    traced, _ = traced_quietly(_branchy, eager.ones(3))
+    report = traced.check(eager.tensor([-1.0, -2.0, -3.0]))
+    assert report.ok and report.traced.tolist() == [-2.0, -3.0, -4.0]
+    branch_line = inspect.getsourcelines(_branchy)[1] + 1
+    assert f"guard failed at test_tracer_assumptions.py:{branch_line}: bool(tensor)" in report.notes[0]
+    assert "was True while tracing and is False on this call" in report.notes[0]
+    assert traced.retrace_count == 1 and traced.guard_failures == 1
 
-    traced, caught = traced_quietly(fn, eager.tensor([[1.0, 4.0], [2.0, 2.0]]))
+
+def _scaled(x):
+    scale = x.max().item()
+    shape = x.sum(dim=1).tolist()
+    return x / scale + len(shape)
+
+
+@pytest.mark.parametrize("guards", ["off", "retrace"])
+def test_item_and_tolist_are_recorded_with_their_values(guards):
+    traced, caught = traced_quietly(_scaled, eager.tensor([[1.0, 4.0], [2.0, 2.0]]), guards=guards)
     kinds = {a.kind: a.value for a in traced.assumptions}
     assert kinds == {"item": 4.0, "tolist": [5.0, 4.0]}
     assert len(caught) == 2
     report = traced.check(eager.tensor([[1.0, 8.0], [2.0, 2.0]]))
-    assert report.divergences[0].kind == "baked value"
-    assert "traced 4.0, eager 8.0" in report.divergences[0].error
+    if guards == "off":  # the baked 4.0 is replayed
+        assert report.divergences[0].kind == "baked value"
+        assert "traced 4.0, eager 8.0" in report.divergences[0].error
+    else:  # the guard on .item() sees 8.0: the call retraces and bakes 8.0
+        assert report.ok and "tensor.item() (node %1) was 4.0 while tracing and is 8.0" in report.notes[0]
+        assert all(a.use == "guard" for a in traced.assumptions)
 
 
-def test_boolean_mask_indexing_is_an_assumption_about_the_selected_count():
-    traced, caught = traced_quietly(lambda x: x[x > 0].sum(), eager.tensor([1.0, -1.0, 2.0]))
+@pytest.mark.parametrize("guards", ["off", "retrace"])
+def test_boolean_mask_indexing_is_an_assumption_about_the_selected_count(guards):
+    traced, caught = traced_quietly(lambda x: x[x > 0].sum(), eager.tensor([1.0, -1.0, 2.0]), guards=guards)
     (a,) = traced.assumptions
     assert a.kind == "nonzero" and a.value == "2 of 3 selected"
     assert traced.check(eager.tensor([3.0, -5.0, 1.0])).ok          # same positions selected
-    assert not traced.check(eager.tensor([-3.0, 5.0, 1.0])).ok      # other positions: the baked indices are wrong
+    other = traced.check(eager.tensor([-3.0, 5.0, 1.0]))             # other positions: the baked indices are wrong
+    if guards == "off":
+        assert not other.ok
+    else:  # ... and the guard on the mask sees it: the call retraces for the new positions
+        assert other.ok and other.traced.item() == 6.0 and "a boolean mask" in other.notes[0]
+        assert traced.retrace_count == 1
 
 
 def test_returned_item_is_recomputed_by_each_call():
@@ -108,11 +132,12 @@ class DynamicNet(nn.Module):
         return self.linear2(h_relu)
 
 
-def test_dynamicnet_call_counter_is_caught_and_check_disagrees_on_the_second_call():
+@pytest.mark.parametrize("guards", ["off", "retrace"])
+def test_dynamicnet_call_counter_is_caught_and_check_disagrees_on_the_second_call_only_without_guards(guards):
     eager.manual_seed(0)
     model = DynamicNet(64, 32, 10)
     x = eager.randn(1, 64)
-    traced, caught = traced_quietly(model, x)
+    traced, caught = traced_quietly(model, x, guards=guards)
     counter_line = inspect.getsourcelines(DynamicNet)[1] + [i for i, line in enumerate(
         inspect.getsourcelines(DynamicNet)[0]) if "self.counter += 1" in line][0]
     assert model.counter == 0  # tracing has no side effects, Python state included
@@ -124,6 +149,12 @@ def test_dynamicnet_call_counter_is_caught_and_check_disagrees_on_the_second_cal
     first = traced.check(x)           # eager call 1 (counter 0 -> 1) takes the traced branch
     assert first.ok and model.counter == 1
     second = traced.check(x)          # eager call 2 (counter 1 -> 2) takes the other branch
+    if guards == "retrace":  # the guard on model.counter (0 when traced) fails on entry: the call retraces
+        assert second.ok and model.counter == 2 and traced.retrace_count == 1
+        assert "retraced: guard on Python state model.counter" in second.notes[0]
+        assert f"changed at test_tracer_assumptions.py:{counter_line}" in second.notes[0]
+        assert "it was 0 when traced and is 1 now" in second.notes[0]
+        return
     assert not second.ok
     d = second.divergences[0]
     assert d.kind == "control flow" and "mul(%0, 2)" in d.node
@@ -143,15 +174,27 @@ def test_python_state_that_tracing_left_alone_is_guarded():
 
 
 def test_tracer_warning_is_a_user_warning():
+    def scaled(x):
+        total = float(x.sum())  # bound to a name: frozen (and guarded)
+        return x * total
+
     assert issubclass(tracer.TracerWarning, UserWarning)
     with pytest.warns(tracer.TracerWarning, match="float"):
-        tracer.trace(lambda x: x * float(x.sum()), eager.ones(2))
+        tracer.trace(scaled, eager.ones(2))
+
+
+def test_a_scalar_kept_in_the_graph_freezes_nothing_and_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tracer.TracerWarning)
+        traced = tracer.trace(lambda x: x * float(x.sum()), eager.ones(2))
+    assert traced(eager.tensor([1.0, 2.0])).tolist() == [3.0, 6.0] and traced.retrace_count == 0
 
 
 # Values that leave the graph by the side doors (NumPy conversion, copying into a new tensor) and integer draws.
 def test_numpy_asarray_of_a_traced_value_is_an_assumption():
     with pytest.warns(tracer.TracerWarning):
-        tracer.trace(lambda x: x * float(np.asarray(x).sum()), eager.ones(2))
+        traced = tracer.trace(lambda x: x * float(np.asarray(x).sum()), eager.ones(2))
+    assert traced(eager.tensor([1.0, 2.0])).tolist() == [3.0, 6.0] and traced.retrace_count == 1  # guarded
 
 
 def test_eager_tensor_of_a_traced_value_is_an_assumption():

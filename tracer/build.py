@@ -10,7 +10,11 @@ Decisions taken here, once the run is over and everything it touched is known:
   different tensor after the run gets the new value as an extra graph output, assigned after each call;
 - dead code: calls whose values reach no output or update are dropped, except random draws (dropping one
   would shift the random stream of the draws after it);
-- guards: the presence/shape of every touched location, so a later call with different state retraces.
+- guards: the presence/shape of every touched location, so a later call with different state retraces; and,
+  with ``RunRecord.guards``, every escaped value that may have decided control flow or been baked in
+  (``tracer.assumptions.escape_use``) becomes an extra graph output (``Plan.value_guards``), which a call
+  compares with the value seen while tracing; a scalar read out of a tensor whose one use is an operand of
+  ``+ - * /`` is kept in the graph as that tensor's 0-d value instead of a baked constant (no guard needed).
 
     >>> import eager
     >>> from eager.autograd.mode import add_recorder
@@ -34,8 +38,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from eager.primitives import PRIMITIVES
+from eager.primitives import ELEMENTWISE, PRIMITIVES, Aval
 from eager.tensor import Tensor
+from tracer.assumptions import direct_operand, escape_use, outcome
 from tracer.conversions import CONVERSIONS, conversion_for
 from tracer.ir import Graph, Node
 from tracer.pytree import LEAF
@@ -82,10 +87,26 @@ class Guard(NamedTuple):
 
 
 class EscapeSite(NamedTuple):
-    """A value that left the graph, with the ref of the graph node it came from (None if dropped)."""
+    """A value that left the graph, with the ref of the graph node it came from (None if dropped), how it was
+    used (``tracer.assumptions.escape_use``) and, for a guard, the outcome a call must reproduce."""
 
     escape: Escape
     node: str | None
+    use: str = "guard"           # "guard" | "logged" | "returned"
+    expected: Any = None         # ``tracer.assumptions.outcome`` of the value seen (for a guard)
+
+
+class ValueGuard(NamedTuple):
+    """An escaped value a call must reproduce: the executable's result ``output`` gives ``expected`` (by
+    ``tracer.assumptions.outcome``). ``key`` (source line, n-th escape there) identifies the same guard in the
+    programs traced for other outcomes (the trace tree)."""
+
+    output: int
+    kind: str
+    expected: Any
+    source: str
+    key: tuple
+    site: int                   # index into ``Plan.escapes``
 
 
 class Role(NamedTuple):
@@ -115,6 +136,8 @@ class Plan:
     guard: list[Guard] = field(default_factory=list)
     escapes: list[EscapeSite] = field(default_factory=list)
     node_vids: dict[int, int] = field(default_factory=dict)   # node id -> recorded value id (for check)
+    value_guards: list[ValueGuard] = field(default_factory=list)
+    guard_outputs: int = 0      # graph.outputs[n_user + len(extra_slots):][:guard_outputs] feed value_guards
 
     @property
     def n_user_outputs(self) -> int:
@@ -131,6 +154,7 @@ class RunRecord:
     pre_slots: dict[str, Held]                           # watched locations and what they held before
     input_names: list[str]
     snapshot_tensors: dict[int, SavedTensor]             # id -> the tensor and what it held before
+    guards: bool = False                                 # escaped values that decide something become outputs
 
 
 def occupants(world: World) -> dict[str, Held]:
@@ -147,8 +171,11 @@ def build(run: RunRecord) -> Plan:
     first_leaf = _first_leaves(rec.tape)
     updates = _updates(run, first_leaf, changes.touched)
     roles = _roles(run, first_leaf, updates, changes)
-    outputs = result.vids + [w.vid for w in changes.writes]
-    calls, live = _live_calls(rec.tape, outputs + [u.new for u in updates])
+    sites = _escape_sites(rec)
+    tape_calls, scalar_args = _in_graph(rec, sites) if run.guards else (rec.tape.calls, {})
+    guard_vids = _guard_vids(sites, roles) if run.guards else []
+    outputs = result.vids + [w.vid for w in changes.writes] + guard_vids
+    calls, live = _live_calls(rec.tape, outputs + [u.new for u in updates], tape_calls)
     live |= {u.leaf for u in updates}
 
     g = Graph()
@@ -158,6 +185,10 @@ def build(run: RunRecord) -> Plan:
     _add_constants(g, rec.tape, roles, live, node_of)
     for call in calls:
         args = tuple(node_of[a.vid] if isinstance(a, Ref) else a for a in call.args)
+        for i in scalar_args.get(id(call), ()):  # a scalar read out of a tensor: the tensor's value, as 0-d
+            if args[i].shape != ():
+                args = args[:i] + (g.call("reshape", (args[i],), {"shape": ()}, Aval((), args[i].dtype),
+                                          source=call.source),) + args[i + 1:]
         node_of[call.out] = g.call(call.op, args, call.params, rec.aval(call.out), source=call.source)
     g.outputs.extend(node_of[v] for v in outputs)
     g.updates.extend((node_of[u.leaf], node_of[u.new]) for u in updates)
@@ -168,8 +199,11 @@ def build(run: RunRecord) -> Plan:
                 out_spec=spec, conversions=result.conversions,
                 extra_slots=[w.slot for w in changes.writes], update_targets=[u.target for u in updates],
                 static_writes=changes.static_writes, guard=_guards(changes.touched),
-                escapes=[EscapeSite(e, node_of[e.vid].ref if e.vid in node_of else None) for e in rec.tape.escapes],
-                node_vids={n.id: vid for vid, n in node_of.items()})
+                escapes=[s._replace(node=node_of[s.escape.vid].ref if s.escape.vid in node_of else None)
+                         for s in sites],
+                node_vids={n.id: vid for vid, n in node_of.items()},
+                value_guards=_value_guards(sites, guard_vids, len(result.vids) + len(changes.writes)),
+                guard_outputs=len(guard_vids))
 
 
 # ---------------------------------------------------------------- locations whose occupant changed
@@ -208,6 +242,75 @@ def _guards(touched: dict[str, Held]) -> list[Guard]:
     # a slot that is a tensor itself (no path) always holds that tensor: nothing to guard
     return [Guard(h.slot, layout_of(h.value)) for h in touched.values()
             if not (h.slot.steps == () and isinstance(h.slot.root, Tensor))]
+
+
+# ---------------------------------------------------------------- values that left the graph
+
+
+def _escape_sites(rec: Recorder) -> list[EscapeSite]:
+    """Every escape with its use and, for a guard, the outcome seen (a constant's value cannot change: no guard)."""
+    sites = []
+    for e in rec.tape.escapes:
+        use = escape_use(e)
+        expected = outcome(e.kind, rec.tape.arrays[e.vid]) if use == "guard" else None
+        sites.append(EscapeSite(e, None, use, expected))
+    return sites
+
+
+_SCALAR_OPS = ("add", "sub", "mul", "div")
+
+
+def _in_graph(rec: Recorder, sites: list[EscapeSite]) -> tuple[list[Call], dict[int, tuple[int, ...]]]:
+    """A value baked in as a constant is better kept in the graph: a scalar read out of a tensor whose one use
+    is as an operand of ``+ - * /`` on its line (``x / x.max().item()``, ``tracer.assumptions.direct_operand``)
+    becomes that tensor's value in the recorded op, and needs no guard (its site's use becomes "in graph").
+    Only where nothing changes but where the value comes from: the op is elementwise, got that very Python
+    number, on the same line, and every tensor it reads has the tensor's dtype (the conversion is exact: no
+    ``int()`` of a float). Returns the calls (replaced ones copied) and, per replaced call, the argument
+    positions that read a tensor as 0-d."""
+    calls = list(rec.tape.calls)
+    scalar_args: dict[int, tuple[int, ...]] = {}
+    for i, site in enumerate(sites):
+        e = site.escape
+        value, array = e.value, rec.tape.arrays[e.vid]
+        if site.use != "guard" or type(value) not in (int, float) or array.size != 1 or \
+                (e.kind == "int" and array.dtype.kind not in "iu") or (e.kind == "float" and array.dtype.kind != "f"):
+            continue
+        uses = [(c, k) for c, call in enumerate(calls) for k, a in enumerate(call.args) if a is value]
+        if len(uses) != 1 or not direct_operand(e):
+            continue
+        c, k = uses[0]
+        call = calls[c]
+        tensors = [rec.aval(a.vid).dtype for a in call.args if isinstance(a, Ref)]
+        if call.op not in _SCALAR_OPS or PRIMITIVES[call.op].kind != ELEMENTWISE or call.source != e.source \
+                or any(d != array.dtype for d in tensors + [rec.aval(call.out).dtype]):
+            continue
+        args = call.args[:k] + (Ref(e.vid),) + call.args[k + 1:]
+        calls[c] = Call(call.op, args, call.params, call.out, call.source)
+        scalar_args[id(calls[c])] = scalar_args.pop(id(call), ()) + (k,)
+        sites[i] = site._replace(use="in graph", expected=None)
+    return calls, scalar_args
+
+
+def _guard_vids(sites: list[EscapeSite], roles: dict[int, Role]) -> list[int]:
+    """The values guards read, each once, in order; a constant of the graph always gives what it gave."""
+    vids: list[int] = []
+    for s in sites:
+        vid, role = s.escape.vid, roles.get(s.escape.vid)
+        if s.use == "guard" and vid not in vids and (role is None or role.kind != "constant"):
+            vids.append(vid)
+    return vids
+
+
+def _value_guards(sites: list[EscapeSite], guard_vids: list[int], first: int) -> list[ValueGuard]:
+    out, seen = [], {}
+    index = {vid: first + i for i, vid in enumerate(guard_vids)}
+    for i, s in enumerate(sites):
+        e = s.escape
+        n = seen[e.source] = seen.get(e.source, -1) + 1
+        if s.use == "guard" and e.vid in index:
+            out.append(ValueGuard(index[e.vid], e.kind, s.expected, e.source, (e.source, n), i))
+    return out
 
 
 # ---------------------------------------------------------------- tensors rebound in place
@@ -297,11 +400,12 @@ def _role_of(leaf: Leaf, run: RunRecord, first_leaf: dict[int, int], updated: se
 # ---------------------------------------------------------------- liveness and the graph's nodes
 
 
-def _live_calls(tape: Tape, roots: list[int]) -> tuple[list[Call], set[int]]:
-    """Dead-code elimination that keeps random draws: the calls kept, and every value they read."""
+def _live_calls(tape: Tape, roots: list[int], calls: list[Call] | None = None) -> tuple[list[Call], set[int]]:
+    """Dead-code elimination that keeps random draws: the calls kept, and every value they read. ``calls``: the
+    tape's calls as ``_in_graph`` rewrote them (default: ``tape.calls``)."""
     live = set(roots)
     kept = []
-    for call in reversed(tape.calls):
+    for call in reversed(tape.calls if calls is None else calls):
         if call.out in live or PRIMITIVES[call.op].random:
             kept.append(call)
             live.update(a.vid for a in call.args if isinstance(a, Ref))

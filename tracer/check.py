@@ -1,14 +1,19 @@
 """``traced.check(*inputs)``: run eager and traced on the same inputs and say where and why they differ.
 
 The eager run executes the original function under a recorder, on the current state; then every tensor, the
-optimizer state and the random generators are put back (Python attributes keep what the eager run did to
-them, as a real eager call would), and the traced program runs for real (its state updates are applied
-once). Outputs and updated state are compared with written tolerances (``TOLERANCES``).
+optimizer state and the random generators are put back, and the traced side runs for real (its state updates
+are applied once). With guards on (the default) the traced side is a real call: Python attributes are put back
+too, and the call checks its guards, retraces or falls back as any call would, writing back what eager leaves;
+each guard that failed on the way is in ``report.notes``. With ``guards="off"`` the program the call would
+pick runs as it is (Python attributes keep what the eager run did to them). Outputs and updated state are
+compared with written tolerances (``TOLERANCES``).
 
 On a mismatch the traced graph is replayed keeping every value and walked beside the eager run's own graph,
 call by call: the first call that differs in op, static parameters, baked scalars, type or value is the
-divergence. The assumption that broke is the first ledger entry whose value differs in the eager run (an
-escape at the same source line that saw another value, or Python state that no longer has its traced value).
+divergence. The assumption that broke is the first assumption of the program that ran whose value differs in
+the eager run (an escape at the same source line that saw another value, or Python state that no longer has
+its traced value). A broken assumption is a divergence even when the outputs agree: a branch that took
+another path and happened to give equal values (kind ``"assumption"``).
 
     >>> import eager, tracer
     >>> traced = tracer.trace(lambda x: x * 2, eager.ones(2))
@@ -26,7 +31,7 @@ import numpy as np
 from eager.autograd.mode import add_recorder
 from eager.backend import float32, float64, to_numpy
 from eager.tensor import Tensor
-from tracer.assumptions import Assumption
+from tracer.assumptions import Assumption, GuardError, outcome
 from tracer.build import Plan, RunRecord, build, occupants
 from tracer.executor import Interpreter
 from tracer.ir import Node
@@ -44,7 +49,8 @@ TOLERANCES = {float32: (1e-5, 1e-6), float64: (1e-10, 1e-12)}
 class Divergence:
     """Where traced and eager first disagree."""
 
-    kind: str                     # "control flow" | "baked value" | "value" | "output" | "state"
+    kind: str                     # "control flow" | "baked value" | "value" | "output" | "state" | "assumption"
+                                  # | "guard" (guards="raise" raised GuardError)
     node: str | None              # the traced node, formatted (``%5: f32[1,64] = mul(%0, 2)``)
     source: str | None            # its source line
     error: str                    # what differs, in words
@@ -66,14 +72,16 @@ class CheckReport:
     divergences: list[Divergence] = field(default_factory=list)
     eager: Any = None
     traced: Any = None
+    notes: list[str] = field(default_factory=list)   # guards that failed during the traced call, and what it did
 
     def __bool__(self) -> bool:
         return self.ok
 
     def __str__(self) -> str:
+        notes = "".join(f"\n  note: {n}" for n in self.notes)
         if self.ok:
-            return "check: traced == eager (outputs and state within tolerance)"
-        return "check: traced != eager\n" + "\n".join(f"  {d}" for d in self.divergences)
+            return "check: traced == eager (outputs and state within tolerance)" + notes
+        return "check: traced != eager\n" + "\n".join(f"  {d}" for d in self.divergences) + notes
 
 
 def _close(a, b, rtol=None, atol=None) -> tuple[bool, str]:
@@ -125,26 +133,62 @@ class _EagerRun:
 
 
 def check(traced, args: tuple, kwargs: dict, rtol: float | None = None, atol: float | None = None) -> CheckReport:
-    """Run ``traced``'s function eagerly, then its traced program, on ``args``; report where they differ."""
+    """Run ``traced``'s function eagerly, then the traced call, on ``args``; report where they differ."""
+    retraces = traced.retrace_count
     entry = traced.entry_for(*args, **kwargs)
     leaves, _ = signature_of(args, kwargs)
-    eager = _run_eager(traced, entry, args, kwargs, leaves)
-    rng = rng_state()
-    arrays = entry.gather(leaves)
-    if arrays is None:
-        raise RuntimeError(f"check: the state {traced.name} reads no longer has the traced types after the eager "
-                           "run; call the traced function once, then check again.")
-    inputs = [a.copy() for a in arrays]  # the call writes its state updates into this memory
-    traced_result = entry.finish(leaves, entry.exe.run(arrays))  # for real: state updates are applied once
-    divergences = _compare(_flat_values(traced_result, []), _state_values(entry, leaves), eager, rtol, atol)
-    if divergences:
-        _locate(traced, entry, inputs, rng, eager, divergences, rtol, atol)
-    return CheckReport(not divergences, divergences, eager.result, traced_result)
+    guarded = traced.guards != "off"
+    eager = _run_eager(traced, entry, args, kwargs, leaves, restore_python=guarded)
+    notes: list[str] = [f"retraced: {traced.retrace_reasons[-1]}"] if traced.retrace_count > retraces else []
+    retraces = traced.retrace_count
+    if guarded:
+        try:
+            traced_result, ran, inputs, rng = _traced_call(traced, args, kwargs, notes)
+        except GuardError as e:  # guards="raise": what a call would do, reported
+            return CheckReport(False, [Divergence("guard", None, None, str(e))], eager.result, None, notes)
+    else:
+        ran, rng = entry, rng_state()
+        arrays = entry.gather(leaves)
+        if arrays is None:
+            raise RuntimeError(f"check: the state {traced.name} reads no longer has the traced types after the "
+                               "eager run; call the traced function once, then check again.")
+        inputs = [a.copy() for a in arrays]  # the call writes its state updates into this memory
+        traced_result = entry.finish(leaves, entry.exe.run(arrays))  # for real: state updates are applied once
+    state = _state_values(ran if ran is not None else entry, leaves)
+    divergences = _compare(_flat_values(traced_result, []), state, eager, rtol, atol)
+    broken = _broken_assumption(traced, ran, eager.recorder, eager.python_before) if ran is not None else None
+    if divergences and ran is not None:
+        _locate(ran, inputs, rng, eager, divergences, broken, rtol, atol)
+    elif broken is not None:  # the outputs agree, but Python took another path: still a divergence
+        divergences.append(Divergence("assumption", None, broken.source,
+                                      f"the outputs agree, but an assumption of the traced program broke "
+                                      f"({broken.broken}): Python took another path, which happens to give the same "
+                                      "values on these inputs", broken))
+    if traced.retrace_count > retraces:
+        notes.append(f"the call retraced: {traced.retrace_reasons[-1]}")
+    return CheckReport(not divergences, divergences, eager.result, traced_result, notes)
 
 
-def _run_eager(traced, entry, args: tuple, kwargs: dict, leaves: list) -> _EagerRun:
+def _traced_call(traced, args: tuple, kwargs: dict, notes: list):
+    """A real call (guards checked; retracing or running eagerly as a call would): its result, the entry whose
+    results it returned (None: it ran eagerly), and that run's input arrays and random state (for ``_locate``)."""
+    runs: list = []
+
+    def observe(entry, arrays):
+        runs.append(([a.copy() for a in arrays], rng_state()))  # the call may write state into these arrays
+    leaves, key = signature_of(args, kwargs)
+    if len(leaves) > 1 and len({id(t) for t in leaves}) != len(leaves):
+        from tracer.traced import _alias_key
+        key = key + (_alias_key(leaves),)
+    result, ran = traced._call(args, kwargs, leaves, key, None, observe, notes)
+    inputs, rng = runs[-1] if runs and ran is not None else (None, None)
+    return result, ran, inputs, rng
+
+
+def _run_eager(traced, entry, args: tuple, kwargs: dict, leaves: list, restore_python: bool = False) -> _EagerRun:
     """The eager run, recorded (its own graph, its escapes, its Python state); then tensors, optimizer state
-    and the random generators are put back (Python attributes keep what the run did, as an eager call would)."""
+    and the random generators are put back, and Python attributes too with ``restore_python`` (a guarded call
+    writes them back itself); else they keep what the run did, as an eager call would."""
     world = World.discover(traced.fn, args, traced._extra_params)
     snap = Snapshot.of(world, leaves)
     pre_slots = occupants(world)
@@ -153,10 +197,11 @@ def _run_eager(traced, entry, args: tuple, kwargs: dict, leaves: list) -> _Eager
     try:
         with add_recorder(rec):
             result = traced.fn(*args, **kwargs)
-        plan = build(RunRecord(rec, world, result, pre_slots, entry.names, snap.tensors))
+        plan = build(RunRecord(rec, world, result, pre_slots, entry.names, snap.tensors,
+                               guards=traced.guards != "off"))
         return _EagerRun(rec, plan, result, _flat_values(result, []), _state_values(entry, leaves), py_before)
     finally:
-        snap.restore(python=False)
+        snap.restore(python=restore_python)
 
 
 def _compare(traced_values: list, traced_state: dict, eager: _EagerRun, rtol, atol) -> list[Divergence]:
@@ -179,8 +224,8 @@ def _compare(traced_values: list, traced_state: dict, eager: _EagerRun, rtol, at
     return divergences
 
 
-def _locate(traced, entry, arrays: list, rng: RngState, eager: _EagerRun, divergences: list[Divergence],
-            rtol, atol) -> None:
+def _locate(entry, arrays: list, rng: RngState, eager: _EagerRun, divergences: list[Divergence],
+            broken: Assumption | None, rtol, atol) -> None:
     """Replay the traced graph keeping values (from the random state the traced run started with), walk it
     beside the eager run's graph, and put the first diverging call and the broken assumption in front."""
     set_rng_state(rng)
@@ -192,7 +237,6 @@ def _locate(traced, entry, arrays: list, rng: RngState, eager: _EagerRun, diverg
     rec = eager.recorder
     eager_node_values = {nid: rec.tape.arrays[vid] for nid, vid in eager.plan.node_vids.items()}
     first = _first_divergence(entry.graph, traced_node_values, eager.plan.graph, eager_node_values, rtol, atol)
-    broken = _broken_assumption(traced, rec, eager.python_before)
     if first is not None:
         first.assumption = broken
         divergences.insert(0, first)
@@ -278,30 +322,38 @@ def _params_differ(a: dict, b: dict) -> bool:
     return any(repr(a[k]) != repr(b[k]) for k in a)
 
 
-def _broken_assumption(traced, rec: Recorder, py_before: dict) -> Assumption | None:
+def _broken_assumption(traced, entry, rec: Recorder, py_before: dict) -> Assumption | None:
+    """The first assumption of ``entry``'s program that the eager run ``rec`` broke: Python state found at another
+    value, or an escape that may decide something (not one only logged or returned) that saw another value or
+    was not reached. A copy of the ledger's assumption, with ``broken`` (and this program's value) set."""
+    for change in entry.state_changes:
+        if change.name in py_before and py_before[change.name] != change.before:
+            a = traced.ledger.by_site.get((change.name, "python_state"))
+            if a is not None:
+                return _note(a, f"it was {change.before!r} when traced and is {py_before[change.name]!r} now")
     eager_escapes: dict[str, list] = {}
     for e in rec.tape.escapes:
-        eager_escapes.setdefault(e.source, []).append(e.value)
-    for a in traced.assumptions:
-        if a.kind == "python_state":
-            if a.name in py_before and py_before[a.name] != a.before:
-                return _note(a, f"it was {a.before!r} when traced and is {py_before[a.name]!r} now")
-        else:
-            seen = eager_escapes.get(a.source)
-            if seen is None:
-                return _note(a, "the eager run did not reach this line")
-            if not _same(seen, a.values):
-                return _note(a, f"the eager run saw {seen[0]!r}")
+        eager_escapes.setdefault(e.source, []).append(e)
+    seen_at: dict[str, int] = {}
+    for site in entry.plan.escapes:
+        e = site.escape
+        n = seen_at[e.source] = seen_at.get(e.source, -1) + 1
+        if site.use != "guard":
+            continue
+        a = traced.ledger.by_site.get((e.source, "escape")) or Assumption(e.kind, e.source, e.value)
+        theirs = eager_escapes.get(e.source, [])
+        if n >= len(theirs):
+            why = ("the eager run did not reach this line" if not theirs else
+                   f"the eager run reached this line {len(theirs)} time(s), the traced run more often")
+            return _note(a, why, e.value)
+        other = theirs[n]
+        if outcome(other.kind, rec.tape.arrays[other.vid]) != site.expected:
+            return _note(a, f"the eager run saw {other.value!r}", e.value)
     return None
 
 
-def _same(a: list, b: list) -> bool:
-    try:
-        return all(bool(np.all(np.asarray(x) == np.asarray(y))) for x, y in zip(a, b)) and len(a) == len(b)
-    except (ValueError, TypeError):
-        return repr(a) == repr(b)
-
-
-def _note(a: Assumption, why: str) -> Assumption:
+def _note(a: Assumption, why: str, value: Any = None) -> Assumption:
     from dataclasses import replace
-    return replace(a, values=list(a.values), broken=why)
+    if value is None:
+        return replace(a, values=list(a.values), broken=why)
+    return replace(a, value=value, values=[value], broken=why)
