@@ -29,9 +29,9 @@ def test_printout_lists_one_line_per_op_with_types_and_source_lines():
     lines = text.splitlines()
     assert lines[0] == "graph(%0: f32[3,4] x, %1: f32[4,5] w):"
     assert lines[1] == f"  %2: f32[3,5] = matmul(%0, %1)    # test_tracer_program.py:{line}"
-    assert lines[2].startswith("  %3: bool[3,5] = le(%2, 0)    # ")
-    assert "= sum(%4, axes=(0, 1), keepdims=False)" in lines[4]
-    assert lines[-1] == "  return (%5)"
+    assert lines[2] == f"  %3: f32[3,5] = relu(%2)    # test_tracer_program.py:{line}"
+    assert "= sum(%3, axes=(0, 1), keepdims=False)" in lines[3]
+    assert lines[-1] == "  return (%4)"
 
 
 def test_table_and_dot_describe_every_node():
