@@ -38,6 +38,8 @@ class IndexOutOfRange(ShapeError, IndexError, OpError):
 def apply(prim: Primitive, *inputs, **params) -> Tensor:
     """Run ``prim`` on ``inputs`` (Tensors or Python scalars) with static ``params``."""
     mode = MODE.get()
+    if mode.recorders and prim.decomposition is not None:  # a trace records the composite, not the fused row
+        return prim.decomposition(*inputs, **params)
     arrays = []
     edges = []  # each input's gradient destination (see Node.edges), gathered in the same pass
     xp = None

@@ -12,6 +12,7 @@ A primitive row holds, side by side, everything the project knows about one op:
   emulator's ``using`` line read;
 - ``lowering``: how the compiler runs the op (``kernel``: fused into a generated kernel; ``view``: only changes
   a view; ``library``: BLAS; ``host``: NumPy between kernels), derived from ``kind`` unless the row says;
+- ``decomposition``: for a fused eager row (``cross_entropy``), the composite a tracer records instead;
 - ``api``: for rows whose eager wrappers only forward (``eager.exp``, ``Tensor.exp``, ``Tensor.exp_``), how:
   ``float`` promotes integer tensors to the default float first (as ``torch.exp``), ``same`` keeps the dtype.
 
@@ -71,6 +72,10 @@ class Primitive:
     # the inputs whose VALUES the VJP reads (backward checks that they were not written in place since): an int
     # i, or a pair (i, j): input i, when input j requires grad (mul reads b only for a's gradient)
     reads: tuple = ()
+    # eager's fused path for a composite: eager runs this row (one call, one autograd node), while a recorder (the
+    # tracer) is given ``decomposition(*inputs, **params)``, the same composite in other rows, so static graphs keep
+    # the small ops the compiler fuses
+    decomposition: Callable | None = None
     backward_name: str = field(init=False)  # "IndexAddBackward": computed once, read on every recorded op
     saved: tuple = field(init=False)  # ``reads`` as (input, needs-grad input or -1 for always): read per op
 
@@ -97,10 +102,10 @@ PRIMITIVES: dict[str, Primitive] = {}
 
 
 def define(name, kind, impl, shape_rule, vjp=None, c_expr=None, saves_out=False, random=False,
-           index_from=None, lowering=None, api=None, view=False, reads=()) -> Primitive:
+           index_from=None, lowering=None, api=None, view=False, reads=(), decomposition=None) -> Primitive:
     """Add a row to the table (``PRIMITIVES[name]``) and return it."""
     prim = Primitive(name, kind, impl, shape_rule, vjp, c_expr, saves_out, random, index_from, lowering, api, view,
-                     reads)
+                     reads, decomposition)
     PRIMITIVES[name] = prim
     return prim
 
@@ -964,3 +969,43 @@ STOP_GRADIENT = define("stop_gradient", ELEMENTWISE, lambda xp, a: a, lambda a: 
 COPY = define("copy", ELEMENTWISE, lambda xp, a: a.copy(), lambda a: a, lambda g, out, a: (g,), "{0}")
 TO_DEVICE = define("to_device", OTHER, _to_device_impl, lambda a, *, device: a,
                    lambda g, out, a, *, device: (g.to(a.device),))
+
+
+# ---------------------------------------------------------------- fused eager rows (a tracer sees their decomposition)
+
+
+def _cross_entropy_impl(xp, x, target, *, ignore_index, reduction):
+    shifted = x - x.max(axis=1, keepdims=True)
+    valid = target != ignore_index
+    picked = xp.take_along_axis(shifted, xp.where(valid, target, 0)[:, None], axis=1)[:, 0]
+    nll = (xp.log(xp.exp(shifted).sum(axis=1)) - picked) * valid  # -log_softmax at the target, 0 where ignored
+    if reduction == "none":
+        return nll
+    return nll.sum() / valid.sum(dtype=x.dtype) if reduction == "mean" else nll.sum()
+
+
+def _cross_entropy_rule(x, target, *, ignore_index, reduction):
+    if len(x.shape) != 2 or x.dtype.kind != "f" or target.shape != x.shape[:1] or target.dtype.kind not in "iu":
+        raise ShapeError(f"cross_entropy: the fused row takes float logits [N, C] and int targets [N], got "
+                         f"{describe(x)} and {describe(target)}; call eager.nn.functional.cross_entropy.")
+    return Aval(x.shape[:1] if reduction == "none" else (), x.dtype)
+
+
+def _cross_entropy_vjp(g, out, x, target, *, ignore_index, reduction):
+    from eager import ops
+    from eager.creation import arange
+    valid = (target != ignore_index).to(x.dtype)
+    onehot = (target.unsqueeze(1) == arange(x.shape[1], device=x.device)).to(x.dtype)
+    weight = valid if reduction != "mean" else valid / valid.sum()
+    scale = (weight * g).unsqueeze(1) if reduction == "none" else weight.unsqueeze(1) * g
+    return ((ops.softmax(x, 1) - onehot) * scale, None)
+
+
+def _cross_entropy_decomposition(x, target, *, ignore_index, reduction):
+    from eager import ops
+    from eager.nn.functional import _class_index_loss
+    return _class_index_loss("cross_entropy", ops.log_softmax(x, 1), target, None, ignore_index, reduction, 0.0)
+
+
+CROSS_ENTROPY = define("cross_entropy", OTHER, _cross_entropy_impl, _cross_entropy_rule, _cross_entropy_vjp,
+                       reads=(0, 1), decomposition=_cross_entropy_decomposition)

@@ -284,3 +284,18 @@ def test_softmax_without_dim_warns_and_uses_pytorchs_implicit_dim():
     with pytest.warns(UserWarning, match="Implicit dimension"):
         y = F.softmax(x)
     np.testing.assert_allclose(y.numpy(), F.softmax(x, 1).numpy())
+
+
+def test_eager_cross_entropy_is_one_fused_node_while_a_trace_records_its_decomposition():
+    import compiler
+    import tracer
+    x, t = eager.randn(8, 5, requires_grad=True), eager.tensor([0, 4, 1, -100, 2, 3, 3, 0])
+    loss = F.cross_entropy(x, t)
+    assert loss.grad_fn.name() == "CrossEntropyBackward"  # one node in eager
+    traced = tracer.trace(lambda x, t: F.cross_entropy(x, t), x.detach(), t)
+    ops = traced.graph.op_counts()
+    assert "cross_entropy" not in ops and {"exp", "log", "getitem"} <= set(ops)  # small ops the compiler fuses
+    compiled = compiler.compile(lambda x, t: F.cross_entropy(x, t), x.detach(), t)
+    other = eager.randn(8, 5)
+    want = F.cross_entropy(other, t).item()
+    assert abs(traced(other, t).item() - want) < 1e-6 and abs(compiled(other, t).item() - want) < 1e-6

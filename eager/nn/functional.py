@@ -16,8 +16,9 @@ import math
 import warnings
 
 from eager import ops
+from eager import primitives as P
 from eager.creation import arange, rand
-from eager.dispatch import OpError
+from eager.dispatch import OpError, apply
 from eager.primitives import ShapeError
 from eager.tensor import Tensor
 
@@ -234,6 +235,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}.")
     if target.is_floating_point():
         return _probability_loss(input, target, weight, reduction, label_smoothing)
+    if input.ndim == 2 and weight is None and label_smoothing == 0.0 and input.is_floating_point() and \
+            target.dtype.kind in "iu" and tuple(target.shape) == tuple(input.shape[:1]) and \
+            reduction in ("mean", "sum", "none"):  # the common case: one fused row in eager (a trace sees the ops)
+        return apply(P.CROSS_ENTROPY, input, target, ignore_index=ignore_index, reduction=reduction)
     logp = ops.log_softmax(input, 1 if input.ndim > 1 else 0)
     return _class_index_loss("cross_entropy", logp, target, weight, ignore_index, reduction, label_smoothing)
 
