@@ -992,6 +992,13 @@ def _cross_entropy_rule(x, target, *, ignore_index, reduction):
 
 
 def _cross_entropy_vjp(g, out, x, target, *, ignore_index, reduction):
+    """(softmax(x) - onehot(target)) scaled by g (and 1 / count for the mean), 0 on ignored rows."""
+    from eager.autograd.mode import MODE
+    mode = MODE.get()
+    if not (mode.grad_enabled or mode.recorders):  # a plain backward: the same formula on arrays, no graph to record
+        from eager.tensor import Tensor
+        return Tensor._make(_cross_entropy_grad(x._xp(), x._data, target._data, g._data, ignore_index, reduction),
+                            False, None), None
     from eager import ops
     from eager.creation import arange
     valid = (target != ignore_index).to(x.dtype)
@@ -999,6 +1006,19 @@ def _cross_entropy_vjp(g, out, x, target, *, ignore_index, reduction):
     weight = valid if reduction != "mean" else valid / valid.sum()
     scale = (weight * g).unsqueeze(1) if reduction == "none" else weight.unsqueeze(1) * g
     return ((ops.softmax(x, 1) - onehot) * scale, None)
+
+
+def _cross_entropy_grad(xp, x, target, g, ignore_index, reduction):
+    e = xp.exp(x - x.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    valid = target != ignore_index
+    rows = xp.arange(x.shape[0])
+    e[rows, xp.where(valid, target, 0)] -= 1
+    weight = valid.astype(x.dtype)
+    if reduction == "mean":
+        weight /= valid.sum(dtype=x.dtype)
+    e *= (weight * g)[:, None] if reduction == "none" else weight[:, None] * g
+    return e
 
 
 def _cross_entropy_decomposition(x, target, *, ignore_index, reduction):
