@@ -371,6 +371,42 @@ def _arithmetic_in_memory(x: Tensor, op, other, mode) -> bool:
 _ARITHMETIC = {add: P.ADD, sub: P.SUB, mul: P.MUL, div: P.DIV}  # the row each arithmetic wrapper applies
 
 
+def add_scaled_(x: Tensor, other, alpha) -> Tensor:
+    """``x.add_(other, alpha=a)``: ``x += a * other``. Outside autograd and traces, on NumPy float arrays of one
+    shape, it is one BLAS axpy over x's memory (one pass, no temporary: an SGD update is a third of the time of
+    ``x -= other * lr``); otherwise ``add(x, other * alpha)`` like any in-place op (a trace records that)."""
+    if alpha == 1:
+        return inplace(x, add, other)
+    if not _axpy_in_memory(x, other, alpha):
+        inplace(x, add, other * alpha)
+    return x
+
+
+def _axpy_in_memory(x: Tensor, other, alpha) -> bool:
+    mode = MODE.get()
+    data = x._data
+    if mode.recorders or not isinstance(other, Tensor) or type(data) is not np.ndarray or \
+            type(other._data) is not np.ndarray or data.dtype not in _AXPY or other._data.dtype != data.dtype or \
+            data.shape != other._data.shape or not (data.flags.c_contiguous and other._data.flags.c_contiguous) or \
+            not writeable(data) or (mode.grad_enabled and (x._requires_grad or other._requires_grad)) or \
+            isinstance(alpha, Tensor) or x._base is not None:
+        return False
+    flat = data.reshape(-1)
+    out = _AXPY[data.dtype](other._data.reshape(-1), flat, a=alpha)
+    if out is not flat and not np.shares_memory(out, flat):  # the wrapper copied: write the result back
+        flat[...] = out
+    x._vc.value += 1
+    return True
+
+
+def _blas_axpy():
+    from scipy.linalg import blas
+    return {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
+
+
+_AXPY = _blas_axpy()
+
+
 # ---------------------------------------------------------------- reductions
 
 

@@ -350,7 +350,7 @@ class Tensor:
     def __ixor__(self, other): return _ops.inplace(self, _ops.bitwise_xor, other)
 
     def add_(self, other, alpha=1):
-        return _ops.inplace(self, _ops.add, other if alpha == 1 else other * alpha)
+        return _ops.add_scaled_(self, other, alpha)
 
     def sub_(self, other, alpha=1):
         return _ops.inplace(self, _ops.sub, other if alpha == 1 else other * alpha)

@@ -407,3 +407,20 @@ def test_narrow_select_masked_fill_and_random_fills_write_in_place_as_in_pytorch
     assert -1.0 <= float(w.min()) and float(w.max()) < 1.0
     with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
         eager.zeros(3, requires_grad=True).normal_()
+
+
+def test_add_with_alpha_writes_memory_in_one_pass_and_equals_the_traced_update():
+    import tracer
+    x = eager.randn(6, 5)
+    g = eager.randn(6, 5)
+    view, version = x[1], x._version
+    want = x.numpy() + (-0.25) * g.numpy()
+    x.add_(g, alpha=-0.25)  # the axpy path: no autograd, no trace
+    np.testing.assert_allclose(x.numpy(), want, rtol=1e-6, atol=1e-7)
+    assert x._version == version + 1 and np.array_equal(view.numpy(), x.numpy()[1])  # a view sees the write
+    y = eager.randn(6, 5)
+    traced = tracer.trace(lambda a, b: a.add_(b, alpha=-0.25), y.clone(), g)
+    a, b = y.clone(), y.clone()
+    traced(a, g)
+    b.add_(g, alpha=-0.25)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)  # FMA in BLAS: equal to rounding

@@ -53,5 +53,5 @@ class SGD(Optimizer):
                         else:
                             buf.mul_(momentum).add_(g, alpha=1 - dampening)
                         g = g + buf * momentum if nesterov else buf
-                    p.sub_(g * lr)
+                    p.add_(g, alpha=-lr)  # PyTorch's update: one axpy when run eagerly
         return loss
