@@ -162,6 +162,9 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
     captured = {id(t): None for t in inputs} if inputs is not None else None
     wanted_nodes = {id(t.grad_fn): t for t in inputs if t.grad_fn is not None} if inputs is not None else {}
     pending = {}
+    # pending keys whose gradient no other destination holds (a VJP's fresh result, or a sum): a VJP may pass such
+    # a gradient on (a reshape's or permute's view, add's g itself) to one edge, and a leaf may keep it as .grad
+    exclusive: set[int] = set()
     delivered: set = set()  # ids of the arrays owning the memory of the .grad tensors stored in this backward
     for root, g in zip(roots, grads):
         if root.grad_fn is None:  # the caller's own gradient: never stored as .grad itself
@@ -174,6 +177,8 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
     with ctx:
         for node in _topological_order([r.grad_fn for r in roots]):
             g = pending.pop(id(node), None)
+            owned = id(node) in exclusive
+            exclusive.discard(id(node))
             if g is None:
                 if not retain_graph:
                     node.release()
@@ -181,29 +186,40 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, inputs=No
             if node.pre_hooks:
                 for hook in node.pre_hooks:
                     r = hook(g)
-                    g = g if r is None else r
+                    g, owned = (g, owned) if r is None else (r, False)  # the hook's tensor: it may keep it
             if id(node) in wanted_nodes:
                 target = wanted_nodes[id(node)]
                 captured[id(target)] = g
+                owned = False
             in_grads = node.backward(g)
             incoming = memory_owner(g._data)
             user_code = getattr(node.vjp, "user_code", False)  # a Function's backward may return what it keeps
             edges = node.edges
             if not retain_graph:
                 node.release()
+            owners = [None if gi is None else memory_owner(gi._data) for gi in in_grads]
+            uses: dict[int, int] = {}
+            for owner in owners:
+                uses[id(owner)] = uses.get(id(owner), 0) + 1
             for i, (e, gi) in enumerate(zip(edges, in_grads)):
                 if gi is None or e is None:
                     continue
                 if anomaly:
                     _check_finite(node, i, gi)
+                passed_on = gi is g or owners[i] is incoming  # the VJP handed on (a view of) its incoming gradient
+                alone = uses[id(owners[i])] == 1 and owners[i] is not None and not user_code
+                sole = alone and (owned or not passed_on)
                 if isinstance(e, Tensor):
-                    # a VJP may pass its incoming gradient on (add's, a reshape's view of it): that memory may be
-                    # pending for other nodes too, so such a gradient is copied before it becomes a .grad
-                    shared = gi is g or memory_owner(gi._data) is incoming or user_code
-                    _deliver_leaf(e, gi, captured, create_graph, delivered, shared)
+                    _deliver_leaf(e, gi, captured, create_graph, delivered, shared=not sole)
                 else:
                     key = id(e)
-                    pending[key] = gi if key not in pending else pending[key] + gi
+                    if key not in pending:
+                        pending[key] = gi
+                        if sole:
+                            exclusive.add(key)
+                    else:
+                        pending[key] = pending[key] + gi
+                        exclusive.add(key)  # a fresh sum
     return captured
 
 
