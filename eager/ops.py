@@ -19,7 +19,7 @@ from numbers import Number
 
 import numpy as np
 
-from eager import backend
+from eager import backend, blas
 from eager import primitives as P
 from eager.autograd.mode import MODE, no_grad
 from eager.creation import full, full_like, zeros_like  # noqa: F401  (zeros_like: optimizers and tracer.grad use it)
@@ -386,25 +386,12 @@ def _axpy_in_memory(x: Tensor, other, alpha) -> bool:
     mode = MODE.get()
     data = x._data
     if mode.recorders or not isinstance(other, Tensor) or type(data) is not np.ndarray or \
-            type(other._data) is not np.ndarray or data.dtype not in _AXPY or other._data.dtype != data.dtype or \
-            data.shape != other._data.shape or not (data.flags.c_contiguous and other._data.flags.c_contiguous) or \
-            not writeable(data) or (mode.grad_enabled and (x._requires_grad or other._requires_grad)) or \
-            isinstance(alpha, Tensor) or x._base is not None:
+            type(other._data) is not np.ndarray or data.shape != other._data.shape or not writeable(data) or \
+            (mode.grad_enabled and (x._requires_grad or other._requires_grad)) or isinstance(alpha, Tensor) or \
+            x._base is not None or not blas.axpy(alpha, other._data, data):
         return False
-    flat = data.reshape(-1)
-    out = _AXPY[data.dtype](other._data.reshape(-1), flat, a=alpha)
-    if out is not flat and not np.shares_memory(out, flat):  # the wrapper copied: write the result back
-        flat[...] = out
     x._vc.value += 1
     return True
-
-
-def _blas_axpy():
-    from scipy.linalg import blas
-    return {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
-
-
-_AXPY = _blas_axpy()
 
 
 # ---------------------------------------------------------------- reductions

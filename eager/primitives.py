@@ -1029,3 +1029,45 @@ def _cross_entropy_decomposition(x, target, *, ignore_index, reduction):
 
 CROSS_ENTROPY = define("cross_entropy", OTHER, _cross_entropy_impl, _cross_entropy_rule, _cross_entropy_vjp,
                        reads=(0, 1), decomposition=_cross_entropy_decomposition)
+
+
+def _linear_impl(xp, x, w, *bias):
+    out = xp.matmul(x, w.T)  # BLAS reads the transposed weight in place
+    if bias:
+        out += bias[0]
+    return out
+
+
+def _linear_rule(x, w, *bias):
+    ok = len(x.shape) == 2 and len(w.shape) == 2 and x.shape[1] == w.shape[1] and x.dtype == w.dtype and \
+        x.dtype.kind == "f" and all(b.shape == (w.shape[0],) and b.dtype == w.dtype for b in bias)
+    if not ok:
+        shown = ", ".join(describe(a) for a in (x, w, *bias))
+        raise ShapeError(f"linear: the fused row takes x [N, in], weight [out, in] and bias [out] of one float dtype, "
+                         f"got {shown}; call eager.nn.functional.linear.")
+    return Aval((x.shape[0], w.shape[0]), x.dtype)
+
+
+def _linear_vjp(g, out, x, w, *bias):
+    """dx = g W, dW = g^T x (row-major like W), db = sum over rows of g; each only for an input that wants it."""
+    from eager.autograd.mode import MODE
+    mode = MODE.get()
+    wants = (_needs(x), _needs(w), bool(bias) and _needs(bias[0]))
+    if not (mode.grad_enabled or mode.recorders):  # a plain backward: the same products on arrays
+        from eager.tensor import Tensor
+        a, wd, gd = x._data, w._data, g._data
+        grads = (gd @ wd if wants[0] else None, gd.T @ a if wants[1] else None,
+                 gd.sum(axis=0) if wants[2] else None)
+        return tuple(None if v is None else Tensor._make(v, False, None) for v in grads)[:2 + len(bias)]
+    grads = (g @ w if wants[0] else None, _mT(g) @ x if wants[1] else None, g.sum(0) if wants[2] else None)
+    return grads[:2 + len(bias)]
+
+
+def _linear_decomposition(x, w, *bias):
+    from eager import ops
+    out = ops.matmul(x, w.T)
+    return out + bias[0] if bias else out
+
+
+LINEAR = define("linear", CONTRACTION, _linear_impl, _linear_rule, _linear_vjp, reads=((0, 1), (1, 0)),
+                decomposition=_linear_decomposition)

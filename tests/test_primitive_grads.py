@@ -298,6 +298,10 @@ CASES: dict[str, list[Case]] = {
         case("overlapping", lambda x: x.unfold(1, 3, 2), _unfold_ref(1, 3, 2, 3), uniform(2, 7)),
         case("gaps", lambda x: x.unfold(0, 2, 3), _unfold_ref(0, 2, 3, 2), uniform(6, 2)),
     ],
+    "linear": [  # the fused eager row (a trace records matmul, permute and add)
+        case("bias", lambda x, w, b: apply(P.LINEAR, x, w, b), lambda xp, x, w, b: x @ w.T + b, uniform(4, 3),
+             uniform(2, 3), uniform(2)),
+        case("no_bias", lambda x, w: apply(P.LINEAR, x, w), lambda xp, x, w: x @ w.T, uniform(4, 3), uniform(2, 3))],
     "cross_entropy": [  # the fused eager row (a trace records its decomposition)
         case(f"{reduction}_ignored_row", lambda x, t, r=reduction: apply(P.CROSS_ENTROPY, x, t, ignore_index=-100,
                                                                           reduction=r),

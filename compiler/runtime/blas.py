@@ -40,23 +40,14 @@ class OpenBlas(NamedTuple):
 @functools.cache
 def _openblas() -> OpenBlas | None:
     """The thread controls of the OpenBLAS NumPy loaded, or None."""
-    import numpy  # noqa: F401  (loads its BLAS)
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln})
-    except OSError:
+    from eager.blas import openblas_library
+    lib = openblas_library()
+    setter = next((getattr(lib, n) for n in _SETTERS if lib is not None and hasattr(lib, n)), None)
+    getter = next((getattr(lib, n) for n in _GETTERS if lib is not None and hasattr(lib, n)), None)
+    if setter is None or getter is None:
         return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        setter = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
-        getter = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
-        if setter is not None and getter is not None:
-            setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
-            return OpenBlas(setter, getter)
-    return None
+    setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
+    return OpenBlas(setter, getter)
 
 
 def current_threads() -> int | None:

@@ -134,6 +134,9 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if bias is not None and tuple(bias.shape) not in ((weight.shape[0],), ()):
         raise ShapeError(f"linear: bias of shape {list(bias.shape)} does not fit out_features={weight.shape[0]} "
                          f"(weight shape {list(weight.shape)}); it must have shape [{weight.shape[0]}].")
+    if input.ndim == 2 and input.dtype == weight.dtype and input.is_floating_point() and \
+            (bias is None or (bias.ndim == 1 and bias.dtype == weight.dtype)):  # one fused row in eager
+        return apply(P.LINEAR, input, weight, *(() if bias is None else (bias,)))
     out = ops.matmul(input, weight.T)
     return out if bias is None else out + bias
 
