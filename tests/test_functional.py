@@ -299,3 +299,17 @@ def test_eager_cross_entropy_is_one_fused_node_while_a_trace_records_its_decompo
     other = eager.randn(8, 5)
     want = F.cross_entropy(other, t).item()
     assert abs(traced(other, t).item() - want) < 1e-6 and abs(compiled(other, t).item() - want) < 1e-6
+
+
+def test_eager_linear_is_one_fused_node_while_a_trace_records_matmul_and_add():
+    import tracer
+    x, w, b = eager.randn(4, 3), eager.randn(2, 3, requires_grad=True), eager.randn(2, requires_grad=True)
+    out = F.linear(x, w, b)
+    assert out.grad_fn.name() == "LinearBackward"
+    out.sum().backward()
+    assert w.grad._data.flags.c_contiguous  # row-major like the weight: the optimizer reads it without strides
+    np.testing.assert_allclose(b.grad.numpy(), np.full(2, 4.0))
+    traced = tracer.trace(lambda x: F.linear(x, w.detach(), b.detach()), x)
+    assert set(traced.graph.op_counts()) == {"permute", "matmul", "add"}
+    other = eager.randn(4, 3)
+    np.testing.assert_allclose(traced(other).numpy(), F.linear(other, w, b).detach().numpy(), rtol=1e-6)
