@@ -88,6 +88,8 @@ def _with_scalar(t: Tensor, s):
 
 
 def _binary(prim, a, b):
+    if type(a) is Tensor and type(b) is Tensor and a._data.dtype is b._data.dtype:  # nothing to promote
+        return apply(prim, a, b)
     a, b = _operands(a, b)
     return apply(prim, a, b)
 
