@@ -129,10 +129,8 @@ def lower_graph(graph: Graph, device: str = "cpu", backend: str | None = None, f
             raise ValueError("compile(cuda_graph=True): this graph has a control-flow node (cond, while_loop or "
                              "scan) whose branch or trip count is decided on the host every call; CuPy exposes no "
                              "conditional graph nodes to capture it. Compile without cuda_graph=True.")
-        if backend == "xla":
-            raise NotImplementedError("compile(backend='xla'): control-flow nodes (cond, while_loop, scan) have no "
-                                      "XLA lowering yet (lax.cond / while_loop / scan); use the default backend.")
-        graph = lower_regions(graph, lambda region: lower_graph(region, device, backend, fuel))
+        if backend != "xla":  # jax.jit takes the whole graph, regions included, as lax.cond / while_loop / scan
+            graph = lower_regions(graph, lambda region: lower_graph(region, device, backend, fuel))
     optimized = optimize(graph)
     passes = time.perf_counter() - start
     stats = cache.thread_stats()
@@ -162,7 +160,7 @@ class Compiled:
     """
 
     def __init__(self, fn, example_inputs: tuple, example_kwargs: dict, device: str, backend: str | None,
-                 strict: bool, fuel: int | None, cuda_graph: bool = False):
+                 strict: bool, fuel: int | None, cuda_graph: bool = False, guards: str = "retrace"):
         import tracer
         self.device, self.requested_backend, self.fuel = str(device), backend, fuel
         self.lowerings: list[Lowered] = []
@@ -175,7 +173,7 @@ class Compiled:
         if isinstance(fn, tracer.Traced):
             fn = fn.fn
         start = time.perf_counter()
-        self.traced = tracer.trace(fn, *example_inputs, strict=strict, lower=lower, **example_kwargs)
+        self.traced = tracer.trace(fn, *example_inputs, strict=strict, lower=lower, guards=guards, **example_kwargs)
         total = time.perf_counter() - start
         self.compile_seconds = sum(lw.pass_seconds + lw.build_seconds for lw in self.lowerings)
         self.trace_seconds = total - self.compile_seconds
@@ -216,7 +214,7 @@ class Compiled:
 
 
 def compile(fn, *example_inputs, device: str = "cpu", backend: str | None = None, strict: bool = False,  # noqa: A001
-            fuel: int | None = -1, cuda_graph: bool = False, **example_kwargs) -> Compiled:
+            fuel: int | None = -1, cuda_graph: bool = False, guards: str = "retrace", **example_kwargs) -> Compiled:
     """Trace ``fn`` (function, Module, or ``tracer.Traced``) on example inputs and compile its graph.
 
     ``device``: 'cpu' or 'cuda'. ``backend``: None (C on cpu, CUDA on cuda), 'c', 'numpy' (fallback), 'cuda',
@@ -225,6 +223,8 @@ def compile(fn, *example_inputs, device: str = "cpu", backend: str | None = None
     None is unlimited). ``cuda_graph``: on cuda, capture the whole step in a CUDA graph on the first call and
     replay it (one launch per step; new state is written over the old in place, see ``compiler.runtime.replay``;
     with backend 'simt' the same buffers are replayed on the CPU). Training steps work as with ``tracer.trace``:
-    new state is written back each call.
+    new state is written back each call. ``guards`` is ``tracer.trace``'s: ``"retrace"`` (a value the trace froze,
+    such as a Python branch on a tensor, is checked on every call and a call that sees another value compiles
+    the program for it), ``"raise"`` (it raises ``tracer.GuardError`` naming the line) or ``"off"``.
     """
-    return Compiled(fn, example_inputs, example_kwargs, device, backend, strict, fuel, cuda_graph)
+    return Compiled(fn, example_inputs, example_kwargs, device, backend, strict, fuel, cuda_graph, guards)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import eager
+import tracer
 from eager.autograd import AnomalyError, BackwardError
+from eager.control import ControlFlowError
 from eager.primitives import ShapeError
 
 
@@ -78,6 +80,33 @@ def _load_edited(tmp_edit):
     with open(path + "/graph.json", "w") as f:
         f.write(tmp_edit(text, json))
     tracer.load(path)
+
+
+def _guarded_branch_called_on_the_other_side():
+    import warnings
+
+    def branch(x):
+        if bool(x.sum() > 0):
+            return x * 2
+        return x - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tracer.TracerWarning)
+        traced = tracer.trace(branch, eager.ones(2), guards="raise")
+    traced(-eager.ones(2))
+
+
+def _traced_cond(true_fn, false_fn):
+    tracer.trace(lambda v: eager.cond(v.sum() > 0, true_fn, false_fn, (v,)), eager.ones(3))
+
+
+def _backward_through_traced_while_loop():
+    w = eager.ones(3, requires_grad=True)
+
+    def step(x):
+        _, out = eager.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * w), (eager.tensor(0), x))
+        out.sum().backward()
+        return out
+    tracer.trace(step, eager.ones(3))
 
 
 def _python_object_reference(text, json):
@@ -192,12 +221,29 @@ CATALOGUE = [
      [r"strict=True", r"argument x: f32\[2,3\] -> f32\[4,3\]", r"strict=False to retrace"]),
     ("traced_wrong_argument_count", lambda: _traced()(eager.ones(2, 3), eager.ones(1)), TypeError,
      [r"traced <lambda>\(x\)", r"2 positional argument", r"arguments the original function takes"]),
+    ("traced_guard_failed_raise", _guarded_branch_called_on_the_other_side, tracer.GuardError,
+     [r"guard failed at test_bad_inputs\.py:\d+: bool\(tensor\)", r"was True while tracing and is False on this call",
+      r"guards='retrace'"]),
     ("ir_file_corrupt", lambda: _load_edited(lambda text, json: text[:50]), ValueError,
      [r"^load:", r"graph\.json is corrupt", r"traced\.save"]),
     ("ir_file_newer_version", lambda: _load_edited(lambda t, json: t.replace('"version": 2', '"version": 99')),
      ValueError, [r"^load:", r"newer graphduel \(format version 99\)", r"Upgrade graphduel"]),
     ("ir_file_python_object", lambda: _load_edited(_python_object_reference), ValueError,
      [r"reference a Python object", r"py/reduce", r"Refused.*never imports or calls"]),
+    # control flow
+    ("cond_branch_shapes_differ", lambda: _traced_cond(lambda u: u, lambda u: u.sum(0, keepdim=True)), ControlFlowError,
+     [r"^cond:", r"true branch gives f32\[3\] but the false branch gives f32\[1\]", r"Cast or reshape"]),
+    ("cond_branch_dtypes_differ", lambda: _traced_cond(lambda u: u, lambda u: u.double()), ControlFlowError,
+     [r"^cond:", r"f32\[3\] but the false branch gives f64\[3\]", r"Cast or reshape"]),
+    ("cond_pred_not_scalar", lambda: eager.cond(eager.ones(2) > 0, lambda u: u, lambda u: u, (eager.ones(1),)),
+     ControlFlowError, [r"^cond:", r"0-d bool tensor, got bool\[2\]", r"reduce it first"]),
+    ("cond_pred_not_bool", lambda: eager.cond(eager.tensor(1.0), lambda u: u, lambda u: u, (eager.ones(1),)),
+     ControlFlowError, [r"^cond:", r"0-d bool tensor, got f32\[\]", r"x\.sum\(\) > 0"]),
+    ("while_loop_body_changes_carry_shape",
+     lambda: eager.while_loop(lambda v: v.sum() < 10, lambda v: eager.cat([v, v]), eager.ones(2)), ControlFlowError,
+     [r"^while_loop:", r"carry gives f32\[2\] but body_fn gives f32\[4\]", r"must match"]),
+    ("backward_through_traced_while_loop", _backward_through_traced_while_loop, BackwardError,
+     [r"while_loop is forward only", r"data-dependent", r"Use eager\.scan"]),
     # compiler
     ("compile_for_cuda_without_gpu", lambda: __import__("compiler").compile(lambda x: x * 2, eager.ones(2),
                                                                            device="cuda"), RuntimeError,

@@ -393,21 +393,116 @@ def test_a_failed_guard_leaves_state_a_cuda_graph_replay_donated_untouched():
     assert compiled.guard_failures >= 1
 
 
-def test_saving_a_guarded_program_warns_that_the_loaded_graph_cannot_check_its_guards(tmp_path):
+def test_a_guarded_program_saves_with_its_guards_and_the_loaded_graph_checks_them(tmp_path):
     traced = quiet_trace(branchy, eager.ones(3))
-    with pytest.warns(tracer.TracerWarning, match=r"cannot check them or retrace"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         traced.save(tmp_path / "g")
-    assert tracer.load(tmp_path / "g")(POSITIVE).tolist() == [2.0, 4.0, 6.0]
+    loaded = tracer.load(tmp_path / "g")
+    assert loaded(POSITIVE).tolist() == [2.0, 4.0, 6.0]
+    with pytest.raises(tracer.GuardError, match=rf"test_tracer_guards.py:{line_of(branchy, 'if x.sum()')}: "
+                                                r"bool\(tensor\) \(node %2\) was True while tracing and is False"):
+        loaded(NEGATIVE)
 
-    w = eager.ones(3).requires_grad_(False)
 
-    def updates(x):
-        if x.sum() > 0:
-            w.add_(1.0)
-        return x * w
-    stateful = quiet_trace(updates, eager.ones(3))
-    with pytest.raises(tracer.GuardError, match="updates state and has guards"):
-        stateful.save(tmp_path / "h")
+def test_saving_a_program_that_changes_python_state_warns_that_the_loaded_graph_has_none(tmp_path):
+    model, _ = _pair()
+    traced = quiet_trace(model, eager.randn(2, 4))
+    with pytest.warns(tracer.TracerWarning, match=rf"changes Python state \(at test_tracer_guards.py:"
+                                                  rf"{line_of(Counter, 'self.counter += 1')}\)"):
+        traced.save(tmp_path / "g")
+
+
+def test_compile_passes_guards_to_the_trace():
+    raising = quiet_compile(branchy, eager.ones(3), guards="raise")
+    assert raising(POSITIVE).tolist() == [2.0, 4.0, 6.0]
+    with pytest.raises(tracer.GuardError, match=rf"guard failed at test_tracer_guards.py:"
+                                                rf"{line_of(branchy, 'if x.sum()')}: bool\(tensor\)"):
+        raising(NEGATIVE)
+    assert raising.retrace_count == 0
+    frozen = quiet_compile(branchy, eager.ones(3), guards="off")
+    assert frozen(NEGATIVE).tolist() == [-2.0, -4.0, -6.0] and frozen.graph.outputs[-1].op != "gt"
+    with pytest.raises(ValueError, match="guards must be one of"):
+        compiler.compile(branchy, eager.ones(3), guards="never")
+
+
+# ---------------------------------------------------------------- Python scalars the function names itself
+
+FLAG = True
+STEPS = 0
+
+
+def flagged(x):
+    if FLAG:
+        return x * 2
+    return x - 1
+
+
+def test_a_global_flag_is_guarded_and_a_changed_global_retraces(caplog, monkeypatch):
+    traced = quiet_trace(flagged, eager.ones(3))
+    assert traced(POSITIVE).tolist() == [2.0, 4.0, 6.0]
+    monkeypatch.setitem(globals(), "FLAG", False)
+    with caplog.at_level(logging.INFO, logger="graphduel.tracer"):
+        assert traced(POSITIVE).tolist() == [0.0, 1.0, 2.0]
+    assert traced.retrace_count == 1
+    assert any("Python state FLAG: True -> False" in r.getMessage() for r in caplog.records)
+    monkeypatch.setitem(globals(), "FLAG", True)
+    assert traced(POSITIVE).tolist() == [2.0, 4.0, 6.0] and traced.retrace_count == 1  # both programs kept
+
+
+def test_a_closure_cell_and_a_plain_objects_attribute_are_guarded():
+    def make(scale):
+        def fn(x):
+            return x * scale if scale > 1 else x
+        return fn
+
+    fn = make(2.0)
+    traced = quiet_trace(fn, eager.ones(3))
+    fn.__closure__[0].cell_contents = 0.5
+    assert traced(POSITIVE).tolist() == [1.0, 2.0, 3.0] and traced.retrace_count == 1
+
+    class Scaler:
+        def __init__(self):
+            self.double = True
+
+        def run(self, x):
+            return x * 2 if self.double else x
+
+    scaler = Scaler()
+    traced = quiet_trace(scaler.run, eager.ones(3))
+    scaler.double = False
+    assert traced(POSITIVE).tolist() == [1.0, 2.0, 3.0] and traced.retrace_count == 1
+
+
+def test_a_nonlocal_counter_the_run_changes_is_restored_after_tracing_and_written_back_by_each_call():
+    def make():
+        calls = 0
+
+        def fn(x):
+            nonlocal calls
+            calls += 1
+            return x * 2 if calls % 2 else x * 3
+        return fn
+
+    fn, twin_fn = make(), make()
+    traced = quiet_trace(fn, eager.ones(3))
+    assert fn.__closure__[0].cell_contents == 0  # tracing has no side effects
+    for i in range(4):
+        assert traced(POSITIVE).tolist() == twin_fn(POSITIVE).tolist(), f"call {i + 1}"
+    assert fn.__closure__[0].cell_contents == 4
+
+
+def test_a_global_the_run_changes_is_put_back_after_tracing(monkeypatch):
+    monkeypatch.setitem(globals(), "STEPS", 0)
+
+    def count(x):
+        global STEPS
+        STEPS += 1
+        return x + STEPS
+
+    traced = quiet_trace(count, eager.ones(1))
+    assert STEPS == 0
+    assert [traced(eager.zeros(1)).item() for _ in range(3)] == [1.0, 2.0, 3.0] and STEPS == 3
 
 
 # ---------------------------------------------------------------- a baked value kept in the graph instead

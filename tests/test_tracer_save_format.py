@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -93,3 +95,108 @@ def test_each_conversion_gives_its_python_type():
     a = np.array([[3.0]], np.float32)
     assert [type(convert(a, k)) for k in CONVERSIONS] == [float, float, int, bool, list]
     assert convert(np.array([0.0]), "bool") is False and convert(a, "tolist") == [[3.0]]
+
+
+# ---------------------------------------------------------------- guards: saved, and checked by a loaded graph
+
+
+def branchy(x):
+    if x.sum() > 0:
+        return x * 2
+    return x - 1
+
+
+def quiet_trace(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tracer.TracerWarning)
+        return tracer.trace(fn, *args, **kwargs)
+
+
+def _saved(traced, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a guarded program saves without a warning: its guards go with it
+        traced.save(path)
+    return json.loads((path / "graph.json").read_text())
+
+
+def test_guards_are_saved_with_their_output_kind_outcome_and_line(tmp_path):
+    doc = _saved(quiet_trace(branchy, eager.ones(3)), tmp_path / "g")
+    line = inspect.getsourcelines(branchy)[1] + 1
+    assert doc["version"] == 2
+    assert doc["guards"] == [{"output": 1, "kind": "bool", "expected": True,
+                              "source": f"test_tracer_save_format.py:{line}"}]
+    assert len(doc["outputs"]) == 2  # the result, then the guarded value
+    frozen = quiet_trace(branchy, eager.ones(3), guards="off")
+    assert _saved(frozen, tmp_path / "off")["guards"] == []
+
+
+def test_a_loaded_graph_raises_a_guard_error_naming_the_line_and_both_values(tmp_path):
+    _saved(quiet_trace(branchy, eager.ones(3)), tmp_path / "g")
+    loaded = tracer.load(tmp_path / "g")
+    assert loaded(eager.tensor([1.0, 2.0, 3.0])).tolist() == [2.0, 4.0, 6.0]
+    line = inspect.getsourcelines(branchy)[1] + 1
+    with pytest.raises(tracer.GuardError, match=rf"loaded graph branchy: guard failed at test_tracer_save_format.py:"
+                                                rf"{line}: bool\(tensor\) \(node %2\) was True while tracing and is "
+                                                r"False on this call\. A loaded graph cannot retrace"):
+        loaded(-eager.ones(3))
+
+    def normalise(x):
+        top = x.max().item()
+        return x / top
+    _saved(quiet_trace(normalise, eager.tensor([1.0, 4.0])), tmp_path / "n")
+    loaded = tracer.load(tmp_path / "n")
+    assert loaded(eager.tensor([2.0, 4.0])).tolist() == [0.5, 1.0]
+    with pytest.raises(tracer.GuardError, match=r"tensor\.item\(\) \(node %1\) was 4\.0 while tracing and is 8\.0"):
+        loaded(eager.tensor([1.0, 8.0]))
+
+
+def test_a_mask_guard_compares_the_selected_positions_after_loading(tmp_path):
+    doc = _saved(quiet_trace(lambda x: x[x > 0] * 10, eager.tensor([1.0, -1.0, 2.0])), tmp_path / "m")
+    (guard,) = doc["guards"]
+    assert guard["kind"] == "nonzero" and guard["expected"]["tuple"][:1] == ["array"]
+    loaded = tracer.load(tmp_path / "m")
+    assert loaded(eager.tensor([3.0, -5.0, 1.0])).tolist() == [30.0, 10.0]
+    with pytest.raises(tracer.GuardError, match="a boolean mask"):
+        loaded(eager.tensor([-3.0, 5.0, 1.0]))
+
+
+def test_a_loaded_program_that_updates_state_and_has_guards_reads_updates_after_the_guard_values(tmp_path):
+    w = eager.ones(3)
+
+    def step(x):
+        if x.sum() > 0:
+            w.add_(x)
+        return x * w
+
+    _saved(quiet_trace(step, eager.ones(3)), tmp_path / "s")
+    loaded = tracer.load(tmp_path / "s")
+    assert loaded(eager.tensor([1.0, 2.0, 3.0])).tolist() == [2.0, 6.0, 12.0]
+    assert loaded.state["w"].tolist() == [2.0, 3.0, 4.0]
+    with pytest.raises(tracer.GuardError, match="was True while tracing and is False"):
+        loaded(-eager.ones(3))
+    assert loaded.state["w"].tolist() == [2.0, 3.0, 4.0]  # a failed guard writes nothing back
+    assert w.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_version_1_file_has_no_guards_and_still_loads(tmp_path):
+    quiet_trace(lambda x: (x * 2).exp(), eager.ones(2)).save(tmp_path / "g")
+    path = tmp_path / "g" / "graph.json"
+    doc = json.loads(path.read_text())
+    doc["version"] = 1
+    del doc["guards"]
+    path.write_text(json.dumps(doc))
+    loaded = tracer.load(tmp_path / "g")
+    assert loaded.guards == [] and loaded(eager.zeros(2)).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda g: g.update(output=0), r"guards\[0\]: output 0 is not a guard output of the graph \(outputs 1\.\.1"),
+    (lambda g: g.update(kind="pickle"), r"guards\[0\]: unknown kind 'pickle' \(known: bool, item"),
+    (lambda g: g.pop("source"), r"guards\[0\]: a guard is \{\"output\", \"kind\", \"expected\", \"source\"\}"),
+], ids=["not_a_guard_output", "unknown_kind", "missing_source"])
+def test_a_malformed_guard_entry_is_a_format_error(tmp_path, edit, pattern):
+    doc = _saved(quiet_trace(branchy, eager.ones(3)), tmp_path / "g")
+    edit(doc["guards"][0])
+    (tmp_path / "g" / "graph.json").write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=pattern):
+        tracer.load(tmp_path / "g")

@@ -2,12 +2,17 @@
 
 ``traced.save(path)`` writes a directory:
 
-- ``path/graph.json``: ``{"format": "graphduel.graph", "version": 1, ...}`` with one entry per node:
+- ``path/graph.json``: ``{"format": "graphduel.graph", "version": 2, ...}`` with one entry per node:
   ``{"id", "op", "shape", "dtype"}`` plus, for a placeholder, ``"name"`` and ``"role"`` (input, param,
   state); for a constant, ``"array"`` (a key in the .npz); for a call, ``"args"`` and ``"params"`` and
   ``"source"``. Then ``"outputs"`` (node ids), ``"updates"`` (pairs of node ids), ``"writes"`` (names of the
   locations extra outputs were written to, e.g. ``fc1.weight.grad``), ``"result"`` (the structure of the
-  function's result) and ``"conversions"``.
+  function's result), ``"conversions"`` and ``"guards"``: one ``{"output", "kind", "expected", "source"}``
+  per value guard (``tracer.build.ValueGuard``): the index in ``"outputs"`` of the value that left the graph
+  while tracing, how it left (``bool``, ``item``, ...), the outcome a call must reproduce
+  (``tracer.assumptions.outcome``, an array's bytes as their SHA-1) and the user's line. A loaded graph
+  compares each after every call, before writing anything back, and raises ``GuardError`` naming the line
+  when one fails (it has no Python source to retrace). Version 1 files (no control flow, no guards) load too.
 - ``path/arrays.npz``: the values of param/state placeholders (key ``placeholder_<id>``) and constants
   (key ``constant_<id>``), read with ``numpy.load(allow_pickle=False)``.
 
@@ -29,6 +34,7 @@ the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -43,6 +49,7 @@ from eager.control import Results
 from eager.primitives import PRIMITIVES, Aval, IndexSlot
 from eager.storage import assign
 from eager.tensor import Tensor
+from tracer.assumptions import GuardError, outcome
 from tracer.conversions import CONVERSIONS, convert
 from tracer.interpret import Rule, evaluate
 from tracer.ir import CONSTANT, PLACEHOLDER, Graph, GraphError, Node
@@ -244,8 +251,9 @@ def _decode_spec(obj, where="result"):
 # ---------------------------------------------------------------- save
 
 
-def save(traced, path) -> None:
-    """Write the program a call would run now (latest signature, current state layout) and its state."""
+def save(traced, path):
+    """Write the program a call would run now (latest signature, current state layout), its state and its
+    guards; returns the ``tracer.traced.Entry`` written."""
     entry = _current_entry(traced)
     graph, plan = entry.graph, entry.plan
     readers = dict(zip((n.id for n in graph.placeholders if n.role != "input"), plan.readers))
@@ -259,6 +267,8 @@ def save(traced, path) -> None:
         "writes": [s.name for s in plan.extra_slots],
         "result": _encode_spec(plan.out_spec, iter(plan.conversions)),
         "conversions": list(plan.conversions),
+        "guards": [{"output": g.output, "kind": g.kind, "expected": encode(_comparable(g.expected), "guards"),
+                    "source": g.source} for g in entry.value_guards],
     }
     for a in rule.arrays.values():
         if a.dtype.name not in DTYPES:
@@ -267,6 +277,15 @@ def save(traced, path) -> None:
     with open(os.path.join(path, "graph.json"), "w") as f:
         f.write(_dumps(doc))
     np.savez(os.path.join(path, "arrays.npz"), **rule.arrays)
+    return entry
+
+
+def _comparable(expected):
+    """An outcome as saved and compared on load: a small array's bytes (``outcome`` keeps them) as their SHA-1,
+    as a larger one's are, so that every outcome is JSON."""
+    if type(expected) is tuple and expected[:1] == ("array",) and isinstance(expected[3], bytes):
+        return expected[:3] + (hashlib.sha1(expected[3]).hexdigest(),)
+    return expected
 
 
 class _SaveRule(Rule):
@@ -483,6 +502,35 @@ def _array(arrays: dict, key, aval: Aval, where: str) -> np.ndarray:
     return a
 
 
+class SavedGuard(NamedTuple):
+    """A value guard of a loaded graph: result ``output`` must give ``expected`` (``_comparable(outcome(...))``)."""
+
+    output: int
+    kind: str
+    expected: Any
+    source: str
+
+
+def _guards(body, graph: Graph, first: int) -> list[SavedGuard]:
+    """The ``"guards"`` entries, checked: each names a guard output (past the user outputs and writes, ``first``)."""
+    from tracer.traced import ESCAPE_WHAT
+    out = []
+    for i, item in enumerate(_list(body, "load: guards")):
+        where = f"load: guards[{i}]"
+        if not isinstance(item, dict) or set(item) != {"output", "kind", "expected", "source"}:
+            raise FormatError(f"{where}: a guard is {{\"output\", \"kind\", \"expected\", \"source\"}}, got "
+                              f"{item!r:.80}")
+        output, kind, source = item["output"], item["kind"], item["source"]
+        if type(output) is not int or not first <= output < len(graph.outputs):
+            raise FormatError(f"{where}: output {output!r} is not a guard output of the graph (outputs {first}.."
+                              f"{len(graph.outputs) - 1} follow the result and the writes)")
+        if kind not in ESCAPE_WHAT or not isinstance(source, str):
+            raise FormatError(f"{where}: unknown kind {kind!r} (known: {', '.join(ESCAPE_WHAT)}) or a source that "
+                              f"is not a string ({source!r:.40})")
+        out.append(SavedGuard(output, kind, decode(item["expected"], f"{where} expected"), source))
+    return out
+
+
 def _conversions(body) -> list[str | None]:
     """Per user output: None (a tensor) or one of ``tracer.conversions.CONVERSIONS``."""
     out = _list(body, "conversions")
@@ -496,7 +544,9 @@ class LoadedGraph:
     """A graph read from disk, with its own parameters and state; call it with the input tensors (flattened).
 
     Updates are applied to ``state`` (so a loaded training step keeps training its own copy); values written
-    to outside locations when traced (e.g. ``fc1.weight.grad``) land in ``written``.
+    to outside locations when traced (e.g. ``fc1.weight.grad``) land in ``written``. The saved program's value
+    guards are checked after each call, before anything is written: a call on which a value the trace froze
+    differs raises ``GuardError`` (a loaded graph cannot retrace).
     """
 
     def __init__(self, graph: Graph, values: dict[int, np.ndarray], doc: dict, device=None, lower=None):
@@ -516,6 +566,7 @@ class LoadedGraph:
         self._writes = [str(w) for w in writes] if isinstance(writes, list) else []
         self._conversions = _conversions(doc.get("conversions", []))
         self._spec = _decode_spec(doc.get("result", "T"))
+        self.guards = _guards(doc.get("guards", []), graph, len(self._conversions) + len(self._writes))
         self.exe = (lower or default_lower)(graph)
 
     @property
@@ -538,11 +589,13 @@ class LoadedGraph:
                                      "loaded graph cannot retrace (it has no Python source).")
         arrays = [t._data for t in inputs] + [self.state[n.name]._data for n in self._others]
         results = self.exe.run(arrays)
+        self._check_guards(results)
         n_user = len(self._conversions)
         k = n_user + len(self._writes)
         for name, arr in zip(self._writes, results[n_user:k]):
             self.written[name] = Tensor(arr)
-        for (p, _), arr in zip(self.graph.updates, results[k:]):
+        # results: the user outputs, the writes and the guard values (graph.outputs), then the updates' new values
+        for (p, _), arr in zip(self.graph.updates, results[len(self.graph.outputs):]):
             if p.role == "input":
                 t = inputs[self._inputs.index(p)]
                 assign(t, arr)
@@ -550,6 +603,17 @@ class LoadedGraph:
                 assign(self.state[p.name], arr)
         outs = [Tensor(a) if c is None else convert(a, c) for a, c in zip(results[:n_user], self._conversions)]
         return unflatten(self._spec, outs)
+
+    def _check_guards(self, results: list) -> None:
+        from tracer.traced import guard_failure_message
+        for g in self.guards:
+            seen = _comparable(outcome(g.kind, results[g.output]))
+            if seen != g.expected:
+                message = guard_failure_message(g.source, g.kind, self.graph.outputs[g.output].ref, g.expected, seen)
+                raise GuardError(f"loaded graph {self.name}: {message}. A loaded graph cannot retrace (it has no "
+                                 "Python source): trace the function again and call that for these inputs, or keep "
+                                 "the decision in the graph (eager.cond, or tensor ops instead of Python control "
+                                 "flow) before saving.")
 
     def __repr__(self) -> str:
         return f"<LoadedGraph {self.name} {self.signature}: {len(self.graph.calls)} calls>"

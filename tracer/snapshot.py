@@ -2,7 +2,8 @@
 
 ``Snapshot.of(world, tensors)`` saves everything a run of the traced function may change: each known tensor's
 array, version, ``.grad`` and autograd state, the ``__dict__`` and containers of every module and optimizer,
-free tensor locations (closure cells, globals) and the random generators. ``restore()`` puts it all back.
+free tensor locations (closure cells, globals), the Python scalars the function names (``World.scalars``: a
+global flag, a ``nonlocal`` counter) and the random generators. ``restore()`` puts it all back.
 
     >>> import eager
     >>> from eager import nn
@@ -61,6 +62,7 @@ class Snapshot:
         self.dicts: dict[int, tuple[dict, dict]] = {}
         self.lists: list[tuple[list, list]] = []
         self.cells: list[tuple[Slot, Any]] = []
+        self.scalars: list[tuple[Slot, Any]] = []   # Python scalars at their locations (Python state)
         self.rng: RngState | None = None
 
     @classmethod
@@ -76,6 +78,8 @@ class Snapshot:
             if isinstance(t, Tensor):
                 snap.add_tensor(t)
             snap.cells.append((slot, t))
+        for _, slot in world.scalars:
+            snap.scalars.append((slot, slot.get()))
         for _, module in world.modules:
             snap._add_module(module)
         for _, opt in world.optimizers:
@@ -120,7 +124,7 @@ class Snapshot:
                 _restore_keeping_python_state(d, saved)
         for lst, saved in self.lists:
             lst[:] = saved
-        for slot, value in self.cells:
+        for slot, value in self.cells + (self.scalars if python else []):
             if value is not MISSING:
                 slot.assign(value)
         for saved_tensor in self.tensors.values():

@@ -228,13 +228,7 @@ class Entry:
     def guard_message(self, j: int, seen) -> str:
         """A failed value guard in words: the line, what was seen while tracing and what now."""
         g = self.value_guards[j]
-        site = self.plan.escapes[g.site]
-        what = {"bool": "bool(tensor)", "item": "tensor.item()", "float": "float(tensor)", "int": "int(tensor)",
-                "tolist": "tensor.tolist()", "numpy": "the array of tensor.numpy()",
-                "nonzero": "a boolean mask", "tensor": "the value copied by eager.tensor(...)"}.get(g.kind, g.kind)
-        node = f" (node {site.node})" if site.node else ""
-        return (f"guard failed at {g.source}: {what}{node} was {describe_outcome(g.kind, g.expected)} while tracing "
-                f"and is {describe_outcome(g.kind, seen)} on this call")
+        return guard_failure_message(g.source, g.kind, self.plan.escapes[g.site].node, g.expected, seen)
 
     def matches(self, leaves: list) -> bool:
         """Whether a call with these (signature-matching) arguments may run this program now."""
@@ -293,6 +287,20 @@ class Entry:
 
     def run(self, leaves: list, arrays: list, tensors: list | None = None):
         return self.finish(leaves, self.exe.run(arrays), tensors)
+
+
+# how each kind of escaped value is named in a failed guard's message
+ESCAPE_WHAT = {"bool": "bool(tensor)", "item": "tensor.item()", "float": "float(tensor)", "int": "int(tensor)",
+               "tolist": "tensor.tolist()", "numpy": "the array of tensor.numpy()", "nonzero": "a boolean mask",
+               "tensor": "the value copied by eager.tensor(...)"}
+
+
+def guard_failure_message(source: str, kind: str, node: str | None, expected, seen) -> str:
+    """A failed value guard in words (a traced call's, a loaded graph's): the line, the value seen while tracing
+    and the value now (``tracer.assumptions.outcome``s)."""
+    where = f" (node {node})" if node else ""
+    return (f"guard failed at {source}: {ESCAPE_WHAT.get(kind, kind)}{where} was {describe_outcome(kind, expected)} "
+            f"while tracing and is {describe_outcome(kind, seen)} on this call")
 
 
 def _checker(kind: str, expected):
@@ -748,24 +756,19 @@ class Traced:
         return check(self, args, kwargs, rtol=rtol, atol=atol)
 
     def save(self, path) -> None:
-        """Save the latest graph with its parameters and state (see ``tracer.serialization``).
+        """Save the program a call would run now, with its parameters, state and guards (``tracer.serialization``).
 
-        A loaded graph has no Python to retrace, and the saved format does not carry guards yet: a program with
-        guards is saved as the frozen program it is, with a ``TracerWarning`` naming the lines a loaded graph
-        will not check (and refused when it also updates state, whose values the format expects right after
-        the outputs)."""
+        A loaded graph checks the saved program's value guards on each call and raises ``GuardError`` naming the
+        line when one fails (it has no Python source to retrace). Python state that the program changes
+        (``self.counter += 1``) is not part of a saved graph: the program is saved for the value it has now, with
+        a ``TracerWarning`` naming the line."""
         from tracer.serialization import save
-        entry = next((e for e in self._cache.get(self._latest.key, ()) if e.guard_ok()), self._latest)
-        if entry.value_guards or entry.state_guard:
-            lines = ", ".join(sorted({g.source for g in entry.value_guards} | {c.source for c in entry.state_changes}))
-            if entry.graph.updates and entry.value_guards:
-                raise GuardError(f"save: {self.name}'s program updates state and has guards (values the trace froze, "
-                                 f"at {lines}); the saved format cannot hold both yet. Trace with guards='off' to save "
-                                 "the frozen program, or keep those decisions in the graph.")
-            warnings.warn(f"save: {self.name}'s program has guards (values the trace froze, at {lines}); the loaded "
-                          "graph replays the values seen while tracing and cannot check them or retrace.",
+        entry = save(self, path)
+        if entry.state_guard:
+            lines = ", ".join(sorted({c.source for c in entry.state_changes}))
+            warnings.warn(f"save: {self.name}'s program changes Python state (at {lines}); the loaded graph has no "
+                          "Python state: it runs the program traced for the value that state has now on every call.",
                           TracerWarning, stacklevel=2)
-        save(self, path)
 
     def __repr__(self) -> str:
         n = len(self.entries)

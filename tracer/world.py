@@ -4,7 +4,8 @@ A ``World`` holds the modules (their parameters, buffers and Python attributes),
 and state) and the free tensors (closure cells, globals, lists) reachable from a traced function, found by
 ``tracer.roots``. It names every tensor it knows (``Known``: state_dict names for parameters and buffers) and
 lists the locations a run may change: ``.grad`` slots, optimizer-state entries, plain module tensor attributes
-and Python scalars (``PyState``).
+and Python scalars (``PyState``): those of modules and optimizers, and those the function names itself (a
+global ``FLAG``, a closure cell, an attribute of a plain object it is a method of).
 
     >>> import eager
     >>> from eager import nn
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from eager.tensor import Tensor
-from tracer.roots import Root, function_roots, is_module, is_optimizer
-from tracer.slots import Slot
+from tracer.roots import PY_SCALARS, Root, function_roots, is_module, is_optimizer, is_py_state
+from tracer.slots import MISSING, Slot
 
-PY_SCALARS = (bool, int, float)
+__all__ = ["PY_SCALARS", "CellView", "Known", "PyState", "World", "is_py_state"]
 
 
 @dataclass
@@ -46,11 +47,34 @@ class PyState:
     owner: Any
 
 
-def is_py_state(value) -> bool:
-    """Whether a value is Python state a trace guards: a bool/int/float, or a short tuple of them."""
-    if type(value) in PY_SCALARS:
-        return True
-    return type(value) is tuple and 0 < len(value) <= 8 and all(type(v) in PY_SCALARS for v in value)
+class CellView:
+    """A closure cell as a one-entry mapping: a guard reads (``get``) and writes back (``[key] = value``) Python
+    state in a cell as it does a global's dict or an object's ``__dict__``."""
+
+    __slots__ = ("cell",)
+
+    def __init__(self, cell):
+        self.cell = cell
+
+    def get(self, key, default=None):
+        try:
+            return self.cell.cell_contents
+        except ValueError:  # an empty cell (``del`` of a nonlocal)
+            return default
+
+    def __setitem__(self, key, value) -> None:
+        self.cell.cell_contents = value
+
+
+def _scalar_location(slot: Slot) -> tuple[Any, Any, Any]:
+    """(container, key, owner) of a Python scalar the function names: a global (its module's dict), a closure
+    cell, or an attribute of a plain object (the owner: its class's source names the line that changes it)."""
+    ((kind, key),) = slot.steps
+    if kind == "cell":
+        return CellView(slot.root), slot.name, None
+    if kind == "item":
+        return slot.root, key, None
+    return vars(slot.root), key, slot.root
 
 
 def _attr_steps(path: str) -> tuple:
@@ -67,6 +91,7 @@ class World:
         self.known: dict[int, Known] = {}          # id(tensor) -> Known (params, buffers, grads, opt state, free)
         self.grad_slots: dict[int, Slot] = {}      # id(leaf tensor) -> its .grad slot
         self.free: list[tuple[str, Slot]] = []     # free tensor locations (closure cells, globals, lists)
+        self.scalars: list[tuple[str, Slot]] = []  # Python scalars the function names (globals, cells, attributes)
         self._root_ids: set[int] = set()
 
     # ------------------------------------------------------------ discovery
@@ -94,7 +119,11 @@ class World:
             if is_optimizer(r.obj) and id(r.obj) not in self._root_ids:
                 self._root_ids.add(id(r.obj))
                 self._add_optimizer(r.name, r.obj)
+        seen_scalars: set[tuple[int, Any]] = set()
         for r in roots:
+            if is_py_state(r.obj) and r.slot is not None and (id(r.slot.root), r.slot.steps) not in seen_scalars:
+                seen_scalars.add((id(r.slot.root), r.slot.steps))  # two functions reading one global: one guard
+                self.scalars.append((r.name, r.slot))
             if isinstance(r.obj, Tensor) and r.slot is not None:
                 self.free.append((r.name, r.slot))
                 if id(r.obj) not in self.known:
@@ -180,8 +209,17 @@ class World:
                 for full, _value in _module_tensor_attrs(module)]
 
     def python_state(self) -> dict[str, PyState]:
-        """Python scalars (int/float/bool, tuples of them) held by modules and optimizers, by readable name."""
+        """Python scalars (int/float/bool, tuples of them) held by modules and optimizers, and the globals, closure
+        cells and plain-object attributes the function names, by readable name."""
         out: dict[str, PyState] = {}
+        for name, slot in self.scalars:
+            container, key, owner = _scalar_location(slot)
+            value = container.get(key, MISSING)
+            if is_py_state(value):
+                base, n = name, 2
+                while name in out:  # two closures' ``count``: names are for messages, each location is guarded
+                    name, n = f"{base}#{n}", n + 1
+                out[name] = PyState(slot, container, key, value, owner)
         for name, module in self.modules:
             for sub, m in module.named_modules():
                 base = f"{name}.{sub}" if sub else name
