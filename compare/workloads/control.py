@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from compare.workloads.registry import JaxStep, workload
+from compare.workloads.registry import JaxStep, Program, as_lib_tensor, load_params, program, workload
 
 
 def _ops(lib):
@@ -155,3 +155,52 @@ def _(jnp, arrays):
         out = jax.lax.cond(x.mean() > 0, lambda v: jnp.tanh(v @ w_a), lambda v: jnp.maximum(v @ w_b, 0) * 0.5, x)
         return (out,), carry
     return JaxStep(step, (), tuple(jnp.asarray(arrays[k]) for k in ("x", "w_a", "w_b")))
+
+
+# ------------------------------------------------------------------ DynamicNet with its counter as state: cond
+def _dyn_seed():
+    from compare.workloads import seeds
+    return seeds
+
+
+@program(kind="forward", inputs=lambda size, rng: _dyn_seed()._dyn_inputs(size, rng),
+         size_names=tuple(("small", "medium", "large")), tags=("control-flow", "cond"),
+         reference=lambda x, **params: _dyn_seed()._dyn_ref(x, **params),
+         note="Seed 000's DynamicNet written the static way: the call counter is a 0-d int64 buffer and the branch "
+              "is eager.cond on it (torch.cond for the torch peer, lax.cond with the counter carried for JAX), so "
+              "one traced program serves every call with no retrace.")
+def dynamic_net_cond(lib, arrays):
+    """DynamicNet with ``self.counter`` a tensor and ``cond`` picking the branch: odd calls double the input."""
+    nn = lib.nn
+    ops = _ops(lib)
+
+    class DynamicNet(nn.Module):
+        def __init__(self, d_in, h, d_out):
+            super().__init__()
+            self.linear1 = nn.Linear(d_in, h)
+            self.linear2 = nn.Linear(h, d_out)
+            self.register_buffer("counter", lib.zeros((), dtype=lib.int64))
+
+        def forward(self, x):
+            self.counter.add_(1)
+            h = ops.cond((self.counter & 1) == 0, lambda v: self.linear1(v), lambda v: self.linear1(v * 2), (x,))
+            return self.linear2(h.clamp(min=0))
+
+    model = DynamicNet(arrays["x"].shape[1], arrays["linear1.weight"].shape[0], arrays["linear2.weight"].shape[0])
+    load_params(lib, model, arrays)
+    return Program(model, (as_lib_tensor(lib, arrays["x"]),))
+
+
+@dynamic_net_cond.peer("jax")
+def _(jnp, arrays):
+    import jax
+
+    from compare.workloads import npref
+    params = {k: jnp.asarray(v) for k, v in arrays.items() if k != "x"}
+
+    def step(carry, x):
+        p, counter = carry
+        counter = counter + 1
+        h = jax.lax.cond(counter % 2 == 0, lambda v: v, lambda v: v * 2, x)
+        return (npref.dense_forward(p, ["linear1", "linear2"], h, xp=jnp)[0],), (p, counter)
+    return JaxStep(step, (params, jnp.zeros((), jnp.int32)), (jnp.asarray(arrays["x"]),))
