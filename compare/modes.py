@@ -194,7 +194,12 @@ def prepare_compiled_graph(wl: Workload, arrays: dict, device: str) -> Runner:
     launch per call besides copying the batch in and the outputs out; state is updated in place."""
     if device != "cuda":
         raise Skip("CUDA graph replay runs on --device cuda only")
-    return prepare_compiled(wl, arrays, device, cuda_graph=True)
+    try:
+        return prepare_compiled(wl, arrays, device, cuda_graph=True)
+    except ValueError as e:  # the compiler's refusal of a branch decided on the host, passed on as the reason
+        if "control-flow" in wl.tags:
+            raise Skip(f"compile(cuda_graph=True) refuses it: {e}") from e
+        raise
 
 
 @contextlib.contextmanager
@@ -324,7 +329,55 @@ def prepare_torch_compile(wl: Workload, arrays: dict, device: str) -> Runner:
         compiled = torch.compile(prog.fn)
     except Exception as e:  # noqa: BLE001  (torch.compile's failures vary by platform; report and move on)
         raise Skip(f"torch.compile is unavailable here: {type(e).__name__}: {e}") from e
+    if "control-flow" in wl.tags:
+        compiled = _compile_failure_skips(torch, compiled, wl)
     return _torch_runner(torch, compiled, prog, device)
+
+
+def _compile_failure_skips(torch, compiled: Callable, wl: Workload) -> Callable:
+    """``compiled`` whose first call (where torch.compile compiles) turns a failure of Dynamo or Inductor into a
+    :class:`Skip` carrying the measured error: the same program runs in the ``torch`` peer, so a failure here is
+    torch.compile's limit on ``torch.cond`` / ``while_loop`` / ``scan`` on this platform, not a wrong answer.
+    Later calls, and errors of any other kind, raise as usual."""
+    from torch._dynamo.exc import TorchDynamoException
+    compiled_once = []
+
+    def call(*args):
+        if compiled_once:
+            return compiled(*args)
+        try:
+            out = compiled(*args)
+        except TorchDynamoException as e:
+            raise Skip(f"torch.compile fails on this {_control_op(wl)} (torch {torch.__version__}): "
+                       f"{_first_line(e)}{_deepest_frame(e)}") from e
+        compiled_once.append(True)
+        return out
+    return call
+
+
+def _control_op(wl: Workload) -> str:
+    ops = [t for t in wl.tags if t in ("cond", "while_loop", "scan")]
+    return "/".join(f"torch.{op}" if op != "scan" else "torch._higher_order_ops.scan" for op in ops) or \
+        "control flow"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _deepest_frame(e: BaseException) -> str:
+    """Where in Dynamo or Inductor it failed: the deepest compiler file, with the chain of its functions that
+    led there (e.g. Inductor's ``post_grad_passes > decompose_scan_to_while_loop > ... > body_fn``)."""
+    import traceback
+    tb = traceback.extract_tb(e.__traceback__)
+    frames = [f for f in tb if "torch/_inductor/" in f.filename] or \
+        [f for f in tb if "torch/_dynamo/" in f.filename and not f.filename.endswith("eval_frame.py")]
+    if not frames:
+        return ""
+    last = frames[-1]
+    chain = " > ".join(f.name for f in frames if f.filename == last.filename)
+    return f" (in {chain}, {last.filename.rsplit('site-packages/', 1)[-1]}:{last.lineno})"
 
 
 MODES: dict[str, Mode] = {m.name: m for m in [

@@ -87,27 +87,27 @@ def correctness_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str,
     body = []
     for (wl, size), g in df.groupby(["workload", "size"], sort=False):
         row = [(f"{wl} / {size}", "")]
-        for mode in modes:
-            m = g[g["mode"] == mode]
-            run = m[m.metric == "run"]
-            if run.empty:
-                row.append(("", ""))
-                continue
-            status = run.status.iloc[0]
-            if status != "ok":
-                row.append((status, status))
-                continue
-            checks = m[m.metric.isin(CORRECTNESS_METRICS[::2])]  # abs rows carry the status
-            failed = checks[checks.status == "fail"]
-            if failed.empty:
-                row.append(("pass", "pass"))
-            elif bool(m.expected_divergence.iloc[0]) and (failed.metric == "abs_err_vs_eager").all():
-                row.append(("diverged (expected)", "expected"))
-            else:
-                which = " + ".join(x.removeprefix("abs_err_vs_") for x in failed.metric)
-                row.append((f"FAIL vs {which}", "fail"))
+        row += [_verdict(g[g["mode"] == mode]) for mode in modes]
         body.append(row)
     return header, body
+
+
+def _verdict(m: pd.DataFrame) -> tuple[str, str]:
+    """One cell's correctness (its rows ``m``) as (text, css class): pass, FAIL vs ..., skip, error, or ''."""
+    run = m[m.metric == "run"]
+    if run.empty:
+        return "", ""
+    status = run.status.iloc[0]
+    if status != "ok":
+        return status, status
+    checks = m[m.metric.isin(CORRECTNESS_METRICS[::2])]  # abs rows carry the status
+    failed = checks[checks.status == "fail"]
+    if failed.empty:
+        return "pass", "pass"
+    if bool(m.expected_divergence.iloc[0]) and (failed.metric == "abs_err_vs_eager").all():
+        return "diverged (expected)", "expected"
+    which = " + ".join(x.removeprefix("abs_err_vs_") for x in failed.metric)
+    return f"FAIL vs {which}", "fail"
 
 
 def timing_table(df: pd.DataFrame, size: str) -> tuple[list[str], list[list[tuple[str, str]]]]:
@@ -179,6 +179,85 @@ def guard_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str, str]]
     return ["workload / size / mode", "retraces", "guard failures", "eager fallbacks", "latest reason"], body
 
 
+CONTROL_OPS = ("cond", "while_loop", "scan")
+_LAX = {"cond": "lax.cond", "while_loop": "lax.while_loop", "scan": "lax.scan"}
+_TORCH = {"cond": "torch.cond", "while_loop": "torch.while_loop", "scan": "torch._higher_order_ops.scan"}
+_REGIONS = {"cond": "both branches as regions", "while_loop": "cond and body as regions",
+            "scan": "the step as a region"}
+
+
+def control_flow_approach(op: str | None, mode: str) -> str:
+    """How ``mode`` answers a workload's control flow: ``op`` is its structured op (cond, while_loop, scan), or
+    None for Python control flow on Python state (DynamicNet's call counter).
+
+        >>> control_flow_approach("scan", "jax.jit")
+        'lax.scan under jax.jit'
+        >>> control_flow_approach(None, "traced")
+        'plain trace, guarded: the frozen branch is checked each call, a new outcome retraces'
+    """
+    if op is None:
+        return {
+            "eager": "Python: the branch runs as it is reached",
+            "traced": "plain trace, guarded: the frozen branch is checked each call, a new outcome retraces",
+            "compiled": "plain trace compiled, guarded: a new outcome retraces and compiles again",
+            "compiled+graph": "the compiled mode's trace, replayed as a CUDA graph",
+            "numpy": "Python",
+            "jax": "Python, op by op (no trace)",
+            "jax.jit": "Python state frozen into the jitted program",
+            "torch": "Python, eager",
+            "torch.jit.trace": "Python state frozen into the traced graph",
+            "torch.compile": "Dynamo guards on the Python state and recompiles",
+        }.get(mode, "")
+    return {
+        "eager": "Python: only the taken branch runs" if op == "cond" else "Python: the loop runs trip by trip",
+        "traced": f"one {op} node with {_REGIONS[op]}, decided by the executor each call",
+        "compiled": f"{op} node: regions compiled to fused kernels, the {'branch' if op == 'cond' else 'loop'} "
+                    "on the host",
+        "compiled+graph": "refused: a host-decided branch or trip count cannot be captured in a CUDA graph",
+        "numpy": "Python (the float64 reference)",
+        "jax": f"{_LAX[op]} without jax.jit (dispatched op by op)",
+        "jax.jit": f"{_LAX[op]} under jax.jit",
+        "torch": f"{_TORCH[op]}, eager",
+        "torch.jit.trace": f"cannot record {_TORCH[op]}",
+        "torch.compile": f"{_TORCH[op]} captured by Dynamo, compiled by Inductor",
+    }.get(mode, "")
+
+
+def _control_op(workload: str) -> tuple[bool, str | None]:
+    """Whether a workload belongs in the Control flow section, and its structured op (None: Python control
+    flow, as in DynamicNet). Workloads no longer registered (an old results file) are judged by name."""
+    from compare.workloads import REGISTRY
+    wl = REGISTRY.get(workload)
+    tags = wl.tags if wl is not None else ()
+    op = next((t for t in tags if t in CONTROL_OPS), None)
+    return "control-flow" in tags or workload.startswith("dynamic_net"), op
+
+
+def control_flow_table(df: pd.DataFrame) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """Per control-flow workload (tag ``control-flow``, and DynamicNet) x size x mode: correct or not, retraces,
+    guard failures, median time per call, and the static approach the mode used."""
+    wrong = failed_cells(df)
+    body = []
+    for (wl, size), g in df.groupby(["workload", "size"], sort=False):
+        listed, op = _control_op(wl)
+        if not listed:
+            continue
+        for mode in _modes(g[g.metric == "run"]):
+            m = g[g["mode"] == mode]
+            vals = dict(zip(m.metric, m.value))
+            t = vals.get("time", math.nan)
+            time_text = _fmt_time(t) + (" (wrong answer)" if (wl, size, mode) in wrong else "")
+            counts = [(f"{int(vals[k])}" if k in vals and math.isfinite(vals[k]) else "-", "")
+                      for k in ("retraces", "guard_failures")]
+            run = m[m.metric == "run"]
+            approach = control_flow_approach(op, mode)
+            if not run.empty and run.status.iloc[0] == "skip":  # the reason it could not, as measured
+                approach = f"skipped: {run.detail.iloc[0]}"
+            body.append([(f"{wl} / {size} / {mode}", ""), _verdict(m), *counts, (time_text, ""), (approach, "")])
+    return ["workload / size / mode", "correct", "retraces", "guard failures", "time per call", "static approach"], \
+        body
+
+
 def problems(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(where, status, detail) for correctness failures and errors."""
     out = []
@@ -228,6 +307,15 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, str, object]]:
                      "traced for that outcome or retraces, and past cache_size programs per signature the call runs "
                      "eagerly (as torch.compile does). Counted over every call of the cell (checks and timing)."))
         secs.append(("", "table", guard_table(df)))
+    flow = control_flow_table(df)
+    if flow[1]:
+        secs.append(("Control flow", "text",
+                     "Workloads whose result depends on a data-dependent branch or trip count (cond, while_loop, "
+                     "scan), and DynamicNet (Python control flow on Python state). Correct: against float64 and "
+                     "eager on every checked call; retraces and guard failures are counted for our traced and "
+                     "compiled modes ('-': a peer, or not counted); time: median per call; the static approach "
+                     "says how each mode keeps the decision on every call, or where it freezes it."))
+        secs.append(("", "table", flow))
     sizes = [s for s in SIZE_ORDER if s in set(df[df.metric == "time"]["size"])]
     for size in sizes:
         secs.append((f"Time per call, size {size}", "text",

@@ -2,6 +2,12 @@
 overrides where JAX differs), then ``jax.jit``. Fusion is XLA's here, on the identical graph, so our fusion
 can be compared with XLA's.
 
+Control flow stays in the one jitted program: ``cond`` becomes ``jax.lax.cond``, ``while_loop`` becomes
+``jax.lax.while_loop`` and ``scan`` becomes ``jax.lax.scan``, each region evaluated by this same rule through
+``tracer.interpret.evaluate`` (so a region nested in a region nests a ``lax`` op in a ``lax`` op). Nothing is
+decided on the host: unlike the C and CUDA backends, no region is compiled on its own, and XLA's passes, not
+ours, optimise inside the regions.
+
 float64/int64 graphs run under ``jax.enable_x64`` (scoped to the call: the global JAX setting is untouched).
 
     >>> from compiler.passes.testing import dup_graph
@@ -18,7 +24,7 @@ from eager import primitives as P
 from eager.backend import to_numpy
 from eager.primitives import PRIMITIVES, build_key
 from tracer.interpret import Rule, evaluate
-from tracer.ir import Graph, Node
+from tracer.ir import Graph, Node, regions_of
 
 
 def _overrides():
@@ -87,9 +93,71 @@ class _JaxRule(Rule):
 
     def call(self, node: Node, args: list):
         import jax.numpy as jnp
+        control = CONTROL.get(node.op)
+        if control is not None:
+            return control(self, node, args)
         impl = self.overrides.get(node.op) or PRIMITIVES[node.op].impl
         out = impl(jnp, *args, **node.params)
         return out.astype(node.dtype) if out.dtype != node.dtype else out
+
+    def region(self, region, arrays) -> tuple:
+        """A region's outputs as a tuple (what ``lax`` wants back from a branch or a body)."""
+        return tuple(evaluate(region.graph, list(arrays), self))
+
+
+# ---------------------------------------------------------------- control flow as jax.lax
+
+
+def _lax_cond(rule: _JaxRule, node: Node, args: list) -> tuple:
+    import jax
+    pred, operands = args[0], args[1:]
+    true, false = node.params["branches"]
+    return jax.lax.cond(pred, lambda *ops: rule.region(true, ops), lambda *ops: rule.region(false, ops), *operands)
+
+
+def _lax_while(rule: _JaxRule, node: Node, args: list) -> tuple:
+    import jax
+    n = node.params["n_carry"]
+    cond_region, body_region = node.params["cond_region"], node.params["body_region"]
+    consts = tuple(args[n:])  # captures: read by every trip, never carried
+    return jax.lax.while_loop(lambda carry: rule.region(cond_region, carry + consts)[0],
+                              lambda carry: rule.region(body_region, carry + consts), tuple(args[:n]))
+
+
+def _lax_scan(rule: _JaxRule, node: Node, args: list) -> tuple:
+    import jax
+    import jax.numpy as jnp
+    p = node.params
+    n_carry, n_xs, dim = p["n_carry"], p["n_xs"], p["dim"]
+    carry, consts = tuple(args[:n_carry]), tuple(args[n_carry + n_xs:])
+    xs = tuple(jnp.moveaxis(s, dim, 0) for s in args[n_carry:n_carry + n_xs])  # lax.scan steps along axis 0
+
+    def step(c, x):
+        out = rule.region(p["body"], c + x + consts)
+        return out[:n_carry], out[n_carry:]
+    final, ys = jax.lax.scan(step, carry, xs, length=p["length"], reverse=p["reverse"])
+    return tuple(final) + tuple(jnp.moveaxis(y, 0, dim) for y in ys)  # ys stacked along dim, as eager stacks them
+
+
+def _result(rule: _JaxRule, node: Node, args: list):
+    return args[0][node.params["index"]]
+
+
+CONTROL = {"cond": _lax_cond, "while_loop": _lax_while, "scan": _lax_scan, "result": _result}
+"""Nodes that are not one ``jax.numpy`` call: control-flow ops (several results, as a tuple) and ``result``
+(picks one of them)."""
+
+
+def _wide(graph: Graph) -> bool:
+    """Whether any value, inside regions too, is 8 bytes wide (float64/int64: the program needs x64)."""
+    for n in graph.nodes:
+        regions = regions_of(n)
+        if regions:
+            if any(_wide(r.graph) for r in regions):
+                return True
+        elif n.dtype is not None and n.dtype.itemsize == 8:
+            return True
+    return False
 
 
 class XlaExecutable:
@@ -100,15 +168,22 @@ class XlaExecutable:
         self.graph = graph
         self.kernels = []
         overrides = _overrides()
-        wide = any(n.dtype.itemsize == 8 for n in graph.nodes)
-        self._x64 = wide
+        self._x64 = _wide(graph)
 
         rule = _JaxRule(overrides)
 
         def program(*arrays):
             return evaluate(graph, arrays, rule)
 
+        self._program = program
         self._jitted = jax.jit(program)
+
+    def jaxpr(self, arrays: list) -> str:
+        """The program JAX traces from the graph, as text: one jaxpr, control flow included (``cond``,
+        ``while``, ``scan`` equations with their bodies), for reading what XLA is given."""
+        import jax
+        with jax.enable_x64(self._x64):
+            return str(jax.make_jaxpr(self._program)(*arrays))
 
     def run(self, arrays: list) -> list:
         import jax

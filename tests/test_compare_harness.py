@@ -282,3 +282,79 @@ def test_a_vs_eager_difference_on_call_one_is_rounding_when_both_pass_the_float6
     assert not _judged_by_reference([(1, vs_eager)], cell, eager_cell, reference)
     cell.calls = [{"w": np.float32([0.5, -9e-5])}]
     assert not _judged_by_reference([(2, vs_eager)], cell, eager_cell, reference)  # no judge for later calls
+
+
+# ---------------------------------------------------------------- the report's Control flow section
+
+CONTROL_FLOW = {"rnn_scan": "scan", "power_iteration": "while_loop", "branch_gate": "cond"}
+FLOW_MODES = ["eager", "traced", "compiled", "numpy", "jax.jit"]
+
+
+@pytest.fixture(scope="module")
+def control_flow_run() -> pd.DataFrame:
+    return run(RunConfig(workloads=[*CONTROL_FLOW, "dynamic_net", "softmax"], modes=FLOW_MODES, sizes=["small"],
+                         **FAST))
+
+
+def _section(md: str, title: str) -> str:
+    start = md.index(f"## {title}\n")
+    end = md.find("\n## ", start + 1)
+    return md[start:end if end >= 0 else None]
+
+
+def test_the_report_has_a_control_flow_section_with_each_control_flow_workload_in_every_mode(control_flow_run,
+                                                                                             tmp_path):
+    md = (write_report(control_flow_run, tmp_path) / "report.md").read_text()
+    section = _section(md, "Control flow")
+    assert md.index("## Control flow") < md.index("## Time per call")
+    assert "| workload / size / mode | correct | retraces | guard failures | time per call | static approach |" \
+        in section
+    assert "softmax" not in section  # only workloads with data-dependent control flow
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in section.splitlines()
+             if line.startswith("| ") and " / small / " in line]
+    rows = {row[0]: row[1:] for row in cells}
+    for wl, op in CONTROL_FLOW.items():
+        for mode in FLOW_MODES:
+            correct, retraces, guard_failures, t, approach = rows[f"{wl} / small / {mode}"]
+            assert correct == "pass", (wl, mode, correct)
+            assert t.endswith("s") and t != "-"  # a measured time per call
+            if mode in ("traced", "compiled"):
+                assert (retraces, guard_failures) == ("0", "0")  # the node decides: nothing to retrace
+            else:
+                assert (retraces, guard_failures) == ("-", "-")  # not ours to count
+        assert f"one {op} node with" in rows[f"{wl} / small / traced"][-1]
+        assert "regions compiled to fused kernels" in rows[f"{wl} / small / compiled"][-1]
+        assert rows[f"{wl} / small / jax.jit"][-1] == f"lax.{op} under jax.jit"
+        assert rows[f"{wl} / small / eager"][-1].startswith("Python")
+
+
+def test_the_control_flow_section_shows_dynamic_net_retracing_on_guard_failures(control_flow_run):
+    from compare.report import control_flow_table
+    header, body = control_flow_table(control_flow_run)
+    rows = {row[0][0]: dict(zip(header[1:], (text for text, _ in row[1:]))) for row in body}
+    traced = rows["dynamic_net / small / traced"]
+    assert traced["correct"] == "pass" and int(traced["retraces"]) >= 1
+    assert int(traced["guard failures"]) >= int(traced["retraces"])
+    assert "guarded" in traced["static approach"] and "retraces" in traced["static approach"]
+    assert rows["dynamic_net / small / jax.jit"]["correct"] == "diverged (expected)"
+    assert "frozen" in rows["dynamic_net / small / jax.jit"]["static approach"]
+    assert rows["dynamic_net / small / numpy"]["static approach"].startswith("skipped: ")  # the measured reason
+    assert not any(name.startswith("softmax") for name in rows)
+
+
+def test_a_torch_compile_failure_on_a_control_flow_workload_is_a_skip_with_the_measured_error(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from torch._dynamo.exc import Unsupported
+
+    def failing_compile(fn, **kwargs):
+        def call(*args):
+            raise Unsupported("higher-order op body not captured")
+        return call
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    df = run(RunConfig(workloads=["branch_gate", "softmax"], modes=["eager", "torch.compile"], sizes=["small"],
+                       **FAST))
+    runs = df[(df.metric == "run") & (df["mode"] == "torch.compile")].set_index("workload")
+    assert runs.status["branch_gate"] == "skip"
+    assert runs.detail["branch_gate"].startswith(f"torch.compile fails on this torch.cond (torch {torch.__version__})")
+    assert "Unsupported: higher-order op body not captured" in runs.detail["branch_gate"]
+    assert runs.status["softmax"] == "error"  # elsewhere the same failure is not excused
