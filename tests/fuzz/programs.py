@@ -5,6 +5,9 @@ against a tiny ``lib`` interface, and run by three libraries: eager (the engine 
 (the judge) and jax.numpy (the gradient oracle). Ops whose domain is limited are guarded (``log(|x| + c)``)
 so that large, tiny and negative inputs are all legal; the guard is part of the op's definition.
 
+One instruction, ``inplace``, is a block of in-place writes through views of a clone (``inplace.py``): eager and
+NumPy run it with real views, jax with its functional equivalent. ``programs(inplace=True)`` always has one.
+
 A failing program prints as readable Python (``repr``), which is what hypothesis shows after shrinking.
 """
 
@@ -16,11 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
+from .inplace import VIEWS, Block, View, Write, run_block, view_shape
+
 # ---------------------------------------------------------------- libraries: one adapter per backend
 
 
 class NumpyLib:
     name = "numpy"
+    functional = False  # in-place blocks write through real NumPy views (see inplace.py)
 
     def __init__(self):
         from scipy.special import erf
@@ -42,9 +48,25 @@ class NumpyLib:
         e = np.exp(x - np.max(x, axis=axis, keepdims=True))
         return e / np.sum(e, axis=axis, keepdims=True)
 
+    def fresh(self, x, how):
+        # an array even for a NumPy scalar (its "views" would be copies); a clone is C-contiguous, as eager's is
+        return np.array(x, order="C" if how == "clone" else "K", copy=True)
+
+    def view(self, x, name, params):
+        out = VIEWS[name].get(np, x, *params)
+        # the judge's own check: a view that copied would make NumPy's answer wrong, not eager's
+        assert out.size == 0 or np.shares_memory(out, x), f"fuzzer bug: NumPy {name}{tuple(params)} copied"
+        return out
+
+    def put(self, base, key, value):
+        out = np.array(base, copy=True)
+        out[key] = value
+        return out
+
 
 class JaxLib(NumpyLib):
     name = "jax"
+    functional = True  # in-place blocks run as their functional equivalent: views re-derived, writes scattered
 
     def __init__(self):
         import jax.numpy as jnp
@@ -75,9 +97,14 @@ class JaxLib(NumpyLib):
         import jax
         return jax.nn.softmax(x, axis=axis)
 
+    def fresh(self, x, how): return self.m.asarray(x)
+    def view(self, x, name, params): return VIEWS[name].get(self.m, x, *params)
+    def put(self, base, key, value): return base.at[key].set(value)
+
 
 class EagerLib:
     name = "eager"
+    functional = False
 
     def __init__(self):
         import eager
@@ -96,6 +123,9 @@ class EagerLib:
     def cat(self, xs, axis): return self.m.cat(xs, dim=axis)
     def clamp(self, x, lo, hi): return x.clamp(lo, hi)
     def softmax(self, x, axis): return x.softmax(axis)
+    # a leaf that requires grad refuses in-place ops: every block writes into a non-leaf copy of its source
+    def fresh(self, x, how): return x.clone() if how == "clone" else x * 1
+    def view(self, x, name, params): return VIEWS[name].eager(x, *params)
 
 
 # ---------------------------------------------------------------- the fuzz ops (each written once)
@@ -161,6 +191,10 @@ class Instr:
             body = f"cat([{v(a[0])}, {v(a[1])}], dim={a[2]})"
         elif self.op == "slice":
             body = f"{v(a[0])}[{':, ' * a[1]}{a[2]}:{a[3]}:{a[4]}]"
+        elif self.op == "inplace":
+            lines = a[-1].render(out, [v(i) for i in a[:-1]])
+            lines[-1] += f"  # {list(self.shape)}"
+            return "\n    ".join(lines)
         else:
             body = f"{self.op}({v(a[0])}, {a[1]!r})"
         return f"v{out} = {body}  # {list(self.shape)}"
@@ -227,6 +261,8 @@ class Program:
                 r = L.permute(vals[a[0]], a[1])
             elif ins.op == "expand":
                 r = L.expand(vals[a[0]], a[1])
+            elif ins.op == "inplace":
+                r = run_block(L, [vals[i] for i in a[:-1]], a[-1])
             else:
                 raise ValueError(f"unknown fuzz op {ins.op}")
             vals.append(r)
@@ -249,8 +285,10 @@ def _broadcast_partner(draw, shape: tuple) -> tuple:
 
 
 @st.composite
-def programs(draw, max_ops: int = 6, allow_empty: bool = True) -> Program:
-    """A random program: 1-2 inputs, then up to ``max_ops`` shape-checked instructions."""
+def programs(draw, max_ops: int = 6, allow_empty: bool = True, inplace: bool = False,
+             exclude_writes: frozenset = frozenset()) -> Program:
+    """A random program: 1-2 inputs, then up to ``max_ops`` shape-checked instructions (``inplace``: at least one
+    of them an in-place block, and more may be; ``exclude_writes``: in-place ops the blocks never use)."""
     dtype = draw(st.sampled_from(["float32", "float64"]))
     rank = draw(st.integers(0, 3))
     dims = DIMS if not allow_empty else st.one_of(DIMS, DIMS, DIMS, DIMS, st.just(0))
@@ -259,9 +297,44 @@ def programs(draw, max_ops: int = 6, allow_empty: bool = True) -> Program:
                    scale=draw(st.sampled_from([1e-3, 1.0, 1.0, 30.0])))
     if draw(st.booleans()):
         prog.input_shapes.append(_broadcast_partner(draw, base))
-    for _ in range(draw(st.integers(1, max_ops))):
-        _add_instr(draw, prog)
+    n_ops = draw(st.integers(1, max_ops))
+    forced = draw(st.integers(0, n_ops - 1)) if inplace else -1
+    for i in range(n_ops):
+        if i == forced or (inplace and draw(st.integers(0, 5)) == 0):
+            _add_inplace(draw, prog, exclude_writes)
+        else:
+            _add_instr(draw, prog)
+    if inplace and not _reads_a_block(prog):
+        _add_inplace(draw, prog, exclude_writes, src=prog.n_inputs + len(prog.instrs) - 1)  # the writes must matter
     return prog
+
+
+def inplace_programs(max_ops: int = 6, exclude_writes: frozenset = frozenset()):
+    """Programs with in-place blocks; half without empty inputs (a write into nothing checks little)."""
+    return st.one_of(*(programs(max_ops=max_ops, allow_empty=empty, inplace=True, exclude_writes=exclude_writes)
+                       for empty in (False, True)))
+
+
+def touches_empty(prog: Program) -> bool:
+    """Whether a value of the program, a view one of its blocks takes, or a region a block writes is empty."""
+    shapes = [prog.shape_of(i) for i in range(prog.n_inputs + len(prog.instrs))]
+    for ins in prog.instrs:
+        if ins.op != "inplace":
+            continue
+        for step in ins.args[-1].steps:
+            if isinstance(step, View):
+                shapes.append(view_shape(prog.shape_of(ins.args[0]), step.chain))
+            elif isinstance(step.index, slice) and step.index.start == step.index.stop:
+                return True
+    return any(0 in s for s in shapes)
+
+
+def _reads_a_block(prog: Program) -> bool:
+    """Whether the program's result depends on an in-place block (a dead block checks nothing)."""
+    reads = [False] * prog.n_inputs
+    for ins in prog.instrs:
+        reads.append(ins.op == "inplace" or any(reads[a] for j, a in enumerate(ins.args) if _is_ref(ins, j)))
+    return reads[-1]
 
 
 def _pick_value(draw, prog: Program) -> int:
@@ -287,6 +360,8 @@ def _is_ref(ins: Instr, j: int) -> bool:
         return j == 0
     if ins.op == "cat":
         return j < 2
+    if ins.op == "inplace":
+        return j < len(ins.args) - 1  # the last argument is the Block
     return True
 
 
@@ -364,3 +439,176 @@ def _add_instr(draw, prog: Program) -> None:
         prog.instrs.append(Instr("cat", (src, other, axis), out))
     else:
         prog.instrs.append(Instr("tanh", (src,), shape))
+
+
+# ---------------------------------------------------------------- the generator of in-place blocks (inplace.py)
+
+FILLS = [0.0, 2.5, -1.0]  # exact in float32, so a filled value is the same in every precision
+SCALES = [2.0, -0.5, 0.25, -1.0]  # powers of two (and -1): a product by one is exact, its sign always right
+SHIFTS = [1.0, -2.5, 0.5]
+ALPHAS = [1, 2.0, -0.5]
+BOUNDS = [(-0.75, 0.625), (-2.25, 1.75), (0.3, 3.0)]  # no input nor fill value sits exactly on a bound (ties)
+# ops whose result stays sign-faithful (a mask `> 0` of it is the same in float32, float64 and every mode)
+KEEP_SIGNS = {"fill_", "zero_", "clamp_", "masked_fill_", "setitem_mask", "div_", "mul_", "imul", "copy_",
+              "setitem_slice"}
+ADDITIVE = {"add_", "sub_", "iadd", "isub"}
+
+
+def _fits(shape: tuple, target: tuple) -> bool:
+    """Whether a value of ``shape`` broadcasts to ``target`` (an in-place op never changes its target's shape)."""
+    if len(shape) > len(target):
+        return False
+    try:
+        return tuple(np.broadcast_shapes(shape, target)) == tuple(target)
+    except ValueError:
+        return False
+
+
+def _arg(refs: list, value: int) -> int:
+    """The position of program value ``value`` among the block's arguments (added if new)."""
+    if value not in refs:
+        refs.append(value)
+    return refs.index(value)
+
+
+def _block_input(prog: Program, refs: list, shape: tuple) -> int:
+    """A new program input of ``shape``, as an argument position; the block's references move past it."""
+    k = _new_input(prog, shape)
+    refs[:] = [r + 1 if r >= k else r for r in refs]
+    return _arg(refs, k)
+
+
+def _draw_view_op(draw, shape: tuple, can_reshape: bool) -> tuple:
+    n = len(shape)
+    options = ["unsqueeze"] + (["slice", "slice"] if n else [])
+    options += ["select"] if any(shape) else []
+    options += ["transpose", "permute"] if n >= 2 else []
+    options += ["T"] if n == 2 else []
+    options += ["squeeze"] if 1 in shape else []
+    options += ["reshape"] if can_reshape else []
+    name = draw(st.sampled_from(options))
+    if name == "slice":
+        axis = draw(st.integers(0, n - 1))
+        start = draw(st.integers(0, shape[axis]))
+        return ("slice", axis, start, draw(st.integers(start, shape[axis])), draw(st.sampled_from([1, 1, 2])))
+    if name == "select":
+        axis = draw(st.sampled_from([i for i, d in enumerate(shape) if d]))
+        return ("select", axis, draw(st.integers(-shape[axis], shape[axis] - 1)))
+    if name == "transpose":
+        d0, d1 = draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2, unique=True))
+        return ("transpose", d0, d1)
+    if name == "permute":
+        return ("permute", tuple(draw(st.permutations(range(n)))))
+    if name == "T":
+        return ("T",)
+    if name == "squeeze":
+        return ("squeeze", draw(st.sampled_from([i for i, d in enumerate(shape) if d == 1])))
+    if name == "reshape":
+        targets = sorted({(math.prod(shape),), tuple(shape[::-1]), tuple(shape) + (1,)} - {tuple(shape)})
+        return ("reshape", draw(st.sampled_from(targets)))
+    return ("unsqueeze", draw(st.integers(0, n)))
+
+
+def _draw_chain(draw, shape: tuple, clone: bool) -> tuple:
+    """One or two view ops of the base. A reshape comes first, of a clone: a clone is C-contiguous in every
+    library, so the reshape is a view everywhere (of another layout PyTorch may copy, and so do we)."""
+    chain = []
+    for i in range(draw(st.integers(1, 2))):
+        op = _draw_view_op(draw, shape, clone and i == 0)
+        chain.append(op)
+        shape = view_shape(shape, (op,))
+    return tuple(chain)
+
+
+def _draw_tensor(draw, prog: Program, refs: list, shape: tuple, view_shapes: list, views: bool) -> tuple:
+    """A tensor operand that broadcasts to ``shape``: a program value, a new input, or (``views``) a view of this
+    block, read when the write runs."""
+    values = [i for i in range(prog.n_inputs + len(prog.instrs)) if _fits(prog.shape_of(i), shape)]
+    same_block = [k for k, s in enumerate(view_shapes) if _fits(s, shape)] if views else []
+    kind = draw(st.sampled_from(["value", "value", "new"] + (["view"] if same_block else [])))
+    if kind == "value" and values:
+        return ("arg", _arg(refs, draw(st.sampled_from(values))))
+    if kind == "view":
+        return ("view", draw(st.sampled_from(same_block)))
+    return ("arg", _block_input(prog, refs, _broadcast_partner(draw, shape)))
+
+
+def _draw_mask(draw, prog: Program, refs: list, shape: tuple, signs_ok: bool, broadcast: bool) -> tuple:
+    """``("self",)`` when the target's signs are the same in every precision, else an input (exact in every
+    precision: no mask element flips by rounding) of the target's shape or, with ``broadcast``, one that
+    broadcasts to it (``t[mask] = c`` takes a mask of t's own shape; ``masked_fill_`` broadcasts)."""
+    if signs_ok and draw(st.booleans()):
+        return ("self",)
+    fits = _fits if broadcast else (lambda s, target: tuple(s) == tuple(target))
+    inputs = [i for i in range(prog.n_inputs) if fits(prog.shape_of(i), shape)]
+    if inputs and draw(st.booleans()):
+        return ("arg", _arg(refs, draw(st.sampled_from(inputs))))
+    return ("arg", _block_input(prog, refs, _broadcast_partner(draw, shape) if broadcast else shape))
+
+
+def _draw_write(draw, prog: Program, refs: list, target: int, shape: tuple, view_shapes: list, signs_ok: bool,
+                exclude: frozenset) -> tuple[Write, bool]:
+    """A write into ``target`` (of ``shape``), and whether the block's signs are still faithful after it."""
+    op = draw(st.sampled_from(sorted(w for w in _WRITE_OPS if w not in exclude and (shape or w != "setitem_slice"))))
+    fields = {}
+    if op in ("fill_", "masked_fill_", "setitem_mask"):
+        fields["value"] = ("const", draw(st.sampled_from(FILLS)))
+    if op in ("masked_fill_", "setitem_mask"):
+        fields["mask"] = _draw_mask(draw, prog, refs, shape, signs_ok, broadcast=op == "masked_fill_")
+    if op == "clamp_":
+        fields["bounds"] = draw(st.sampled_from(BOUNDS))
+    if op == "div_" or (op in ("mul_", "imul") and draw(st.booleans())):
+        fields["value"] = ("const", draw(st.sampled_from(SCALES)))
+    elif op in ("mul_", "imul"):  # mul's backward reads its operand: never a view this block writes again
+        fields["value"] = _draw_tensor(draw, prog, refs, shape, view_shapes, views=False)
+    if op in ADDITIVE:
+        fields["value"] = (("const", draw(st.sampled_from(SHIFTS))) if draw(st.booleans())
+                           else _draw_tensor(draw, prog, refs, shape, view_shapes, views=True))
+    if op == "add_":
+        fields["alpha"] = draw(st.sampled_from(ALPHAS))
+    if op == "copy_":
+        fields["value"] = _draw_tensor(draw, prog, refs, shape, view_shapes, views=True)
+    if op == "setitem_slice":
+        d = shape[0]
+        if d and draw(st.booleans()):
+            fields["index"] = draw(st.integers(-d, d - 1))
+            region = shape[1:]
+        else:
+            start = draw(st.integers(0, d))
+            fields["index"] = slice(start, draw(st.integers(start, d)))
+            region = (len(range(fields["index"].start, fields["index"].stop)),) + shape[1:]
+        fields["value"] = (("const", draw(st.sampled_from(FILLS))) if draw(st.booleans())
+                           else _draw_tensor(draw, prog, refs, region, view_shapes, views=True))
+    value = fields.get("value")
+    faithful_value = value is None or value[0] == "const" or value[0] == "view" or refs[value[1]] < prog.n_inputs
+    return Write(target, op, **fields), signs_ok and op in KEEP_SIGNS and faithful_value
+
+
+_WRITE_OPS = ("add_", "sub_", "mul_", "div_", "iadd", "isub", "imul", "copy_", "fill_", "zero_", "clamp_",
+              "masked_fill_", "setitem_mask", "setitem_slice")
+
+
+def _add_inplace(draw, prog: Program, exclude: frozenset = frozenset(), src: int | None = None) -> None:
+    """A block (inplace.py): clone a value, take views of it, write through them, return the base or a view."""
+    refs = [_pick_value(draw, prog) if src is None else src]
+    shape = prog.shape_of(refs[0])
+    fresh = draw(st.sampled_from(["clone", "mul1"]))
+    signs_ok = refs[0] < prog.n_inputs  # an input's signs are exact; a computed value's may differ by rounding
+    steps, view_shapes = [], []
+    for i in range(draw(st.sampled_from([1, 2, 2, 3, 3]))):
+        if i == 0 or draw(st.booleans()):  # the first write always goes through a view
+            chain = _draw_chain(draw, shape, fresh == "clone")
+            steps.append(View(chain))
+            view_shapes.append(view_shape(shape, chain))
+            target = len(view_shapes) - 1
+        else:
+            target = draw(st.integers(-1, len(view_shapes) - 1))
+        write, signs_ok = _draw_write(draw, prog, refs, target, shape if target < 0 else view_shapes[target],
+                                      view_shapes, signs_ok, exclude)
+        steps.append(write)
+    kind = draw(st.sampled_from(["base", "view", "mixed"]))
+    # favour the first view: the one most often written through others since it was taken (stale, re-derived)
+    k = draw(st.one_of(st.just(0), st.integers(0, len(view_shapes) - 1)))
+    out = ("base",) if kind == "base" else (kind, k)
+    prog.instrs.append(Instr("inplace", tuple(refs) + (Block(fresh, tuple(steps), out),),
+                             view_shapes[k] if kind == "view" else shape))

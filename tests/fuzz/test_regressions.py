@@ -1,6 +1,7 @@
 """Regression tests for bugs the differential fuzzer found (one test per bug, smallest program)."""
 
 import numpy as np
+import pytest
 
 import eager
 
@@ -26,3 +27,95 @@ def test_gradient_of_abs_at_zero_is_zero_as_in_pytorch():
     x = eager.tensor([0.0, -2.0, 3.0], dtype=eager.float64, requires_grad=True)
     x.abs().sum().backward()
     assert x.grad.tolist() == [0.0, -1.0, 1.0]
+
+
+# ---------------------------------------------------------------- found by the in-place fuzz programs
+
+
+def test_an_in_place_write_into_an_empty_tensor_is_not_refused_as_an_expanded_view():
+    # NumPy gives an empty array zero strides; the expanded-view check once read them as one shared element
+    x = eager.zeros(0, 2) * 1
+    x.add_(eager.zeros(0, 2))
+    eager.zeros(2, 0).clone().unsqueeze(0).mul_(eager.ones(2, 0))
+    assert x.shape == (0, 2)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="eager.storage.write_inplace keeps the old grad_fn when the written value has none "
+                          "(fill_/zero_): x.grad is all ones, PyTorch's is all zeros")
+def test_a_filled_non_leaf_has_no_gradient_from_its_old_values():
+    x = eager.ones(2, 3, dtype=eager.float64, requires_grad=True)
+    y = x * 1
+    y.fill_(0.0)
+    y.sum().backward()
+    assert x.grad.tolist() == [[0.0] * 3] * 2
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="write_inplace rebases the base but leaves the written view its old grad_fn when the "
+                          "written value has none: x.grad is [[1, 1, 1], [0, 0, 0]], PyTorch's is all zeros")
+def test_a_view_zeroed_in_place_has_no_gradient_from_its_old_values():
+    x = eager.ones(2, 3, dtype=eager.float64, requires_grad=True)
+    y = x * 1
+    row = y[0]
+    row.zero_()
+    (row * 1).sum().backward()
+    assert x.grad.tolist() == [[0.0] * 3] * 2
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="a write of a value without grad_fn through a reshape view covers the whole base, so "
+                          "_scatter gives the base no grad_fn and it then passes for a leaf that requires grad: "
+                          "'a leaf tensor that requires grad (shape [2, 3]) is being used in an in-place "
+                          "operation'; PyTorch accepts it and x.grad is all zeros")
+def test_a_non_leaf_overwritten_through_a_reshape_view_still_takes_in_place_ops():
+    x = eager.ones(2, 3, dtype=eager.float64, requires_grad=True)
+    y = x * 1
+    y.view(-1).zero_()
+    y.add_(1.0)
+    y.sum().backward()
+    assert x.grad.tolist() == [[0.0] * 3] * 2
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="a traced function returning a view whose base was written after the view was taken "
+                          "(and the view not read since) returns the view's value from before the write: "
+                          "[0.5, 2.0] instead of [0.0, 0.0]; compiled builds on the trace and does the same")
+@pytest.mark.parametrize("mode", ["traced", "compiled"])
+def test_a_traced_result_that_is_a_view_sees_writes_after_it_was_taken(mode):
+    import compiler
+    import tracer
+
+    def zero_after_view(x):
+        t = x.clone()
+        head = t[0:2]
+        t.zero_()
+        return head
+    x = eager.tensor([0.5, 2.0, 3.0])
+    static = tracer.trace(zero_after_view, x) if mode == "traced" else compiler.compile(zero_after_view, x)
+    assert zero_after_view(x).tolist() == [0.0, 0.0]
+    assert static(x).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
+                   reason="compiler/views.py reshape_source: contiguous strides of a shape with a zero dim are 0 "
+                          "for the dims before it, and `f % (stride * size)` divides by zero ('integer modulo by "
+                          "zero'); found as the backward of an unsqueeze view of an empty clone")
+def test_compiling_a_reshape_of_a_tensor_with_an_empty_dim():
+    import compiler
+
+    def double_reshaped(x):
+        return x.reshape(1, 2, 0, 2) * 2
+    x = eager.zeros(2, 0, 2)
+    assert compiler.compile(double_reshaped, x)(x).shape == (1, 2, 0, 2)
+
+
+def test_add_with_alpha_into_an_empty_tensor_outside_autograd():
+    # the BLAS axpy behind add_(alpha=) once went through SciPy's saxpy, which refuses empty vectors ("offx")
+    for dtype in (eager.float32, eager.float64):
+        x = eager.zeros(0, 2, dtype=dtype) * 1
+        x.add_(eager.ones(0, 2, dtype=dtype), alpha=2.0)
+        assert x.shape == (0, 2)
+    y = eager.ones(3) * 1
+    y.add_(eager.ones(3), alpha=-0.5)
+    assert y.tolist() == [0.5, 0.5, 0.5]
