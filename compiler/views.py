@@ -50,6 +50,8 @@ def reshape_source(view: View, out_shape, src_shape, domain) -> View | None:
     """``out = reshape(src)``; None when the source index is not affine in the domain index (then the caller
     materialises the reshape instead)."""
     cols = len(domain)
+    if 0 in tuple(src_shape) or 0 in tuple(out_shape):  # no element is ever read (and the strides would be 0)
+        return tuple((0,) * cols for _ in src_shape)
     # an empty domain dim never varies, but the rest of the domain may (a row kernel whose reduced dim is empty
     # still writes its kept elements): treat it as size 1
     domain = tuple(max(d, 1) for d in domain)

@@ -133,6 +133,24 @@ def refresh(view) -> None:
         recorder.mutate(view, fresh)
 
 
+def _take_history(t, new) -> None:
+    """``t`` now holds ``new``'s values: its history is ``new``'s, or, where ``new`` has none (``fill_``,
+    ``zero_``, a copy of a constant), a node that gives t's old history a zero gradient (PyTorch's
+    FillBackward): the old history no longer reaches t's values, and t still requires grad."""
+    if new.grad_fn is not None:
+        t.grad_fn, t._requires_grad = new.grad_fn, True
+        return
+    from eager.autograd.engine import Node
+    from eager.tensor import Tensor
+    old = Tensor._make(t._data, True, t.grad_fn)
+    t.grad_fn, t._requires_grad = Node("FillBackward", _zero_gradient, (old,), {}), True
+
+
+def _zero_gradient(g, out, old):
+    from eager.creation import zeros_like
+    return (zeros_like(g),)
+
+
 def _derived(grad: bool, fn, *args):
     """``fn(*args)`` recorded by autograd when ``grad``, else under no_grad (only a trace needs it then)."""
     from eager.autograd.mode import no_grad
@@ -214,10 +232,11 @@ def write_inplace(x, new) -> None:
         if grad or mode.recorders:
             base_new = _derived(grad, _scatter, base, x._view_ops, new)
             if grad:
-                base.grad_fn, base._requires_grad = base_new.grad_fn, True
+                _take_history(base, base_new)
+                x._view_version = -1  # the view's own history is re-derived from the rebased base when read
             for recorder in mode.recorders:
                 recorder.mutate(base, base_new)
-    if new.grad_fn is not None:
-        x.grad_fn, x._requires_grad = new.grad_fn, True
+    elif new.grad_fn is not None or (mode.grad_enabled and x._requires_grad):
+        _take_history(x, new)
     for recorder in mode.recorders:
         recorder.mutate(x, new)

@@ -43,7 +43,7 @@ from eager.tensor import Tensor
 from tracer.assumptions import direct_operand, escape_use, outcome
 from tracer.conversions import CONVERSIONS, conversion_for
 from tracer.ir import Graph, Node
-from tracer.pytree import LEAF
+from tracer.pytree import LEAF, flatten
 from tracer.recorder import Call, Escape, Leaf, Recorder, Ref, Tape
 from tracer.slots import MISSING, Slot, array_layout, layout_of
 from tracer.snapshot import SavedTensor
@@ -160,6 +160,16 @@ class RunRecord:
 def occupants(world: World) -> dict[str, Held]:
     """What each location a run may rebind holds now (taken before the run; ``build`` compares after it)."""
     return {s.name: Held(s, s.get()) for s in world.rebindable_slots()}
+
+
+def settle_result(result) -> None:
+    """Re-derive every returned view whose storage was written after it was last read, while the recorder still
+    listens: otherwise the trace would return the view's old value (eager reads the written memory)."""
+    from eager.storage import refresh
+    leaves, _ = flatten(result)
+    for t in leaves:
+        if t._base is not None and t._view_version != t._vc.value:
+            refresh(t)
 
 
 def build(run: RunRecord) -> Plan:

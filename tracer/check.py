@@ -32,7 +32,7 @@ from eager.autograd.mode import add_recorder
 from eager.backend import float32, float64, to_numpy
 from eager.tensor import Tensor
 from tracer.assumptions import Assumption, GuardError, outcome
-from tracer.build import Plan, RunRecord, build, occupants
+from tracer.build import Plan, RunRecord, build, occupants, settle_result
 from tracer.executor import Interpreter
 from tracer.ir import Node
 from tracer.recorder import Recorder
@@ -197,6 +197,7 @@ def _run_eager(traced, entry, args: tuple, kwargs: dict, leaves: list, restore_p
     try:
         with add_recorder(rec):
             result = traced.fn(*args, **kwargs)
+            settle_result(result)
         plan = build(RunRecord(rec, world, result, pre_slots, entry.names, snap.tensors,
                                guards=traced.guards != "off"))
         return _EagerRun(rec, plan, result, _flat_values(result, []), _state_values(entry, leaves), py_before)

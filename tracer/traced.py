@@ -62,7 +62,7 @@ from tracer.assumptions import (
     outcome,
     python_state_site,
 )
-from tracer.build import Plan, RunRecord, build, occupants
+from tracer.build import Plan, RunRecord, build, occupants, settle_result
 from tracer.conversions import convert
 from tracer.executor import default_lower
 from tracer.ir import Graph
@@ -691,6 +691,7 @@ class Traced:
         rec = Recorder(leaves, snap.tensors)
         with add_recorder(rec):
             result = self.fn(*args, **kwargs)
+            settle_result(result)
         guarded = self.guards != "off"
         plan = build(RunRecord(rec, world, result, pre_slots, names, snap.tensors, guards=guarded))
         py_after = world.python_state()

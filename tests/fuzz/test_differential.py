@@ -40,19 +40,17 @@ F32_LIMIT = 1e30  # a float64 value beyond this would overflow float32: the prog
 
 NP, JX, EG = NumpyLib(), JaxLib(), EagerLib()
 
-# In-place ops the gradient property leaves out of its programs: eager bugs the fuzzer found, each pinned by an
-# xfail test in test_regressions.py. Drop a name here when its regression test passes.
-GRAD_UNSAFE_WRITES = frozenset({"fill_", "zero_"})  # test_a_filled_non_leaf_has_no_gradient_from_its_old_values
+# In-place ops the gradient property leaves out of its programs (none: fill_ and zero_ were, until the bug the
+# fuzzer found, test_regressions.py::test_a_filled_non_leaf_has_no_gradient_from_its_old_values, was fixed)
+GRAD_UNSAFE_WRITES: frozenset = frozenset()
 
-# Tracer bug the fuzzer found (test_regressions.py::test_a_traced_result_that_is_a_view_sees_writes_after_it_was_taken):
-# a traced function returning a view whose base was written after the view was taken returns the old values. Until
-# it is fixed the in-place static property reads its result once inside the function; set False when it passes.
-READ_INPLACE_RESULT_INSIDE = True
+# The in-place static property returns the program's result as it is (a stale view included: the tracer bug the
+# fuzzer found, test_regressions.py::test_a_traced_result_that_is_a_view_sees_writes_after_it_was_taken, is fixed)
+READ_INPLACE_RESULT_INSIDE = False
 
-# Compiler bug the fuzzer found (test_regressions.py::test_compiling_a_reshape_of_a_tensor_with_an_empty_dim): a
-# reshape of a source with a zero dim before others raises ZeroDivisionError in compiler/views.py reshape_source.
-# Until it is fixed the compiled in-place properties skip programs with an empty value; set False when it passes.
-COMPILED_SKIPS_EMPTY = True
+# Compiled in-place properties keep programs with empty values (the compiler bug the fuzzer found,
+# test_regressions.py::test_compiling_a_reshape_of_a_tensor_with_an_empty_dim, is fixed)
+COMPILED_SKIPS_EMPTY = False
 
 # How many in-place programs a property checks, as a fraction of ``fuzz_examples`` (default run: ~18 s in all)
 INPLACE_SHARE = {"values": 1 / 2, "grads": 1 / 2, "traced": 1 / 2, "compiled": 1 / 2, "compiled-simt": 1 / 12,

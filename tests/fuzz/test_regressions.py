@@ -40,9 +40,6 @@ def test_an_in_place_write_into_an_empty_tensor_is_not_refused_as_an_expanded_vi
     assert x.shape == (0, 2)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="eager.storage.write_inplace keeps the old grad_fn when the written value has none "
-                          "(fill_/zero_): x.grad is all ones, PyTorch's is all zeros")
 def test_a_filled_non_leaf_has_no_gradient_from_its_old_values():
     x = eager.ones(2, 3, dtype=eager.float64, requires_grad=True)
     y = x * 1
@@ -51,9 +48,6 @@ def test_a_filled_non_leaf_has_no_gradient_from_its_old_values():
     assert x.grad.tolist() == [[0.0] * 3] * 2
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="write_inplace rebases the base but leaves the written view its old grad_fn when the "
-                          "written value has none: x.grad is [[1, 1, 1], [0, 0, 0]], PyTorch's is all zeros")
 def test_a_view_zeroed_in_place_has_no_gradient_from_its_old_values():
     x = eager.ones(2, 3, dtype=eager.float64, requires_grad=True)
     y = x * 1
@@ -63,11 +57,6 @@ def test_a_view_zeroed_in_place_has_no_gradient_from_its_old_values():
     assert x.grad.tolist() == [[0.0] * 3] * 2
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="a write of a value without grad_fn through a reshape view covers the whole base, so "
-                          "_scatter gives the base no grad_fn and it then passes for a leaf that requires grad: "
-                          "'a leaf tensor that requires grad (shape [2, 3]) is being used in an in-place "
-                          "operation'; PyTorch accepts it and x.grad is all zeros")
 def test_a_non_leaf_overwritten_through_a_reshape_view_still_takes_in_place_ops():
     x = eager.ones(2, 3, dtype=eager.float64, requires_grad=True)
     y = x * 1
@@ -77,10 +66,6 @@ def test_a_non_leaf_overwritten_through_a_reshape_view_still_takes_in_place_ops(
     assert x.grad.tolist() == [[0.0] * 3] * 2
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a traced function returning a view whose base was written after the view was taken "
-                          "(and the view not read since) returns the view's value from before the write: "
-                          "[0.5, 2.0] instead of [0.0, 0.0]; compiled builds on the trace and does the same")
 @pytest.mark.parametrize("mode", ["traced", "compiled"])
 def test_a_traced_result_that_is_a_view_sees_writes_after_it_was_taken(mode):
     import compiler
@@ -97,10 +82,6 @@ def test_a_traced_result_that_is_a_view_sees_writes_after_it_was_taken(mode):
     assert static(x).tolist() == [0.0, 0.0]
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason="compiler/views.py reshape_source: contiguous strides of a shape with a zero dim are 0 "
-                          "for the dims before it, and `f % (stride * size)` divides by zero ('integer modulo by "
-                          "zero'); found as the backward of an unsqueeze view of an empty clone")
 def test_compiling_a_reshape_of_a_tensor_with_an_empty_dim():
     import compiler
 
