@@ -204,3 +204,92 @@ def _(jnp, arrays):
         h = jax.lax.cond(counter % 2 == 0, lambda v: v, lambda v: v * 2, x)
         return (npref.dense_forward(p, ["linear1", "linear2"], h, xp=jnp)[0],), (p, counter)
     return JaxStep(step, (params, jnp.zeros((), jnp.int32)), (jnp.asarray(arrays["x"]),))
+
+
+# ------------------------------------------------------------------ the Elman RNN's SGD train step: scan + backward
+RNN_LR = 0.05
+RNN_GRADS = ("grad:w_ih", "grad:w_hh", "grad:b", "grad:w_out")
+
+
+def _rnn_train_inputs(size: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    arrays = _rnn_inputs(size, rng)
+    h = arrays["w_hh"].shape[0]
+    arrays["w_out"] = (rng.standard_normal((h, 4)) / np.sqrt(h)).astype(np.float32)
+    arrays["y"] = rng.standard_normal((arrays["xs"].shape[1], 4)).astype(np.float32)
+    return arrays
+
+
+@program(kind="train", inputs=_rnn_train_inputs, size_names=tuple(RNN_SIZES), outputs=("loss", *RNN_GRADS),
+         tags=("control-flow", "scan"))
+def rnn_scan_train(lib, arrays):
+    """One SGD step of an Elman RNN read out from its last state: backward through ``scan`` (a reverse scan)."""
+    nn = lib.nn
+    ops = _ops(lib)
+
+    class Elman(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name in ("w_ih", "w_hh", "b", "w_out"):
+                setattr(self, name, nn.Parameter(as_lib_tensor(lib, arrays[name])))
+
+        def forward(self, xs, h0):
+            def cell(h, x):
+                h = lib.tanh(x @ self.w_ih + h @ self.w_hh + self.b)
+                return h, h.clone()
+            h, _ = ops.scan(cell, h0, xs)
+            return h @ self.w_out
+
+    model = Elman()
+    opt = lib.optim.SGD(model.parameters(), lr=RNN_LR)
+    params = [model.w_ih, model.w_hh, model.b, model.w_out]
+
+    def step(xs, h0, y):
+        opt.zero_grad()
+        loss = ((model(xs, h0) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return (loss, *[p.grad for p in params])
+    args = tuple(as_lib_tensor(lib, arrays[k]) for k in ("xs", "h0", "y"))
+    return Program(step, args, lambda: {f"state:{n}": p for n, p in model.named_parameters()})
+
+
+def _rnn_train_ref(xs, h0, y, w_ih, w_hh, b, w_out, **_):
+    """Backpropagation through time by hand, in float64."""
+    hs = [h0]
+    for x in xs:
+        hs.append(np.tanh(x @ w_ih + hs[-1] @ w_hh + b))
+    out = hs[-1] @ w_out
+    loss = ((out - y) ** 2).mean()
+    d_out = 2 * (out - y) / out.size
+    grads = {"w_out": hs[-1].T @ d_out, "w_ih": np.zeros_like(w_ih), "w_hh": np.zeros_like(w_hh),
+             "b": np.zeros_like(b)}
+    dh = d_out @ w_out.T
+    for t in range(len(xs), 0, -1):
+        da = dh * (1 - hs[t] ** 2)
+        grads["w_ih"] += xs[t - 1].T @ da
+        grads["w_hh"] += hs[t - 1].T @ da
+        grads["b"] += da.sum(0)
+        dh = da @ w_hh.T
+    params = {"w_ih": w_ih, "w_hh": w_hh, "b": b, "w_out": w_out}
+    return {"loss": loss, **{f"grad:{k}": grads[k] for k in params},
+            **{f"state:{k}": v - RNN_LR * grads[k] for k, v in params.items()}}
+
+
+rnn_scan_train.reference = _rnn_train_ref
+
+
+@rnn_scan_train.peer("jax")
+def _(jnp, arrays):
+    import jax
+
+    def loss_fn(p, xs, h0, y):
+        h, _ = jax.lax.scan(lambda h, x: (jnp.tanh(x @ p["w_ih"] + h @ p["w_hh"] + p["b"]), None), h0, xs)
+        return ((h @ p["w_out"] - y) ** 2).mean()
+
+    def step(p, xs, h0, y):
+        loss, grads = jax.value_and_grad(loss_fn)(p, xs, h0, y)
+        new = {k: v - RNN_LR * grads[k] for k, v in p.items()}
+        return (loss, *[grads[k.removeprefix("grad:")] for k in RNN_GRADS]), new
+    params = {k: jnp.asarray(arrays[k]) for k in ("w_ih", "w_hh", "b", "w_out")}
+    return JaxStep(step, params, tuple(jnp.asarray(arrays[k]) for k in ("xs", "h0", "y")),
+                   state=lambda p: {f"state:{k}": v for k, v in p.items()})
