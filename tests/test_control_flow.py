@@ -383,3 +383,30 @@ def test_what_is_not_built_yet_says_so_instead_of_failing_obscurely():
         return eager.cond(v.sum() > 0, lambda u: (u * 2).sum(), lambda u: u.sum(), (v,))
     with pytest.raises(NotImplementedError, match="tracer.grad does not differentiate through a control-flow node"):
         tracer.grad(f, eager.ones(2))
+
+
+def _scan_then_cond(x, w):
+    def body(c, v):
+        return (c * w + v).tanh(), c.sum()
+    h, ys = eager.scan(body, eager.zeros(3, device=x.device), x)
+    return eager.cond(h.sum() > 0, lambda a: (a * 2).exp(), lambda a: a - 1, (h,)), ys
+
+
+def test_compiled_regions_on_the_simt_emulator_equal_eager():
+    x, w = eager.randn(5, 3), eager.randn(3)
+    compiled = compiler.compile(_scan_then_cond, x, w, backend="simt")
+    for sign in (1.0, -1.0):
+        for got, want in zip(compiled(x * sign, w), _scan_then_cond(x * sign, w)):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_control_flow_on_the_gpu_eager_traced_and_compiled_equal_the_cpu():
+    rng = np.random.default_rng(3)
+    xs, w = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    want = [t.numpy() for t in _scan_then_cond(eager.tensor(xs), eager.tensor(w))]
+    x_gpu, w_gpu = eager.tensor(xs, device="cuda"), eager.tensor(w, device="cuda")
+    for run in (_scan_then_cond, tracer.trace(_scan_then_cond, x_gpu, w_gpu),
+                compiler.compile(_scan_then_cond, x_gpu, w_gpu, device="cuda")):
+        for got, expected in zip(run(x_gpu, w_gpu), want):
+            np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-5, atol=1e-6)
