@@ -38,7 +38,8 @@ class IndexOutOfRange(ShapeError, IndexError, OpError):
 def apply(prim: Primitive, *inputs, **params) -> Tensor:
     """Run ``prim`` on ``inputs`` (Tensors or Python scalars) with static ``params``."""
     mode = MODE.get()
-    if mode.recorders and prim.decomposition is not None:  # a trace records the composite, not the fused row
+    if mode.recorders and prim.decomposition is not None and \
+            any(getattr(r, "decompose", True) for r in mode.recorders):  # a trace records the composite
         return prim.decomposition(*inputs, **params)
     arrays = []
     edges = []  # each input's gradient destination (see Node.edges), gathered in the same pass
