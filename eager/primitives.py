@@ -1069,5 +1069,6 @@ def _linear_decomposition(x, w, *bias):
     return out + bias[0] if bias else out
 
 
+# HOST: a trace never holds it (it records the decomposition); a hand-built graph runs it with NumPy
 LINEAR = define("linear", CONTRACTION, _linear_impl, _linear_rule, _linear_vjp, reads=((0, 1), (1, 0)),
-                decomposition=_linear_decomposition)
+                lowering=HOST, decomposition=_linear_decomposition)
