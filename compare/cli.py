@@ -5,6 +5,9 @@
     graphduel report reports/cpu-quick/results.json      # re-render a report from saved results
     graphduel explain dynamic_net              # IR, assumptions, fusion groups, kernels, divergence
     graphduel gate --baseline baseline.json    # CI: exit 1 when a workload regressed
+    graphduel run --quick --ray                # the cells as Ray tasks (a local cluster; --ray ADDRESS: a cluster)
+    graphduel run --quick --shard 2/4 --out s2 # the 2nd of 4 deterministic shards; then:
+    graphduel merge s1 s2 s3 s4 --out merged   # one report from the shards
     graphduel demo                             # train a small classifier eagerly
 """
 
@@ -58,34 +61,89 @@ def _config(args):
 
 
 def _run(args) -> int:
-    from compare.harness import correctness_failures, run, steps, summary_line
-    from compare.report import write_report
+    from compare.harness import run, steps
+    from compare.machine_report import write_run_report
     cfg = _config(args)
+    if args.ray is not None and args.shard:
+        raise ValueError("--ray and --shard are two ways to split the matrix: choose one")
     name = args.name or f"{args.device}{'-quick' if args.quick else ''}"
+    shard = _shard(args, cfg) if args.shard else None
+    if shard:
+        name += "-shard{index}of{count}".format(**shard[1])
     out = Path(args.out) if args.out else Path("reports") / name
     t0 = time.perf_counter()
-    tick, close = _progress_bar(steps(cfg), "graphduel run")
-    try:
-        df = run(cfg, tick)
-    finally:
-        close()
-    write_report(df, out)
-    print(summary_line(df))
-    unexpected = correctness_failures(df)
-    unexpected = unexpected[~unexpected.expected_divergence.astype(bool)]
-    for _, r in unexpected.drop_duplicates(["workload", "size", "mode"]).iterrows():
-        print(f"  FAIL {r.workload}/{r['size']}/{r['mode']} {r.metric}: {r.detail}")
+    if args.ray is not None:
+        from compare.distributed import import_ray, run_ray
+        import_ray()  # a missing extra is said before anything starts
+        tick, close = _progress_bar(len(cfg.cells()), "graphduel run --ray (cells)")
+        try:
+            df = run_ray(cfg, address=args.ray or None, out=out, progress=tick, cpus_per_cell=args.cpus_per_cell)
+        finally:
+            close()
+    else:
+        cells = shard[0] if shard else None
+        tick, close = _progress_bar(steps(cfg, cells), "graphduel run" + (f" --shard {args.shard}" if shard else ""))
+        try:
+            df = run(cfg, tick, cells=cells)
+        finally:
+            close()
+        if shard:
+            df.attrs["meta"]["shard"] = shard[1]
+    write_run_report(df, out)
+    unexpected = _print_outcome(df)
     print(f"report: {out / 'report.html'} (also report.md, results.csv, results.json) "
           f"in {time.perf_counter() - t0:.0f} s")
     return 1 if args.strict and len(unexpected) else 0
 
 
+def _shard(args, cfg):
+    """(cells of this shard, the plan record) for ``--shard K/N``, balanced on ``--costs`` when given."""
+    from compare.gate import load_any
+    from compare.shard import parse_shard, shard_cells
+    k, n = parse_shard(args.shard)
+    measured = None
+    if args.costs:
+        from compare.shard import measured_costs
+        measured = measured_costs(load_any(args.costs))
+    return shard_cells(cfg, k, n, measured)
+
+
+def _print_outcome(df):
+    """The summary line, each unexpected correctness failure, and each retried or failed cell."""
+    from compare.harness import correctness_failures, summary_line
+    print(summary_line(df))
+    unexpected = correctness_failures(df)
+    unexpected = unexpected[~unexpected.expected_divergence.astype(bool)]
+    for _, r in unexpected.drop_duplicates(["workload", "size", "mode"]).iterrows():
+        print(f"  FAIL {r.workload}/{r['size']}/{r['mode']} {r.metric}: {r.detail}")
+    for cell, info in (df.attrs.get("meta", {}).get("cells") or {}).items():
+        if info.get("error"):
+            print(f"  CELL ERROR {cell} ({info.get('attempts')} attempt(s)): {info['error']}")
+        elif info.get("attempts", 1) > 1:
+            print(f"  RETRIED {cell} (ran on {info.get('host')}) after: {info.get('retried_after')}")
+    return unexpected
+
+
+def _merge(args) -> int:
+    from compare.machine_report import write_run_report
+    from compare.shard import merge
+    df = merge(args.dirs)
+    out = Path(args.out)
+    write_run_report(df, out)
+    _print_outcome(df)
+    machines = df.attrs["meta"].get("machines") or {}
+    print(f"merged {len(args.dirs)} result set(s): {len(df.attrs['meta']['cells'])} cells from {len(machines)} "
+          f"host(s); report: {out / 'report.html'} (also report.md, results.csv, results.json)")
+    return 0
+
+
 def _report(args) -> int:
-    from compare.report import load_results, write_report
+    from compare.machine_report import write_run_report
+    from compare.report import load_results
     df = load_results(args.results)
     src = Path(args.results)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
-    write_report(df, out)
+    write_run_report(df, out)
     print(f"report: {out / 'report.html'} (also report.md)")
     return 0
 
@@ -140,7 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="report directory (default reports/<device>[-quick])")
     run.add_argument("--name", help="report name under reports/ when --out is not given")
     run.add_argument("--strict", action="store_true", help="exit 1 on an unexpected correctness failure")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run each cell (workload x size, all its modes on one machine) as a Ray task on the cluster "
+                          "at ADDRESS (default: start a local one); needs the dist extra")
+    run.add_argument("--cpus-per-cell", type=float, default=1,
+                     help="--ray: CPUs a cell's task reserves (also its OMP_NUM_THREADS); default 1")
+    run.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic, cost-balanced shards of "
+                                                    "the cells (merge them with `graphduel merge`)")
+    run.add_argument("--costs", metavar="RESULTS",
+                     help="--shard: balance on the cell times of earlier results (default: estimated)")
     run.set_defaults(run=_run)
+
+    merge = sub.add_parser("merge", help="merge shard results (or a stopped --ray run) into one report")
+    merge.add_argument("dirs", nargs="+", metavar="DIR", help="result directories of `graphduel run --shard K/N`")
+    merge.add_argument("--out", required=True, help="directory to write the merged report to")
+    merge.set_defaults(run=_merge)
 
     report = sub.add_parser("report", help="re-render report.md/html and plots from a results.json")
     report.add_argument("results", help="results.json (or the directory holding it)")
@@ -183,9 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (KeyError, ValueError, FileNotFoundError) as e:  # user errors: one clear line, not a traceback
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"graphduel {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _user_error(args, e.args[0] if isinstance(e, KeyError) and e.args else e)
+    except ImportError as e:
+        from compare.distributed import MissingExtra
+        if not isinstance(e, MissingExtra):
+            raise
+        return _user_error(args, e)
+
+
+def _user_error(args, message) -> int:
+    print(f"graphduel {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

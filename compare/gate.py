@@ -12,8 +12,14 @@ Two tiers:
   confidence is re-measured (more repeats, when the gate runs the workloads itself) and passes as ``noisy``
   if it never becomes significant.
 
-Baselines are ``results.json`` files written by ``graphduel run`` (commit one), or pytest-benchmark's saved
-JSON (``--benchmark-json`` / ``--benchmark-autosave``).
+Baselines are ``results.json`` files written by ``graphduel run`` (commit one), merged runs (``graphduel run
+--ray``, ``graphduel merge``), or pytest-benchmark's saved JSON (``--benchmark-json`` / ``--benchmark-autosave``).
+
+Per machine kind: timing ratios are compared between rows of one machine kind (``compare/machine.py``), so a
+run spread over two kinds of machines is gated kind by kind. When each side was measured on one kind only they
+are compared as before, whatever the kinds (ratios are what moves least between machines); otherwise a cell the
+baseline timed on kind A and the current run only on kind B is reported ``other-machine`` (not gated).
+Structure and correctness do not depend on the machine and are compared cell by cell.
 
     >>> import numpy as np
     >>> verdict(np.array([1.0, 1.02, 0.98, 1.01, 0.99]), np.array([2.0, 2.1, 1.9, 2.05, 1.95]), 0.3, 0.01)[0]
@@ -34,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
+from compare.cells import with_machine_columns
 from compare.harness import COLUMNS, CORRECTNESS_METRICS, RunConfig, run_cell
 from compare.modes import MODES, OURS
 from compare.workloads import get as get_workload
@@ -70,7 +77,7 @@ def load_any(path: str | Path) -> pd.DataFrame:
         df = pd.DataFrame(data["rows"], columns=COLUMNS)
         df["value"] = df["value"].astype(float)
         df.attrs["meta"] = data.get("meta", {})
-        return df
+        return with_machine_columns(df)
     if "benchmarks" in data:
         return from_pytest_benchmark(data)
     raise ValueError(f"{path}: neither a graphduel results.json (no 'rows') nor a pytest-benchmark file "
@@ -176,6 +183,38 @@ def compare_correctness(base: pd.DataFrame, cur: pd.DataFrame) -> list[Finding]:
 
 
 def compare_timing(base: pd.DataFrame, cur: pd.DataFrame, threshold: float, alpha: float) -> list[Finding]:
+    """Timing ratios of ``cur`` against ``base``, machine kind by machine kind (see the module docstring)."""
+    bk, ck = _machine_kinds(base), _machine_kinds(cur)
+    if len(bk) <= 1 and len(ck) <= 1:
+        return _compare_timing(base, cur, threshold, alpha)
+    out = []
+    for kind in bk:
+        b = base[base["machine"] == kind]
+        c = cur[cur["machine"] == kind]
+        for f in _compare_timing(b, c, threshold, alpha, label=f" on {kind}"):
+            if f.status == "missing":
+                elsewhere = _timed_on(cur, *f.what.split(" / ")[:2])
+                if elsewhere:
+                    f.status = "other-machine"
+                    f.detail = (f"timed on {', '.join(elsewhere)} now, not on {kind}: a ratio is compared on one "
+                                "machine kind only")
+            out.append(f)
+    return out
+
+
+def _machine_kinds(df: pd.DataFrame) -> list[str]:
+    if "machine" not in df:
+        return []
+    return [k for k in dict.fromkeys(df.loc[df.metric == "time", "machine"].dropna()) if k]
+
+
+def _timed_on(df: pd.DataFrame, workload: str, size: str) -> list[str]:
+    t = df[(df.metric == "time") & (df.workload == workload) & (df["size"] == size)]
+    return [k for k in dict.fromkeys(t["machine"].dropna()) if k] if "machine" in t else []
+
+
+def _compare_timing(base: pd.DataFrame, cur: pd.DataFrame, threshold: float, alpha: float,
+                    label: str = "") -> list[Finding]:
     out = []
     bs, cs = _samples(base), _samples(cur)
     cells = {(w, s) for (w, s, _m) in bs}
@@ -186,7 +225,7 @@ def compare_timing(base: pd.DataFrame, cur: pd.DataFrame, threshold: float, alph
             if b is None:
                 continue
             c = ratio_samples(cs, w, s, mode, ref)
-            what = f"{w} / {s} / {mode}/{ref}"
+            what = f"{w} / {s} / {mode}/{ref}{label}"
             if c is None:
                 out.append(Finding("timing", what, float(np.median(b)), math.nan, "missing",
                                    "not timed in the current run"))

@@ -35,14 +35,15 @@ import pandas as pd
 import eager
 from compare import timing
 from compare.correctness import compare_outputs, named
-from compare.machine import describe
+from compare.machine import describe, machine_kind
 from compare.modes import MODES, Runner, Skip, as_tuple
 from compare.workloads import get as get_workload
 from compare.workloads import names as workload_names
 from compare.workloads.registry import Workload
 
+# machine and host: where the row was measured (compare/machine.py: machine_kind); one cell, one machine
 COLUMNS = ["workload", "kind", "size", "mode", "family", "device", "metric", "value", "unit", "status", "detail",
-           "samples", "expected_divergence"]
+           "samples", "expected_divergence", "machine", "host"]
 CORRECTNESS_METRICS = ("abs_err_vs_reference", "rel_err_vs_reference", "abs_err_vs_eager", "rel_err_vs_eager")
 GUARD_METRICS = ("retraces", "guard_failures", "eager_fallbacks")
 
@@ -81,6 +82,15 @@ class RunConfig:
 
     def selected_workloads(self) -> list[Workload]:
         return [get_workload(n) for n in (self.workloads or workload_names())]
+
+    def cells(self) -> list[tuple[str, str]]:
+        """(workload, size) of every cell this configuration runs, in run order. A cell is the unit that runs
+        on one machine: all its modes and peers are timed round-robin there, so its ratios are one machine's.
+
+            >>> RunConfig(workloads=["softmax", "mlp_train_adam"], sizes=["small"]).cells()
+            [('softmax', 'small'), ('mlp_train_adam', 'small')]
+        """
+        return [(wl.name, size) for wl in self.selected_workloads() for size in self.sizes if size in wl.sizes]
 
 
 def expected_for(wl: Workload, family: str) -> bool:
@@ -278,29 +288,36 @@ def _timing_rows(wl, size, cfg: RunConfig, cells: dict[str, _Cell], arrays: dict
     return rows
 
 
-def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Run ``cfg`` and return the tidy results, with machine and versions in ``df.attrs['meta']``."""
+def run(cfg: RunConfig, progress: Callable[[str], None] | None = None,
+        cells: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Run ``cfg`` (or only its ``cells``, as a shard does) and return the tidy results, with machine and versions
+    in ``df.attrs['meta']`` and each cell's wall time in ``meta['cell_seconds']`` (what shards balance on)."""
     rows: list[dict] = []
     tick = progress or (lambda s: None)
-    for wl in cfg.selected_workloads():
-        for size in cfg.sizes:
-            if size not in wl.sizes:
-                continue
-            rows.extend(run_cell(wl, size, cfg, tick))
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs["meta"] = {**describe(cfg.command, cfg.device), "config": asdict(cfg)}
+    seconds: dict[str, float] = {}
+    for name, size in cfg.cells() if cells is None else cells:
+        t0 = time.perf_counter()
+        rows.extend(run_cell(get_workload(name), size, cfg, tick))
+        seconds[f"{name}/{size}"] = round(time.perf_counter() - t0, 3)
+    meta = {**describe(cfg.command, cfg.device), "config": asdict(cfg), "cell_seconds": seconds}
+    df = frame(rows, meta["host"], machine_kind(meta))
+    df.attrs["meta"] = meta
     if cfg.device == "cpu" or eager.cuda_available():  # the roofline of the report's GB/s plot
         from compiler.report import copy_bandwidth_gbs
         df.attrs["meta"]["copy_bandwidth_gbps"] = round(copy_bandwidth_gbs(cfg.device), 1)
     return df
 
 
-def steps(cfg: RunConfig) -> int:
+def frame(rows: list[dict], host: str, machine: str) -> pd.DataFrame:
+    """Rows of cells measured on one machine as the harness's DataFrame (``COLUMNS``, machine columns set)."""
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["machine"], df["host"] = machine, host
+    return df
+
+
+def steps(cfg: RunConfig, cells: list[tuple[str, str]] | None = None) -> int:
     """How many progress ticks :func:`run` will make (for a progress bar)."""
-    n = 0
-    for wl in cfg.selected_workloads():
-        n += sum(size in wl.sizes for size in cfg.sizes) * (len(cfg.selected_modes()) + 1)
-    return n
+    return len(cfg.cells() if cells is None else cells) * (len(cfg.selected_modes()) + 1)
 
 
 def correctness_failures(df: pd.DataFrame) -> pd.DataFrame:

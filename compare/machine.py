@@ -1,8 +1,14 @@
 """What a result was measured on: machine, versions, commit, command and date (attached to every run).
 
+A *machine kind* is the hardware a timing ratio belongs to (the GPU model on cuda; the CPU model and core count
+on the CPU): rows of one kind are compared with each other, never with another kind's, when a run spread over
+several machines is reported or gated.
+
     >>> info = describe(command="graphduel run --quick")
-    >>> sorted(k for k in info if k in ("cpu", "numpy", "commit", "command"))
-    ['command', 'commit', 'cpu', 'numpy']
+    >>> sorted(k for k in info if k in ("cpu", "numpy", "commit", "command", "host"))
+    ['command', 'commit', 'cpu', 'host', 'numpy']
+    >>> machine_kind({"device": "cpu", "cpu": "AMD EPYC 7763", "cores": "2"})
+    'cpu: AMD EPYC 7763 x2'
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ def describe(command: str | None = None, device: str = "cpu") -> dict[str, str]:
     info = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "command": command or " ".join(["graphduel", *sys.argv[1:]]),
+        "host": platform.node() or "unknown",
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
@@ -75,3 +82,22 @@ def describe(command: str | None = None, device: str = "cpu") -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:
         info["graphduel"] = "not installed (run from a checkout)"
     return info
+
+
+# what identifies the hardware, and what a machine record carries besides (versions, commit)
+HARDWARE_KEYS = ("device", "gpu", "cpu", "cores")
+MACHINE_KEYS = ("host", *HARDWARE_KEYS, "platform", "python", "commit", *PACKAGES, "graphduel")
+
+
+def machine_kind(info: dict) -> str:
+    """The hardware a result was timed on, from a :func:`describe` dict: ``"cuda: <GPU model>"`` or
+    ``"cpu: <CPU model> x<cores>"``. Two hosts of one kind give comparable timing ratios."""
+    if info.get("device") == "cuda":
+        return f"cuda: {info.get('gpu') or 'unknown GPU'}"
+    return f"cpu: {info.get('cpu') or 'unknown CPU'} x{info.get('cores') or '?'}"
+
+
+def machine_record(info: dict) -> dict[str, str]:
+    """The part of a :func:`describe` dict that belongs to the machine (not to the run): host, hardware,
+    versions and the commit of the code it ran, plus its kind."""
+    return {**{k: str(info[k]) for k in MACHINE_KEYS if k in info}, "kind": machine_kind(info)}

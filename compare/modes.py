@@ -156,7 +156,7 @@ def prepare_traced(wl: Workload, arrays: dict, device: str) -> Runner:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # frozen values come back as traced.assumptions, shown with a divergence
-        traced = tracer.trace(prog.fn, *prog.args)
+        traced = (tracer.script if "script" in wl.tags else tracer.trace)(prog.fn, *prog.args)
     trace_s = time.perf_counter() - t0
     sync = _sync_eager(device)
 
@@ -167,16 +167,22 @@ def prepare_traced(wl: Workload, arrays: dict, device: str) -> Runner:
     return Runner(call, _state_of(prog), {"trace_time": trace_s}, structure_of(traced), traced, prog, _clock(device))
 
 
+def _scripted(wl: Workload, prog):
+    """What the compiled modes compile: the program itself, or its ``tracer.script`` conversion (tag "script")."""
+    import tracer
+    return tracer.script(prog.fn, *prog.args) if "script" in wl.tags else prog.fn
+
+
 def prepare_compiled(wl: Workload, arrays: dict, device: str, cuda_graph: bool = False) -> Runner:
     eager = _eager_lib(device)
     compiler = _import("compiler")
     prog = _build(wl, eager, arrays, device)
     with warnings.catch_warnings(), _fresh_kernel_cache():
         warnings.simplefilter("ignore")  # as for tracing: assumptions are reported with the divergence
-        compiled = compiler.compile(prog.fn, *prog.args, device=device, cuda_graph=cuda_graph)
+        compiled = compiler.compile(_scripted(wl, prog), *prog.args, device=device, cuda_graph=cuda_graph)
         # The same program compiled again, on a fresh copy so no state is shared: kernels now come from cache.
         again = _build(wl, eager, arrays, device)
-        second = compiler.compile(again.fn, *again.args, device=device, cuda_graph=cuda_graph)
+        second = compiler.compile(_scripted(wl, again), *again.args, device=device, cuda_graph=cuda_graph)
     sync = _sync_eager(device)
 
     def call():

@@ -195,6 +195,10 @@ def control_flow_approach(op: str | None, mode: str) -> str:
         >>> control_flow_approach(None, "traced")
         'plain trace, guarded: the frozen branch is checked each call, a new outcome retraces'
     """
+    if op == "script":  # tracer.script: Python control flow converted to cond / while_loop / scan
+        scripted = {"traced": "tracer.script: the Python if on state becomes a cond node on lifted state",
+                    "compiled": "tracer.script, compiled: a cond node on lifted state, its regions fused"}
+        return scripted.get(mode) or control_flow_approach(None, mode)
     if op is None:
         return {
             "eager": "Python: the branch runs as it is reached",
@@ -229,7 +233,7 @@ def _control_op(workload: str) -> tuple[bool, str | None]:
     from compare.workloads import REGISTRY
     wl = REGISTRY.get(workload)
     tags = wl.tags if wl is not None else ()
-    op = next((t for t in tags if t in CONTROL_OPS), None)
+    op = next((t for t in tags if t in CONTROL_OPS), "script" if "script" in tags else None)
     return "control-flow" in tags or workload.startswith("dynamic_net"), op
 
 
@@ -337,14 +341,16 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, str, object]]:
                  "(cold: empty kernel cache; cached: compiled again), break-even: calls after which trace + compile "
                  "pay for themselves against eager; IR nodes, kernels and fusion groups per call."))
     secs.append(("", "table", setup_table(df)))
+    from compare.machine_report import machine_sections  # lazy: machine_report imports this module
+    secs.extend(machine_sections(df))
     secs.append(("Divergences, failures and errors", "list", problems(df)))
     secs.append(("Skipped", "list", skips(df)))
     return secs
 
 
 def _meta_rows(meta: dict) -> list[tuple[str, str]]:
-    keys = ["date", "command", "commit", "device", "gpu", "cpu", "cores", "platform", "python", "numpy", "scipy",
-            "jax", "jaxlib", "torch", "pandas", "cupy-cuda13x", "cupy-cuda12x", "copy_bandwidth_gbps"]
+    keys = ["date", "command", "commit", "host", "device", "gpu", "cpu", "cores", "platform", "python", "numpy",
+            "scipy", "jax", "jaxlib", "torch", "pandas", "cupy-cuda13x", "cupy-cuda12x", "copy_bandwidth_gbps"]
     return [(k, str(meta[k])) for k in keys if k in meta]
 
 

@@ -170,10 +170,14 @@ class Compiled:
             self.lowerings.append(lowered)
             return lowered
 
-        if isinstance(fn, tracer.Traced):
-            fn = fn.fn
         start = time.perf_counter()
-        self.traced = tracer.trace(fn, *example_inputs, strict=strict, lower=lower, guards=guards, **example_kwargs)
+        if isinstance(fn, tracer.Traced) and hasattr(fn, "retrace_with"):  # tracer.script: keep its lifted state
+            self.traced = fn.retrace_with(*example_inputs, strict=strict, lower=lower, guards=guards, **example_kwargs)
+        else:
+            if isinstance(fn, tracer.Traced):
+                fn = fn.fn
+            self.traced = tracer.trace(fn, *example_inputs, strict=strict, lower=lower, guards=guards,
+                                       **example_kwargs)
         total = time.perf_counter() - start
         self.compile_seconds = sum(lw.pass_seconds + lw.build_seconds for lw in self.lowerings)
         self.trace_seconds = total - self.compile_seconds

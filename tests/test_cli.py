@@ -133,3 +133,20 @@ def test_a_cuda_run_without_a_gpu_reports_every_cell_skipped_instead_of_crashing
     assert (df.status == "skip").all()
     assert "CuPy" in df[df["mode"] == "eager"].detail.iloc[0]
     assert "copy_bandwidth_gbps" not in json.loads((tmp_path / "results.json").read_text())["meta"]
+
+
+def test_every_row_of_a_run_names_the_machine_and_host_it_was_measured_on(quick_report):
+    df = _rows(quick_report)
+    meta = json.loads((quick_report / "results.json").read_text())["meta"]
+    assert (df.machine == f"cpu: {meta['cpu']} x{meta['cores']}").all() and (df.host == meta["host"]).all()
+    assert set(meta["cell_seconds"]) == {f"{w}/small" for w in SELECTION}  # what shards balance on
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ray", "--shard", "1/2"], "--ray and --shard are two ways to split the matrix: choose one"),
+    (["--shard", "3/2"], "K must be between 1 and N"),
+    (["--shard", "half"], "expected K/N with whole numbers"),
+])
+def test_bad_scale_out_flags_are_one_clear_line(flags, message, capsys):
+    assert main(["run", "--quick", "--workloads", "softmax", *flags]) == 2
+    assert message in capsys.readouterr().err

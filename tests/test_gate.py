@@ -149,3 +149,38 @@ def test_the_gate_reads_pytest_benchmark_json(tmp_path):
     slow.write_text(json.dumps(data))
     passed, findings = gate(base, load_any(slow))
     assert not passed, format_findings(findings, show_all=True)
+
+
+def _timed(workload: str, mode: str, samples: list[float], machine: str) -> dict:
+    return {**_rows("time", float(np.median(samples)), mode=mode, workload=workload), "samples": samples,
+            "family": "ours", "machine": machine, "host": machine + "-host"}
+
+
+def _two_kind_run(slow_on: str | None = None, moved: bool = False) -> pd.DataFrame:
+    """Cell w1 timed on kind A, w2 on kind B (compiled/eager about 0.5); ``slow_on`` doubles compiled there;
+    ``moved`` times w2 on kind A instead."""
+    rows = []
+    for name, kind in (("w1", "cpu: A x2"), ("w2", "cpu: B x8")):
+        kind = "cpu: A x2" if moved and name == "w2" else kind
+        factor = 2.0 if kind == slow_on else 1.0
+        rows.append(_timed(name, "eager", [1.0, 1.01, 0.99, 1.02, 0.98], kind))
+        rows.append(_timed(name, "compiled", [0.5 * factor * x for x in (1.0, 1.01, 0.99, 1.0, 1.0)], kind))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_a_merged_run_is_gated_per_machine_kind():
+    base = _two_kind_run()
+    status = {f.what: f.status for f in evaluate(base, _two_kind_run(slow_on="cpu: B x8"))}
+    assert status == {"w1 / small / compiled/eager on cpu: A x2": "ok",
+                      "w2 / small / compiled/eager on cpu: B x8": "regressed"}
+    passed, findings = gate(base, _two_kind_run(moved=True))  # w2 ran on kind A this time: not comparable
+    moved = [f for f in findings if f.what.startswith("w2")]
+    assert passed and [f.status for f in moved] == ["other-machine"] and "cpu: A x2" in moved[0].detail
+
+
+def test_results_without_machine_columns_get_their_runs_machine(tmp_path):
+    rows = [_rows("kernels", 3)]
+    meta = {"device": "cpu", "cpu": "Some CPU", "cores": "4", "host": "h1"}
+    (tmp_path / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))  # written before machines
+    df = load_any(tmp_path)
+    assert df.machine.tolist() == ["cpu: Some CPU x4"] and df.host.tolist() == ["h1"]

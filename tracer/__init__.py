@@ -48,10 +48,11 @@ from tracer.check import CheckReport, Divergence
 from tracer.executor import ExecutionError, Interpreter, StaticExecutor, default_lower
 from tracer.grad import grad
 from tracer.ir import Graph, GraphError, Node
+from tracer.script import script
 from tracer.serialization import FormatError, LoadedGraph, load
 from tracer.signature import SignatureError
 from tracer.traced import Traced, trace
 
 __all__ = ["Assumption", "CheckReport", "Divergence", "ExecutionError", "FormatError", "Graph", "GraphError",
            "GuardError", "Interpreter", "LoadedGraph", "Node", "SignatureError", "StaticExecutor", "Traced",
-           "TracerWarning", "default_lower", "grad", "load", "trace"]
+           "TracerWarning", "default_lower", "grad", "load", "script", "trace"]

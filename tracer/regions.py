@@ -116,6 +116,8 @@ def _sub_trace(outer, fn, example: list[Tensor], op: str, what: str) -> _SubTrac
         outputs, single = carry + ys, (c_single, y_single, len(carry))
     else:
         outputs, single = flat_tensors(op, f"{what}'s result", result)
+    for t in outputs:  # an outside tensor returned as is is a capture too (it must not be baked in as a constant)
+        nested.vid_after(t)
     _refuse_impure(nested, op, what)
     return _SubTrace(nested, outputs, single, what)
 

@@ -79,6 +79,11 @@ def _dyn_inputs(size: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
 def dynamic_net(lib, arrays):
     """Seed 000: ``DynamicNet``, whose forward doubles the input on odd calls only. A divergence is expected of
     the peers that freeze Python state, not of our guarded traced and compiled modes (``compare.harness``)."""
+    return _dynamic_net_program(lib, arrays)
+
+
+def _dynamic_net_program(lib, arrays) -> Program:
+    """The seed's module as written (a Python counter picks the branch), loaded with the workload's parameters."""
     nn = lib.nn
 
     class DynamicNet(nn.Module):
@@ -115,7 +120,7 @@ dynamic_net.reference = _dyn_ref
 
 
 @dynamic_net.peer("jax")
-def _(jnp, arrays):
+def _dyn_jax(jnp, arrays):
     params = {k: jnp.asarray(v) for k, v in arrays.items() if k != "x"}
     calls = [0]  # Python state, as in the seed: jax.jit bakes it in just as a trace does
 
@@ -123,6 +128,21 @@ def _(jnp, arrays):
         calls[0] += 1
         return (_dyn_forward(jnp, x, p, calls[0]),), p
     return JaxStep(step, params, (jnp.asarray(arrays["x"]),))
+
+
+@program(kind="forward", inputs=_dyn_inputs, expect_divergence=True, tags=("script",),
+         note="Seed 000's DynamicNet unchanged, run through tracer.script in our traced and compiled modes: the "
+              "source is rewritten so self.counter is lifted into a 0-d int64 state tensor (an int again after each "
+              "call) and the branch on it becomes eager.cond: one program serves every call, with no retrace. "
+              "Peers that freeze Python state (jax.jit, torch.jit.trace) still disagree on every other call.")
+def dynamic_net_script(lib, arrays):
+    """Seed 000's ``DynamicNet`` as written, for ``tracer.script`` (the workload's ``script`` tag asks the traced and
+    compiled modes for it); eager and the peers run it as ``dynamic_net`` does."""
+    return _dynamic_net_program(lib, arrays)
+
+
+dynamic_net_script.reference = _dyn_ref
+dynamic_net_script.peer("jax")(_dyn_jax)
 
 
 # ------------------------------------------------------------------ the ModuleList network
