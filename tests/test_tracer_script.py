@@ -598,15 +598,14 @@ def test_a_call_into_code_whose_source_cannot_be_got_names_it_and_the_call_site(
         tracer.script(NO_SOURCE, eager.ones(2))
 
 
-def test_compile_of_a_scripted_dynamic_net_equals_eager_on_every_call():
-    # compiler.compile unwraps a Traced to its function (the converted forward) and traces that plainly: the
-    # counter is then a guarded Python int (correct, but retraced); zero retraces need the change in the report
+def test_compile_of_a_scripted_dynamic_net_equals_eager_on_every_call_with_no_retrace():
+    # compiler.compile keeps the script's lifted state (Scripted.retrace_with): the counter is a cond on a tensor
     model, twin = _twins()
     x = eager.randn(3, 4)
-    with pytest.warns(tracer.TracerWarning):
-        compiled = compiler.compile(tracer.script(model, x), x)
+    compiled = compiler.compile(tracer.script(model, x), x)
     for _ in range(4):
         _close(compiled(x), twin(x))
+    assert compiled.retrace_count == 0
 
 
 def test_a_non_scalar_condition_is_refused_as_python_refuses_its_truth_value():
