@@ -1,5 +1,5 @@
 """The ways a workload runs: our modes (eager, traced, compiled, and on cuda compiled+graph) and the peers
-(NumPy, JAX, PyTorch).
+(NumPy, JAX, PyTorch, and our traced graph exported to ONNX and run by ONNX Runtime).
 
 A mode is a name plus ``prepare(workload, arrays, device) -> Runner``. ``prepare`` raises :class:`Skip`
 with a reason when the mode cannot run this workload here (an optional peer package not installed, a
@@ -386,6 +386,35 @@ def _deepest_frame(e: BaseException) -> str:
     return f" (in {chain}, {last.filename.rsplit('site-packages/', 1)[-1]}:{last.lineno})"
 
 
+def prepare_onnxruntime(wl: Workload, arrays: dict, device: str) -> Runner:
+    """The graph our traced mode runs (``tracer.script``'s for a workload tagged "script"), exported to ONNX
+    (``traced.export_onnx``) and run by ONNX Runtime's CPU provider: the deployment path of a static graph
+    (trace, export, run elsewhere) beside our own executors. The one-time
+    costs are the trace (``trace_time``) and the export, check and session build (``compile_cold``)."""
+    if device != "cpu":
+        raise Skip("the onnxruntime peer runs ONNX Runtime's CPU provider (onnxruntime-gpu is not a dependency)")
+    if wl.kind != "forward":
+        raise Skip("the onnxruntime peer runs forward workloads: ONNX is the deployment path of inference, and a "
+                   "train step's backward() and optimizer.step() are not what a deployed model runs")
+    _import("onnxruntime", "pip install graphduel[onnx]")
+    _import("onnx", "pip install graphduel[onnx]")
+    eager, tracer = _eager_lib(device), _import("tracer")
+    onnx_export = _import("tracer.onnx_export")
+    prog = _build(wl, eager, arrays, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what the model froze is the point of DynamicNet: reported as a divergence
+        t0 = time.perf_counter()
+        traced = (tracer.script if "script" in wl.tags else tracer.trace)(prog.fn, *prog.args)  # as traced mode
+        t1 = time.perf_counter()
+        try:
+            exported = onnx_export.export(traced)
+        except onnx_export.UnsupportedOpError as e:  # a primitive ONNX has no operator for, named with its line
+            raise Skip(str(e)) from e
+    exported.session  # noqa: B018  (built now, so the first timed call does not pay for it)
+    setup = {"trace_time": t1 - t0, "compile_cold": time.perf_counter() - t1}
+    return Runner(lambda: exported(*prog.args), setup=setup, handle=exported, program=prog)
+
+
 MODES: dict[str, Mode] = {m.name: m for m in [
     Mode("eager", "ours", prepare_eager),
     Mode("traced", "ours", prepare_traced),
@@ -399,6 +428,7 @@ MODES: dict[str, Mode] = {m.name: m for m in [
     Mode("torch.compile", "peer", prepare_torch_compile, quick=False,
          why_not_quick="torch.compile takes 15-60 s per workload and size on a small CPU; "
                        "ask for it with --peers torch.compile"),
+    Mode("onnxruntime", "peer", prepare_onnxruntime, devices=("cpu",)),
 ]}
 OURS = [m for m in MODES if MODES[m].family == "ours"]
 

@@ -186,6 +186,9 @@ _REGIONS = {"cond": "both branches as regions", "while_loop": "cond and body as 
             "scan": "the step as a region"}
 
 
+_ONNX = {"cond": "If", "while_loop": "Loop", "scan": "Scan"}
+
+
 def control_flow_approach(op: str | None, mode: str) -> str:
     """How ``mode`` answers a workload's control flow: ``op`` is its structured op (cond, while_loop, scan), or
     None for Python control flow on Python state (DynamicNet's call counter).
@@ -211,6 +214,7 @@ def control_flow_approach(op: str | None, mode: str) -> str:
             "torch": "Python, eager",
             "torch.jit.trace": "Python state frozen into the traced graph",
             "torch.compile": "Dynamo guards on the Python state and recompiles",
+            "onnxruntime": "Python state frozen into the exported ONNX graph",
         }.get(mode, "")
     return {
         "eager": "Python: only the taken branch runs" if op == "cond" else "Python: the loop runs trip by trip",
@@ -224,6 +228,7 @@ def control_flow_approach(op: str | None, mode: str) -> str:
         "torch": f"{_TORCH[op]}, eager",
         "torch.jit.trace": f"cannot record {_TORCH[op]}",
         "torch.compile": f"{_TORCH[op]} captured by Dynamo, compiled by Inductor",
+        "onnxruntime": f"ONNX {_ONNX[op]} in the exported model, run by ONNX Runtime",
     }.get(mode, "")
 
 

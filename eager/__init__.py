@@ -48,21 +48,32 @@ from eager.ops import (
     any,
     argmax,
     argmin,
+    argsort,
     bitwise_and,
     bitwise_not,
     bitwise_or,
     bitwise_xor,
+    bmm,
     cat,
+    ceil,
     chunk,
     clamp,
     clone,
     concat,
+    cumprod,
+    cumsum,
     detach,
     diagonal,
-    div,
+    divide,
+    einsum,
     eq,
     expand,
     flatten,
+    flip,
+    fliplr,
+    flipud,
+    floor,
+    floor_divide,
     gather,
     ge,
     gt,
@@ -86,29 +97,41 @@ from eager.ops import (
     mul,
     ne,
     norm,
+    outer,
     permute,
     pow,
     relu,
+    remainder,
     reshape,
+    roll,
+    round,
     rsqrt,
     scatter,
     scatter_add,
     softmax,
+    sort,
     split,
     squeeze,
     stack,
     std,
     sub,
     sum,
+    topk,
     transpose,
+    tril,
+    triu,
+    trunc,
+    unbind,
     unsqueeze,
     var,
     where,
 )
 from eager.primitives import PRIMITIVES, Primitive, ShapeError
 from eager.random import Generator, manual_seed
+from eager.serialization import LoadError, load, save
 
 globals().update(_TABLE_FUNCTIONS)
+div = divide  # torch.div(a, b, rounding_mode=None)
 bool = bool_  # noqa: A001  (eager.bool, as torch.bool)
 float = float32  # noqa: A001
 double = float64
@@ -122,7 +145,7 @@ class cuda:  # noqa: N801  (eager.cuda.is_available(), as torch.cuda)
 
 
 # the subpackages, so `import eager; eager.nn.Linear(...)` works as `torch.nn` does (imported last: they use eager)
-from eager import nn, optim, viz  # noqa: E402  isort: skip
+from eager import nn, optim, utils, viz  # noqa: E402  isort: skip
 
 __all__ = [name for name in dir() if not name.startswith("_")]
 

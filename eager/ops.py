@@ -986,3 +986,353 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
 
 
 mm = matmul
+
+
+# ---------------------------------------------------------------- floor division, remainder, rounding modes
+
+
+def _integer_operands(a, b):
+    """PyTorch's promotion for ``//`` and ``%``, bool counted as int64 (NumPy would make int8)."""
+    a, b = _operands(a, b)
+    a = to(a, backend.int64) if isinstance(a, Tensor) and a._data.dtype == backend.bool_ else a
+    b = to(b, backend.int64) if isinstance(b, Tensor) and b._data.dtype == backend.bool_ else b
+    return _operands(a, b)
+
+
+def floor_divide(a, b) -> Tensor:
+    """``a // b``: the quotient rounded down (Python's and PyTorch's), for integers and floats; integer division by
+    zero raises ``ZeroDivisionError`` (as an ``OpError``). It has no gradient (PyTorch defines none either).
+
+        >>> import eager
+        >>> (eager.tensor([7, -7]) // 2).tolist(), (eager.tensor([7.5]) // -2).tolist()
+        ([3, -4], [-4.0])
+    """
+    return apply(P.FLOOR_DIVIDE, *_integer_operands(a, b))
+
+
+def remainder(a, b) -> Tensor:
+    """``a % b``: ``a - b * floor(a / b)``, with the sign of the divisor (Python's and PyTorch's).
+
+        >>> import eager
+        >>> (eager.tensor([7, -7]) % 3).tolist()
+        [1, 2]
+    """
+    return apply(P.REMAINDER, *_integer_operands(a, b))
+
+
+def floor(x: Tensor) -> Tensor:
+    """``torch.floor``: round down (integer tensors as they are); the gradient is zero, as in PyTorch."""
+    return apply(P.FLOOR, x)
+
+
+def ceil(x: Tensor) -> Tensor:
+    """``torch.ceil``: round up (integer tensors as they are)."""
+    return apply(P.CEIL, x)
+
+
+def trunc(x: Tensor) -> Tensor:
+    """``torch.trunc``: round toward zero (integer tensors as they are)."""
+    return apply(P.TRUNC, x)
+
+
+def round(x: Tensor) -> Tensor:  # noqa: A001  (torch.round)
+    """``torch.round``: to the nearest integer, halves to even (PyTorch's and NumPy's rule).
+
+        >>> import eager
+        >>> eager.tensor([0.5, 1.5, -2.7]).round().tolist()
+        [0.0, 2.0, -3.0]
+    """
+    return apply(P.ROUND, x)
+
+
+def _trunc_divide(a, b) -> Tensor:
+    """The quotient rounded toward zero: trunc(a / b) for floats; for integers the floor quotient, one up where it
+    was rounded down below zero (exact, no float round trip)."""
+    a, b = _integer_operands(a, b)
+    ref = a if isinstance(a, Tensor) else b
+    if ref._data.dtype.kind == "f":
+        return apply(P.TRUNC, div(a, b))
+    q = floor_divide(a, b)
+    negative = [lt(v, 0) if isinstance(v, Tensor) else v < 0 for v in (a, b)]
+    rounded_down = bitwise_and(ne(remainder(a, b), 0), ne(*negative))  # an inexact quotient below zero
+    return where(rounded_down, add(q, 1), q)
+
+
+def divide(a, b, *, rounding_mode: str | None = None) -> Tensor:
+    """``torch.div(a, b, rounding_mode=...)``: true division (None), rounded toward zero ("trunc") or down
+    ("floor", which is ``a // b``); the rounded quotients keep integer dtypes.
+
+        >>> import eager
+        >>> eager.div(eager.tensor([7, -7]), 2, rounding_mode="trunc").tolist()
+        [3, -3]
+    """
+    if rounding_mode is None:
+        return div(a, b)
+    if rounding_mode == "floor":
+        return floor_divide(a, b)
+    if rounding_mode == "trunc":
+        return _trunc_divide(a, b)
+    raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}.")
+
+
+# ---------------------------------------------------------------- triangles, cumulative ops, sorting
+
+
+def _triangle(op: str, x: Tensor, diagonal: int, lower: bool) -> Tensor:
+    if x.ndim < 2:
+        raise ShapeError(f"{op}: input tensor must have at least 2 dimensions, got shape {list(x.shape)}.")
+    n, m = x.shape[-2:]
+    keep = np.tri(n, m, k=diagonal, dtype=bool) if lower else ~np.tri(n, m, k=diagonal - 1, dtype=bool)
+    from eager.creation import tensor
+    return where(tensor(keep, device=x.device), x, zeros_like(x))
+
+
+def tril(x: Tensor, diagonal: int = 0) -> Tensor:
+    """``torch.tril``: the lower triangle of the last two dims (``diagonal`` > 0 keeps that many above it), the rest 0;
+    one ``where`` against a constant mask, so a causal mask fuses into its neighbours.
+
+        >>> import eager
+        >>> eager.ones(2, 3).tril().tolist()
+        [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    """
+    return _triangle("tril", x, int(diagonal), True)
+
+
+def triu(x: Tensor, diagonal: int = 0) -> Tensor:
+    """``torch.triu``: the upper triangle of the last two dims (``diagonal`` > 0 drops that many more), the rest 0."""
+    return _triangle("triu", x, int(diagonal), False)
+
+
+def cumsum(x: Tensor, dim: int, dtype=None) -> Tensor:
+    """``torch.cumsum``: running sums along ``dim`` (integers and bools in int64); the gradient sums from the end.
+
+        >>> import eager
+        >>> eager.tensor([1, 2, 3]).cumsum(0).tolist()
+        [1, 3, 6]
+    """
+    x = x if dtype is None else to(x, dtype)
+    return apply(P.CUMSUM, x, axis=_axes(x, dim)[0])
+
+
+def cumprod(x: Tensor, dim: int, dtype=None) -> Tensor:
+    """``torch.cumprod``: running products along ``dim``; the gradient is exact where the input has zeros."""
+    x = x if dtype is None else to(x, dtype)
+    return apply(P.CUMPROD, x, axis=_axes(x, dim)[0])
+
+
+SortResult = namedtuple("SortResult", ["values", "indices"])
+TopkResult = namedtuple("TopkResult", ["values", "indices"])
+
+
+def _order(x: Tensor, dim: int, descending: bool) -> tuple[Tensor, Tensor, int]:
+    """(x as at least 1-D, its stable order along dim, the dim): ties keep their order, NaN sorts as the largest."""
+    x1 = reshape(x, 1) if x.ndim == 0 else x
+    d = _axes(x1, dim)[0]
+    return x1, apply(P.ARGSORT, x1, axis=d, descending=bool(descending)), d
+
+
+def argsort(x: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
+    """``torch.argsort``: the indices that sort ``dim`` (always a stable sort here: ties keep their order)."""
+    _, order, _ = _order(x, dim, descending)
+    return order if x.ndim else reshape(order, ())
+
+
+def sort(x: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> SortResult:
+    """``torch.sort``: (values, indices) along ``dim``, stable; the values' gradient goes back through the indices.
+
+        >>> import eager
+        >>> eager.tensor([3.0, 1.0, 2.0]).sort(descending=True).indices.tolist()
+        [0, 2, 1]
+    """
+    x1, order, d = _order(x, dim, descending)
+    values = apply(P.GATHER, x1, order, axis=d)
+    if not x.ndim:
+        return SortResult(reshape(values, ()), reshape(order, ()))
+    return SortResult(values, order)
+
+
+def topk(x: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> TopkResult:
+    """``torch.topk``: the ``k`` largest (or smallest) entries along ``dim`` and their indices, always in sorted order
+    (ties: the earlier index first).
+
+        >>> import eager
+        >>> eager.tensor([1.0, 3.0, 3.0, 2.0]).topk(2).indices.tolist()
+        [1, 2]
+    """
+    x1, order, d = _order(x, dim, largest)
+    if not 0 <= k <= x1.shape[d]:
+        raise IndexError(f"topk: k ({k}) is out of range for dim {d} of size {x1.shape[d]}.")
+    picked = getitem(order, (slice(None),) * d + (slice(0, int(k)),))
+    values = apply(P.GATHER, x1, picked, axis=d)
+    if not x.ndim and k == 1:
+        return TopkResult(reshape(values, ()), reshape(picked, ()))
+    return TopkResult(values, picked)
+
+
+# ---------------------------------------------------------------- einsum, bmm, outer
+
+
+def _einsum_letters(equation: str, shapes: list[tuple]) -> str:
+    """An explicit equation without "...": each operand's ellipsis dims get letters of their own (right-aligned
+    across operands, as broadcasting aligns them), and an implicit output lists them, then the letters that occur
+    once, sorted (NumPy's and PyTorch's rule)."""
+    eq = equation.replace(" ", "")
+    inputs, arrow, output = eq.partition("->")
+    subs = inputs.split(",")
+    if len(subs) != len(shapes):
+        raise ValueError(f"einsum(): {equation!r} names {len(subs)} operands, got {len(shapes)}.")
+    used = set(eq) - set(",->.")
+    if builtins.any(not c.isalpha() for c in used):
+        raise ValueError(f"einsum(): subscripts must be letters, got {equation!r}.")
+    spare = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used]
+    widest = builtins.max([len(shape) - len(s.replace("...", "")) for s, shape in zip(subs, shapes) if "..." in s],
+                          default=0)
+    ell = "".join(spare[:widest])
+    out_subs = []
+    for s, shape in zip(subs, shapes):
+        if "..." in s:
+            n = len(shape) - len(s.replace("...", ""))
+            if n < 0:
+                raise ValueError(f"einsum(): subscripts {s!r} give more dims than the operand's {len(shape)}.")
+            s = s.replace("...", ell[widest - n:])
+        out_subs.append(s)
+    if arrow:
+        out = output.replace("...", ell)
+    else:
+        counts = {c: "".join(out_subs).count(c) for c in set("".join(out_subs)) - set(ell)}
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1))
+    return ",".join(out_subs) + "->" + out
+
+
+def einsum(equation: str, *operands) -> Tensor:
+    """``torch.einsum``: sums of products over the subscripts of ``equation`` ("ij,jk->ik"; "..." and an implicit
+    output as in PyTorch; operands as arguments or one list). Ellipsis dims of size 1 broadcast. The gradient of
+    each operand is another einsum.
+
+        >>> import eager
+        >>> eager.einsum("ij,j->i", eager.ones(2, 3), eager.arange(3.0)).tolist()
+        [3.0, 3.0]
+    """
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not operands:
+        raise ValueError("einsum(): must provide at least one operand.")
+    ts = [as_tensor(o) for o in operands]
+    dtype = ts[0].dtype
+    for t in ts[1:]:
+        dtype = backend.promote_types(dtype, t.dtype)
+    ts = [to(t, dtype) for t in ts]
+    full = _einsum_letters(equation, [t.shape for t in ts])
+    subs, _ = P.parse_einsum(full)
+    ts = _broadcast_ellipsis(ts, subs)
+    return apply(P.EINSUM, *ts, equation=full)
+
+
+def _broadcast_ellipsis(ts: list[Tensor], subs: list[str]) -> list[Tensor]:
+    """Expand size-1 dims to the size another operand gives the same letter (NumPy's einsum broadcasts them)."""
+    sizes: dict[str, int] = {}
+    for s, t in zip(subs, ts):
+        for c, n in zip(s, t.shape):
+            if n != 1:
+                sizes.setdefault(c, n)
+    out = []
+    for s, t in zip(subs, ts):
+        want = tuple(sizes.get(c, n) if n == 1 else n for c, n in zip(s, t.shape))
+        out.append(expand(t, *want) if len(s) == t.ndim and want != t.shape else t)
+    return out
+
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.bmm``: batched matrix products of [B, n, m] and [B, m, p] (no broadcasting, as in PyTorch)."""
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ShapeError(f"bmm: expected [B, n, m] and [B, m, p] tensors, got shapes {list(a.shape)} and "
+                         f"{list(b.shape)}; use matmul to broadcast.")
+    return matmul(a, b)
+
+
+def outer(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.outer``: ``out[i, j] = a[i] * b[j]`` for 1-D a and b."""
+    if a.ndim != 1 or b.ndim != 1:
+        raise ShapeError(f"outer: expects two 1-D tensors, got shapes {list(a.shape)} and {list(b.shape)}.")
+    return mul(reshape(a, -1, 1), reshape(b, 1, -1))
+
+
+# ---------------------------------------------------------------- repeat, flip, roll, unbind
+
+
+def repeat(x: Tensor, *sizes) -> Tensor:
+    """``Tensor.repeat``: tile ``x`` ``sizes[i]`` times along dim i (more sizes than dims add leading dims); one
+    broadcast between two reshapes, so the gradient sums the tiles.
+
+        >>> import eager
+        >>> eager.tensor([1, 2]).repeat(2, 2).tolist()
+        [[1, 2, 1, 2], [1, 2, 1, 2]]
+    """
+    sizes = tuple(int(s) for s in _shape_arg(sizes))
+    if len(sizes) < x.ndim:
+        raise ShapeError(f"repeat: number of dimensions of repeat dims ({len(sizes)}) can not be smaller than the "
+                         f"number of dimensions of the tensor ({x.ndim}, shape {list(x.shape)}).")
+    if builtins.any(s < 0 for s in sizes):
+        raise ValueError(f"repeat: the repeats {list(sizes)} must be non-negative.")
+    shape = (1,) * (len(sizes) - x.ndim) + tuple(x.shape)
+    inter = tuple(v for n in shape for v in (1, n))
+    tiled = tuple(v for r, n in zip(sizes, shape) for v in (r, n))
+    return reshape(expand(reshape(x, inter), *tiled), tuple(r * n for r, n in zip(sizes, shape)))
+
+
+def flip(x: Tensor, dims) -> Tensor:
+    """``torch.flip``: reverse the order along ``dims``; a new tensor, as in PyTorch (not a view)."""
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    axes = _axes(x, dims)
+    if len(axes) != len(dims):
+        raise ValueError(f"flip: dims {list(dims)} name a dim more than once.")
+    key = tuple(slice(None, None, -1) if d in axes else slice(None) for d in range(x.ndim))
+    return clone(getitem(x, key)) if x.ndim else clone(x)
+
+
+def fliplr(x: Tensor) -> Tensor:
+    if x.ndim < 2:
+        raise ShapeError(f"fliplr: input must be at least 2-D, got shape {list(x.shape)}.")
+    return flip(x, 1)
+
+
+def flipud(x: Tensor) -> Tensor:
+    if x.ndim < 1:
+        raise ShapeError("flipud: input must be at least 1-D.")
+    return flip(x, 0)
+
+
+def roll(x: Tensor, shifts, dims=None) -> Tensor:
+    """``torch.roll``: shift elements along ``dims`` cyclically (without dims: over the flattened tensor, shape kept).
+
+        >>> import eager
+        >>> eager.arange(4).roll(1).tolist()
+        [3, 0, 1, 2]
+    """
+    if dims is None:
+        if not isinstance(shifts, int) and len(shifts) != 1:
+            raise ValueError(f"roll: without dims, shifts must be one number, got {shifts!r}.")
+        shift = shifts if isinstance(shifts, int) else shifts[0]
+        return reshape(roll(reshape(x, -1), shift, 0), x.shape)
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if len(shifts) != len(dims):
+        raise ValueError(f"roll: shifts {list(shifts)} and dims {list(dims)} must have the same length.")
+    out = x
+    for shift, dim in zip(shifts, dims):
+        d = _axes(x, dim)[0]
+        n = x.shape[d]
+        s = int(shift) % n if n else 0
+        if s:
+            head = getitem(out, (slice(None),) * d + (slice(n - s, None),))
+            tail = getitem(out, (slice(None),) * d + (slice(0, n - s),))
+            out = cat([head, tail], d)
+    return out if out is not x else clone(x)
+
+
+def unbind(x: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
+    """``torch.unbind``: the slices along ``dim``, that dim removed (views, as in PyTorch)."""
+    if x.ndim == 0:
+        raise IndexError("unbind: a 0-d tensor has no dim to unbind.")
+    d = _axes(x, dim)[0]
+    return tuple(getitem(x, (slice(None),) * d + (i,)) for i in range(x.shape[d]))

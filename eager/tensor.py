@@ -318,6 +318,10 @@ class Tensor:
     def __rtruediv__(self, other): return _ops.div(other, self)
     def __pow__(self, other): return _ops.pow(self, other)
     def __rpow__(self, other): return _ops.pow(other, self)
+    def __floordiv__(self, other): return _ops.floor_divide(self, other)
+    def __rfloordiv__(self, other): return _ops.floor_divide(other, self)
+    def __mod__(self, other): return _ops.remainder(self, other)
+    def __rmod__(self, other): return _ops.remainder(other, self)
     def __matmul__(self, other): return _ops.matmul(self, other)
     def __rmatmul__(self, other): return _ops.matmul(other, self)
     def __neg__(self): return _ops.neg(self)
@@ -345,6 +349,8 @@ class Tensor:
     def __isub__(self, other): return _ops.inplace(self, _ops.sub, other)
     def __imul__(self, other): return _ops.inplace(self, _ops.mul, other)
     def __itruediv__(self, other): return _ops.inplace(self, _ops.div, other)
+    def __ifloordiv__(self, other): return _ops.inplace(self, _ops.floor_divide, other)
+    def __imod__(self, other): return _ops.inplace(self, _ops.remainder, other)
     def __iand__(self, other): return _ops.inplace(self, _ops.bitwise_and, other)
     def __ior__(self, other): return _ops.inplace(self, _ops.bitwise_or, other)
     def __ixor__(self, other): return _ops.inplace(self, _ops.bitwise_xor, other)
@@ -356,7 +362,19 @@ class Tensor:
         return _ops.inplace(self, _ops.sub, other if alpha == 1 else other * alpha)
 
     def mul_(self, other): return _ops.inplace(self, _ops.mul, other)
-    def div_(self, other): return _ops.inplace(self, _ops.div, other)
+    def div_(self, other, *, rounding_mode=None):
+        return _ops.inplace(self, lambda x, o: _ops.divide(x, o, rounding_mode=rounding_mode), other)
+
+    def floor_divide_(self, other): return _ops.inplace(self, _ops.floor_divide, other)
+    def floor_(self): return _ops.inplace(self, _ops.floor)
+    def ceil_(self): return _ops.inplace(self, _ops.ceil)
+    def trunc_(self): return _ops.inplace(self, _ops.trunc)
+    def round_(self): return _ops.inplace(self, _ops.round)
+    def remainder_(self, other): return _ops.inplace(self, _ops.remainder, other)
+    def tril_(self, diagonal=0): return _ops.inplace(self, _ops.tril, diagonal)
+    def triu_(self, diagonal=0): return _ops.inplace(self, _ops.triu, diagonal)
+    def cumsum_(self, dim): return _ops.inplace(self, _ops.cumsum, dim)
+    def cumprod_(self, dim): return _ops.inplace(self, _ops.cumprod, dim)
     def clamp_(self, min=None, max=None): return _ops.inplace(self, _ops.clamp, min, max)
     def copy_(self, src): return _ops.inplace(self, _ops.copy_from, src)
     def zero_(self): return _ops.inplace(self, _ops.full_like, 0)
@@ -394,10 +412,44 @@ class Tensor:
     def add(self, other): return _ops.add(self, other)
     def sub(self, other): return _ops.sub(self, other)
     def mul(self, other): return _ops.mul(self, other)
-    def div(self, other): return _ops.div(self, other)
+    def div(self, other, *, rounding_mode=None): return _ops.divide(self, other, rounding_mode=rounding_mode)
+    divide = div
+    def true_divide(self, other): return _ops.div(self, other)
+    def floor_divide(self, other): return _ops.floor_divide(self, other)
+    def floor(self): return _ops.floor(self)
+    def ceil(self): return _ops.ceil(self)
+    def trunc(self): return _ops.trunc(self)
+    def round(self): return _ops.round(self)
+    def remainder(self, other): return _ops.remainder(self, other)
     def matmul(self, other): return _ops.matmul(self, other)
     def mm(self, other): return _ops.matmul(self, other)
+    def bmm(self, other): return _ops.bmm(self, other)
+    def outer(self, other): return _ops.outer(self, other)
+    def tril(self, diagonal=0): return _ops.tril(self, diagonal)
+    def triu(self, diagonal=0): return _ops.triu(self, diagonal)
+    def cumsum(self, dim, dtype=None): return _ops.cumsum(self, dim, dtype)
+    def cumprod(self, dim, dtype=None): return _ops.cumprod(self, dim, dtype)
+
+    def sort(self, dim=-1, descending=False, stable=False):
+        return _ops.sort(self, dim, descending, stable)
+
+    def argsort(self, dim=-1, descending=False, stable=False):
+        return _ops.argsort(self, dim, descending, stable)
+
+    def topk(self, k, dim=-1, largest=True, sorted=True): return _ops.topk(self, k, dim, largest, sorted)
+    def repeat(self, *sizes): return _ops.repeat(self, *sizes)
+    def flip(self, *dims): return _ops.flip(self, dims[0] if len(dims) == 1 else dims)
+    def fliplr(self): return _ops.fliplr(self)
+    def flipud(self): return _ops.flipud(self)
+    def roll(self, shifts, dims=None): return _ops.roll(self, shifts, dims)
+    def unbind(self, dim=0): return _ops.unbind(self, dim)
     def eq(self, other): return _ops.eq(self, other)
+    def ne(self, other): return _ops.ne(self, other)
+    def lt(self, other): return _ops.lt(self, other)
+    def le(self, other): return _ops.le(self, other)
+    def gt(self, other): return _ops.gt(self, other)
+    def ge(self, other): return _ops.ge(self, other)
+    def logsumexp(self, dim, keepdim=False): return _ops.logsumexp(self, dim, keepdim)
     def bitwise_and(self, other): return _ops.bitwise_and(self, other)
     def bitwise_or(self, other): return _ops.bitwise_or(self, other)
     def bitwise_xor(self, other): return _ops.bitwise_xor(self, other)
@@ -460,6 +512,26 @@ class Tensor:
 
     def index_add_(self, dim, index, source, *, alpha=1):
         return _ops.inplace(self, lambda x, s: _ops.index_add(x, dim, index, s, alpha=alpha), source)
+
+    # ------------------------------------------------------------ new tensors like this one (dtype and device)
+    def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.new_full(_ops._shape_arg(size), 0, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_ones(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.new_full(_ops._shape_arg(size), 1, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_empty(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.new_full(_ops._shape_arg(size), 0, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_full(self, size, fill_value, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+        """A tensor of ``size`` filled with ``fill_value``, with this tensor's dtype and device unless given."""
+        from eager.creation import full
+        return full(tuple(size), fill_value, dtype=dtype or self.dtype, device=device or self.device,
+                    requires_grad=requires_grad)
+
+    def new_tensor(self, data, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+        from eager.creation import tensor
+        return tensor(data, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
 
     def narrow(self, dim: int, start: int, length: int) -> Tensor:
         """``length`` entries of ``dim`` from ``start``: a view."""

@@ -153,7 +153,110 @@ def _bitwise_cases(name, op):
                  differentiable=False)]
 
 
+
+def _conv_windows(x, kernel, stride, padding, dilation):
+    """(padded x, [(output position, window key)]): a loop over output positions, written apart from the impl."""
+    import itertools
+    xpad = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
+    out = [(xpad.shape[2 + i] - dilation[i] * (k - 1) - 1) // stride[i] + 1 for i, k in enumerate(kernel)]
+    positions = []
+    for pos in itertools.product(*map(range, out)):
+        key = tuple(slice(p * s, p * s + d * (k - 1) + 1, d) for p, s, d, k in zip(pos, stride, dilation, kernel))
+        positions.append((pos, key))
+    return xpad, out, positions
+
+
+def _lax_conv(x, w, stride, padding, dilation, groups):
+    return jax.lax.conv_general_dilated(x, w, stride, padding, rhs_dilation=dilation, feature_group_count=groups,
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+def _conv_ref(stride, padding, dilation, groups):
+    """conv(x, w) by loops over output positions and groups (NumPy), or jax.lax.conv_general_dilated (JAX)."""
+    def ref(xp, x, w):
+        if xp is not np:
+            return _lax_conv(x, w, stride, padding, dilation, groups)
+        xpad, out, positions = _conv_windows(x, w.shape[2:], stride, padding, dilation)
+        y = np.zeros((x.shape[0], w.shape[0], *out), x.dtype)
+        cg, og = x.shape[1] // groups, w.shape[0] // groups
+        for pos, key in positions:
+            for g in range(groups):
+                patch = xpad[(slice(None), slice(g * cg, (g + 1) * cg)) + key]
+                wg = w[g * og:(g + 1) * og]
+                y[(slice(None), slice(g * og, (g + 1) * og)) + pos] = np.einsum(
+                    "nck,ock->no", patch.reshape(*patch.shape[:2], -1), wg.reshape(*wg.shape[:2], -1))
+        return y
+    return ref
+
+
+def _conv_transpose_ref(stride, padding, dilation, groups, size):
+    """The input gradient of conv: a scatter of g times w over the windows (NumPy), or jax.vjp of lax's conv."""
+    def ref(xp, g, w):
+        x = np.zeros((g.shape[0], w.shape[1] * groups, *size), g.dtype)
+        if xp is not np:
+            return jax.vjp(lambda x: _lax_conv(x, w, stride, padding, dilation, groups), x)[1](g)[0]
+        xpad, _, positions = _conv_windows(x, w.shape[2:], stride, padding, dilation)
+        cg, og = w.shape[1], w.shape[0] // groups
+        for pos, key in positions:
+            for k in range(groups):
+                region = (slice(None), slice(k * cg, (k + 1) * cg)) + key
+                wk = w[k * og:(k + 1) * og]
+                xpad[region] += np.einsum("no,ock->nck", g[(slice(None), slice(k * og, (k + 1) * og)) + pos],
+                                          wk.reshape(*wk.shape[:2], -1)).reshape(xpad[region].shape)
+        return xpad[(slice(None), slice(None)) + tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, size))]
+    return ref
+
+
+def _conv_weight_grad_ref(stride, padding, dilation, groups, kernel):
+    def ref(xp, x, g):
+        w = np.zeros((g.shape[1], x.shape[1] // groups, *kernel), x.dtype)
+        if xp is not np:
+            return jax.vjp(lambda w: _lax_conv(x, w, stride, padding, dilation, groups), w)[1](g)[0]
+        xpad, _, positions = _conv_windows(x, kernel, stride, padding, dilation)
+        cg, og = x.shape[1] // groups, g.shape[1] // groups
+        for pos, key in positions:
+            for k in range(groups):
+                patch = xpad[(slice(None), slice(k * cg, (k + 1) * cg)) + key]
+                w[k * og:(k + 1) * og] += np.einsum("nck,no->ock", patch.reshape(*patch.shape[:2], -1),
+                                                    g[(slice(None), slice(k * og, (k + 1) * og)) + pos]
+                                                    ).reshape(og, cg, *kernel)
+        return w
+    return ref
+
+
+def _conv_case(id, x_shape, w_shape, stride, padding, dilation, groups):
+    p = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return case(id, lambda x, w: apply(P.CONV, x, w, **p), _conv_ref(**p), uniform(*x_shape), uniform(*w_shape))
+
+
+def _conv_transpose_case(id, x_shape, w_shape, stride, padding, dilation, groups):
+    p = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    x, w = np.zeros(x_shape), np.zeros(w_shape)
+    g_shape = _conv_ref(**p)(np, x, w).shape
+    size = tuple(x_shape[2:])
+    return case(id, lambda g, w: apply(P.CONV_TRANSPOSE, g, w, size=size, **p), _conv_transpose_ref(**p, size=size),
+                uniform(*g_shape), uniform(*w_shape))
+
+
+def _conv_weight_grad_case(id, x_shape, w_shape, stride, padding, dilation, groups):
+    p = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    g_shape = _conv_ref(**p)(np, np.zeros(x_shape), np.zeros(w_shape)).shape
+    kernel = tuple(w_shape[2:])
+    return case(id, lambda x, g: apply(P.CONV_WEIGHT_GRAD, x, g, kernel=kernel, **p),
+                _conv_weight_grad_ref(**p, kernel=kernel), uniform(*x_shape), uniform(*g_shape))
+
+
+# (id, x shape, weight shape, stride, padding pairs, dilation, groups): strides that leave input rows unread,
+# asymmetric padding ("same" with an even kernel), dilation, groups, and a 1-D convolution
+CONV_SETUPS = [
+    ("2d_plain", (2, 3, 5, 4), (4, 3, 3, 2), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),
+    ("2d_strided_padded_dilated", (1, 2, 6, 7), (3, 2, 2, 3), (2, 3), ((1, 0), (2, 1)), (2, 1), 1),
+    ("2d_groups", (2, 4, 4, 4), (6, 2, 3, 3), (2, 1), ((1, 1), (0, 1)), (1, 1), 2),
+    ("1d_depthwise", (2, 3, 7), (3, 1, 3), (2,), ((1, 2),), (2,), 3),
+]
+
 INTS = np.array([[-7, 0, 5], [3, -1, 12]])
+OFF_GRID = np.array([[-1.7, -0.3, 0.4], [1.2, 2.6, 3.9]])  # no integers or halves: rounding is smooth nearby
 REPEATED = np.array([0, 2, 0, 0])  # repeated indices: their gradients must accumulate
 MASK = np.array([[True, False, True], [False, True, True]])
 
@@ -335,6 +438,60 @@ CASES: dict[str, list[Case]] = {
         case("vector_matrix", lambda a, b: a @ b, lambda xp, a, b: a @ b, uniform(3), uniform(3, 2)),
         case("vector_vector", lambda a, b: a @ b, lambda xp, a, b: a @ b, uniform(3), uniform(3)),
     ],
+    "conv": [_conv_case(*setup) for setup in CONV_SETUPS],
+    "conv_transpose": [_conv_transpose_case(*setup) for setup in CONV_SETUPS],
+    "conv_weight_grad": [_conv_weight_grad_case(*setup) for setup in CONV_SETUPS],
+    "floor_divide": [
+        case("float_broadcast", lambda a, b: a // b, lambda xp, a, b: xp.floor_divide(a, b), uniform(2, 3) * 4,
+             away_from_zero(3), differentiable=False),
+        case("int_signs", lambda a, b: a // b, lambda xp, a, b: xp.floor_divide(a, b), INTS, np.array([3, -2, 5]),
+             differentiable=False),
+        case("rscalar", lambda b: 7.0 // b, lambda xp, b: xp.floor_divide(7.0, b), away_from_zero(2, 3),
+             differentiable=False),
+    ],
+    "remainder": [
+        # away from the jumps (a / b near an integer) so finite differences see one branch
+        case("float_signs", lambda a, b: a % b, lambda xp, a, b: xp.remainder(a, b),
+             np.array([[5.3, -5.3, 2.2], [-0.7, 7.9, -3.4]]), np.array([2.0, -1.5, 0.8])),
+        case("int", lambda a: a % 3, lambda xp, a: xp.remainder(a, 3), INTS, differentiable=False),
+    ],
+    **{name: [case(name, lambda x, n=name: getattr(x, n)(), lambda xp, x, n=name: getattr(xp, n)(x), OFF_GRID),
+              case(f"{name}_int", lambda x, n=name: getattr(eager, n)(x), lambda xp, x: x + 0, INTS,
+                   differentiable=False)]
+       for name in ("floor", "ceil", "trunc", "round")},
+    "cumsum": [
+        case("dim1", lambda x: x.cumsum(1), lambda xp, x: xp.cumsum(x, axis=1), uniform(2, 4)),
+        case("dim0_3d", lambda x: eager.cumsum(x, -3), lambda xp, x: xp.cumsum(x, axis=0), uniform(3, 2, 2)),
+        case("bool_to_int64", lambda m: m.cumsum(0), lambda xp, m: xp.cumsum(m, axis=0, dtype=np.int64), MASK,
+             differentiable=False),
+    ],
+    "cumprod": [
+        case("dim1", lambda x: x.cumprod(1), lambda xp, x: xp.cumprod(x, axis=1), uniform(2, 4)),
+        # zeros: at the first zero of a row the gradient skips it; after it, every product holds it
+        case("zeros", lambda x: x.cumprod(1), lambda xp, x: xp.cumprod(x, axis=1),
+             np.array([[1.5, 0.0, 2.0, 0.0, -1.2], [0.0, 0.7, 0.0, 3.0, 1.1], [0.5, -2.0, 1.5, 0.0, 0.9]])),
+    ],
+    "argsort": [
+        case("ties_ascending", lambda x: x.argsort(1), lambda xp, x: xp.argsort(x, axis=1, kind="stable"),
+             np.array([[2.0, 1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]]), differentiable=False),
+        case("ties_descending", lambda x: x.argsort(0, descending=True),
+             lambda xp, x: np.stack([np.array(sorted(range(3), key=lambda i: -x[i, j]))
+                                     for j in range(x.shape[1])], 1), np.array([[1.0, 3.0], [2.0, 3.0], [2.0, 1.0]]),
+             differentiable=False),
+    ],
+    "einsum": [
+        case("matmul", lambda a, b: eager.einsum("ij,jk->ik", a, b), lambda xp, a, b: xp.einsum("ij,jk->ik", a, b),
+             uniform(2, 3), uniform(3, 4)),
+        # k only in the first operand: summed in the forward, broadcast back in its gradient
+        case("summed_alone", lambda a, b: eager.einsum("ik,j->ij", a, b), lambda xp, a, b: xp.einsum("ik,j->ij", a, b),
+             uniform(2, 3), uniform(4)),
+        case("three_operands_batched", lambda a, b, c: eager.einsum("bij,bjk,k->bi", a, b, c),
+             lambda xp, a, b, c: xp.einsum("bij,bjk,k->bi", a, b, c), uniform(2, 2, 3), uniform(2, 3, 2), uniform(2)),
+        case("ellipsis_implicit", lambda a, b: eager.einsum("...j,kj", a, b),
+             lambda xp, a, b: xp.einsum("...j,kj", a, b), uniform(2, 2, 3), uniform(4, 3)),
+        case("diagonal_forward_only", lambda a: eager.einsum("ii->i", a), lambda xp, a: xp.einsum("ii->i", a),
+             uniform(3, 3), differentiable=False),
+    ],
     "copy": [case("clone", lambda x: x.clone(), lambda xp, x: x + 0, uniform(2, 3))],
     "to_device": [case("cpu", lambda x: apply(P.TO_DEVICE, x, device=CPU), lambda xp, x: x + 0, uniform(2, 3))],
     # forward-only rows (see NON_DIFFERENTIABLE)
@@ -354,6 +511,8 @@ CASES: dict[str, list[Case]] = {
 NON_DIFFERENTIABLE = {
     **{c: "a comparison: bool output, gradient zero almost everywhere" for c in ("eq", "ne", "lt", "le", "gt", "ge")},
     "argmax": "an int64 index: piecewise constant",
+    "argsort": "int64 indices: piecewise constant (sort and topk gather the values, which carries the gradient)",
+    "floor_divide": "piecewise constant; PyTorch defines no derivative for it either",
     **{b: "bitwise: integer or bool operands and output" for b in ("bitwise_and", "bitwise_or", "bitwise_xor",
                                                                    "bitwise_not")},
     "stop_gradient": "detach(): stops gradients by definition",

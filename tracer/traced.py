@@ -771,6 +771,19 @@ class Traced:
                           "Python state: it runs the program traced for the value that state has now on every call.",
                           TracerWarning, stacklevel=2)
 
+    def export_onnx(self, path, opset: int | None = None):
+        """Write the program a call would run now as an ONNX model (``tracer.onnx_export``); returns the
+        ``OnnxProgram`` (its ``model``, and calls run by ONNX Runtime). Needs ``pip install graphduel[onnx]``.
+
+        Inputs are graph inputs, parameters and state initializers with their current values, ``cond`` /
+        ``while_loop`` / ``scan`` become ``If`` / ``Loop`` / ``Scan``; the model passes ``onnx.checker``, and a
+        primitive that does not map raises ``UnsupportedOpError`` naming it and its line. For example
+        ``tracer.trace(model, x).export_onnx("model.onnx")(x)`` runs the model in ONNX Runtime."""
+        from tracer.onnx_export import DEFAULT_OPSET, export
+        program = export(self, DEFAULT_OPSET if opset is None else opset)
+        program.save(path)
+        return program
+
     def __repr__(self) -> str:
         n = len(self.entries)
         return (f"<Traced {self.name}: {n} cached program{'s' if n != 1 else ''}, "

@@ -75,7 +75,7 @@ def _dyn_inputs(size: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
          note="Python state (self.counter) picks the branch. Our traced and compiled modes guard it (checked on "
               "entry, written back after the call) and retrace for each new value, running eagerly past cache_size "
               "programs, as torch.compile does: they agree with eager. Peers that freeze it (jax.jit, "
-              "torch.jit.trace) replay the branch of the call they saw and disagree on every other call.")
+              "torch.jit.trace, onnxruntime) replay the branch of the call they saw and disagree on every other call.")
 def dynamic_net(lib, arrays):
     """Seed 000: ``DynamicNet``, whose forward doubles the input on odd calls only. A divergence is expected of
     the peers that freeze Python state, not of our guarded traced and compiled modes (``compare.harness``)."""

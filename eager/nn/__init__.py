@@ -10,7 +10,9 @@
 """
 
 from eager.nn import functional, init, utils
+from eager.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from eager.nn.containers import ModuleDict, ModuleList, Sequential
+from eager.nn.convolution import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from eager.nn.layers import (
     GELU,
     Dropout,
@@ -29,8 +31,11 @@ from eager.nn.layers import (
 )
 from eager.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from eager.nn.module import IncompatibleKeys, Module, Parameter, StateDictError
+from eager.nn.pooling import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
 
-__all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Dropout", "Embedding", "Flatten", "GELU",
-           "Identity", "IncompatibleKeys", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MSELoss",
-           "Module", "ModuleDict", "ModuleList", "NLLLoss", "Parameter", "ReLU", "Sequential", "SiLU", "Sigmoid",
-           "Softmax", "StateDictError", "Tanh", "functional", "init", "utils"]
+__all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss",
+           "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "CrossEntropyLoss",
+           "Dropout", "Embedding", "Flatten", "GELU", "Identity", "IncompatibleKeys", "LayerNorm", "LeakyReLU",
+           "Linear", "LogSoftmax", "MSELoss", "MaxPool1d", "MaxPool2d", "Module", "ModuleDict", "ModuleList",
+           "NLLLoss", "Parameter", "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "StateDictError", "Tanh",
+           "functional", "init", "utils"]

@@ -342,3 +342,18 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
     if weight is not None:
         loss = loss * weight
     return _reduce("binary_cross_entropy_with_logits", loss, reduction)
+
+
+# ---------------------------------------------------------------- convolution, pooling, normalisation (own modules)
+# re-exported here, the namespace users call them from (F.conv2d, F.pad, ...)
+from eager.nn.batchnorm import batch_norm  # noqa: E402, F401
+from eager.nn.convolution import conv1d, conv2d, conv_transpose1d, conv_transpose2d  # noqa: E402, F401
+from eager.nn.padding import pad  # noqa: E402, F401
+from eager.nn.pooling import (  # noqa: E402, F401
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    avg_pool1d,
+    avg_pool2d,
+    max_pool1d,
+    max_pool2d,
+)

@@ -1,4 +1,5 @@
-"""``eager.optim``: SGD, Adam and AdamW, written with eager ops under ``no_grad`` so a tracer records updates.
+"""``eager.optim``: SGD, Adam and AdamW, written with eager ops under ``no_grad`` so a tracer records updates, and
+``eager.optim.lr_scheduler``.
 
     >>> import eager
     >>> from eager import nn, optim
@@ -10,8 +11,9 @@
     True
 """
 
+from eager.optim import lr_scheduler
 from eager.optim.adam import Adam, AdamW
 from eager.optim.optimizer import Optimizer
 from eager.optim.sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "lr_scheduler"]
