@@ -473,6 +473,6 @@ def __getattr__(name: str):
     return _function(name, attr)
 
 
-from cupy import cuda, random  # noqa: E402  (submodules use the array type above)
+from cupy import cuda, lib, random  # noqa: E402  (submodules use the array type above)
 
-__all__ = ["ndarray", "asarray", "asnumpy", "empty", "empty_like", "RawModule", "RawKernel", "cuda", "random"]
+__all__ = ["ndarray", "asarray", "asnumpy", "empty", "empty_like", "RawModule", "RawKernel", "cuda", "lib", "random"]
