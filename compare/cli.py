@@ -9,6 +9,9 @@
     graphduel run --quick --shard 2/4 --out s2 # the 2nd of 4 deterministic shards; then:
     graphduel merge s1 s2 s3 s4 --out merged   # one report from the shards
     graphduel demo                             # train a small classifier eagerly
+    graphduel run --workloads-from my_workloads.py --quick   # your own @workload/@program file
+    graphduel explain my_workloads.py:my_net   # one workload of your file
+    graphduel profile mlp_train_adam --mode eager compiled --out trace.json   # open in ui.perfetto.dev
 """
 
 from __future__ import annotations
@@ -61,6 +64,18 @@ def _config(args):
 
 
 def _run(args) -> int:
+    if args.workloads_from:
+        from compare.workload_files import registered_files
+        if args.ray is not None:
+            raise ValueError("--workloads-from runs in this process only: Ray workers do not import your file; "
+                             "drop --ray (or use --shard, which runs here)")
+        with registered_files(args.workloads_from) as names:
+            args.workloads = args.workloads or names  # the file's workloads, unless --workloads names some
+            return _run_registered(args)
+    return _run_registered(args)
+
+
+def _run_registered(args) -> int:
     from compare.harness import run, steps
     from compare.machine_report import write_run_report
     cfg = _config(args)
@@ -150,7 +165,19 @@ def _report(args) -> int:
 
 def _explain(args) -> int:
     from compare.explain import explain
-    print(explain(args.workload, size=args.size, device=args.device))
+    from compare.workload_files import workload_spec
+    with workload_spec(args.workload) as name:  # NAME, or PATH.py:NAME (the file's workloads, for this call)
+        print(explain(name, size=args.size, device=args.device))
+    return 0
+
+
+def _profile(args) -> int:
+    from compare.timeline import write_trace
+    from compare.workload_files import workload_spec
+    with workload_spec(args.workload) as name:
+        path = write_trace(name, args.mode, args.size, args.out, device=args.device)
+    print(f"trace: {path} ({', '.join(args.mode)}; one call each after warm-up): open it in "
+          "https://ui.perfetto.dev or chrome://tracing")
     return 0
 
 
@@ -207,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "the cells (merge them with `graphduel merge`)")
     run.add_argument("--costs", metavar="RESULTS",
                      help="--shard: balance on the cell times of earlier results (default: estimated)")
+    run.add_argument("--workloads-from", metavar="PATH.py", action="append", default=[],
+                     help="also load the @workload/@program definitions of PATH.py (repeatable); without "
+                          "--workloads, run only the file's workloads")
     run.set_defaults(run=_run)
 
     merge = sub.add_parser("merge", help="merge shard results (or a stopped --ray run) into one report")
@@ -220,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     explain = sub.add_parser("explain", help="show the IR, assumptions, fusion groups, kernels and divergence")
-    explain.add_argument("workload")
+    explain.add_argument("workload", help="a workload name, or PATH.py:NAME for one defined in your file")
     explain.add_argument("--size", default="small", choices=SIZES)
     explain.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     explain.set_defaults(run=_explain)
@@ -233,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--rounds", type=int, default=2, help="re-measurements of an unconfident regression")
     gate.add_argument("--all", action="store_true", help="list every check, not only the ones that did not pass")
     gate.set_defaults(run=_gate)
+
+    prof = sub.add_parser("profile", help="write a Chrome trace (Perfetto) of one call: ops, IR nodes, kernels")
+    prof.add_argument("workload", help="a workload name, or PATH.py:NAME for one defined in your file")
+    prof.add_argument("--mode", nargs="+", default=["eager", "traced", "compiled"],
+                      choices=["eager", "traced", "compiled"], help="modes to profile (default: all three, one "
+                                                                        "process each in the trace)")
+    prof.add_argument("--size", default="small", choices=SIZES)
+    prof.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    prof.add_argument("--out", default="trace.json", help="the trace file to write (default trace.json)")
+    prof.set_defaults(run=_profile)
 
     listing = sub.add_parser("list", help="list the workloads and modes")
     listing.set_defaults(run=_list)

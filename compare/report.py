@@ -341,6 +341,18 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, str, object]]:
                      f"workloads at the largest size, against this device's measured copy bandwidth "
                      f"({meta['copy_bandwidth_gbps']} GB/s, every core copying; compiler/report.py)."))
         secs.append(("", "image", "roofline.png"))
+    train = list(dict.fromkeys(df[df.kind == "train"].workload))
+    if train:
+        secs.append(("Timeline of one train step", "text",
+                     "One call of each train step after warm-up, eager above compiled on one time axis "
+                     "(compare/timeline.py): eager's ops (blue) and backward nodes, the compiled kernels (red), "
+                     "library calls and host steps; the white between slices is Python, dispatch and autograd "
+                     "bookkeeping, which the static graph removes. `graphduel profile WORKLOAD --out trace.json` "
+                     "writes the same call as a Chrome trace for Perfetto."))
+        secs += [("", "image", f"timeline_{w}.png") for w in train]
+        not_drawn = [(w, "timeline", why) for w, why in df.attrs.get("timelines", {}).items()]
+        if not_drawn:
+            secs.append(("", "list", not_drawn))
     secs.append(("One-time costs and structure", "text",
                  "First call (includes lazy compilation for jax.jit and torch.compile), trace and compile time "
                  "(cold: empty kernel cache; cached: compiled again), break-even: calls after which trace + compile "
@@ -411,6 +423,10 @@ def write_report(df: pd.DataFrame, out_dir: Path) -> Path:
     save_results(df, out_dir)
     copy_gbps = df.attrs.get("meta", {}).get("copy_bandwidth_gbps")
     images = {p.name for p in write_plots(df, out_dir, float(copy_gbps) if copy_gbps else None)}
+    from compare.timeline import write_timeline_figures  # after the results are saved: a picture never loses them
+    drawn = write_timeline_figures(df, out_dir)
+    images |= {p.name for p in drawn.values() if isinstance(p, Path)}
+    df.attrs["timelines"] = {w: why for w, why in drawn.items() if isinstance(why, str)}
     (out_dir / "report.md").write_text(render_markdown(df, images))
     (out_dir / "report.html").write_text(render_html(df, out_dir, images))
     return out_dir
