@@ -1,6 +1,7 @@
 """The ``graphduel`` command (also ``python -m compare``).
 
     graphduel run --quick                      # every workload, small size, all modes and peers: a report
+    graphduel cache list | prune | clear       # the kernel cache: size, entries, clearing
     graphduel run --workloads softmax mlp_train_adam --sizes small medium --out reports/mine
     graphduel report reports/cpu-quick/results.json      # re-render a report from saved results
     graphduel explain dynamic_net              # IR, assumptions, fusion groups, kernels, divergence
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", default="trace.json", help="the trace file to write (default trace.json)")
     prof.set_defaults(run=_profile)
 
+    sub.add_parser("cache", help="the kernel cache: size and entries (list), prune to its bound, clear")
     listing = sub.add_parser("list", help="list the workloads and modes")
     listing.set_defaults(run=_list)
     return parser
@@ -290,6 +292,9 @@ def _list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cache"]:  # its own parser, so `graphduel cache --help` reaches it
+        from compiler.cache_cli import cache_command
+        return cache_command(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:

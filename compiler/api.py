@@ -168,6 +168,7 @@ class Compiled:
         def lower(graph: Graph) -> Lowered:
             lowered = lower_graph(graph, self.device, backend, fuel, cuda_graph)
             self.lowerings.append(lowered)
+            del self.lowerings[:-32]  # a retrace storm must not keep every program and its kernel library
             return lowered
 
         start = time.perf_counter()

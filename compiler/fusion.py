@@ -16,7 +16,9 @@ and is *stored* there for the others, unless another of its readers feeds that g
 a cycle of steps). Any member needed outside its group (an output, or read by another step) is stored: at
 the group's full domain, once per row for row kernels, or once for a scalar. Each successful join spends one
 unit of *fuel* (``GRAPHDUEL_FUSION_FUEL=N``: only the first N joins happen), so a wrong result can be bisected
-to the join that caused it (``Schedule.log`` names it).
+to the join that caused it (``Schedule.log`` names it). A kernel holds at most ``MAX_KERNEL_OPS`` ops: a longer
+run of fusable ops (a 10,000-op chain) is cut into chunks of consecutive ops and fused again, one kernel per
+chunk. Every walk here is iterative: graphs are as deep as their longest chain.
 
     >>> from compiler.passes.testing import tiny_graph
     >>> [len(k.members) for k in fuse(tiny_graph()).groups]
@@ -41,6 +43,13 @@ VIEW_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.lowering == VIEW)
 LIBRARY_OPS = frozenset(n for n, p in PRIMITIVES.items() if p.lowering == LIBRARY)
 MAX_VIEWS = 4  # distinct views of one value inside a kernel (each is a recomputation)
 MAX_RECOMPUTE = 3  # kernels that may each recompute one value (a forward and its backward are two)
+# ops one kernel may hold: a longer run of fusable ops is split into several kernels (``fuse``), each storing the
+# values the next reads. Both compilers slow down per op as a function grows (reports/scale-cpu.md, CPU seconds for
+# a 9,216-op GELU chain in kernels of 256 / 512 / 1,024 ops / one kernel: gcc -O3 0.37 / 0.44 / 0.77 / 1.18, NVRTC
+# 2.56 / 2.47 / 3.34 / 4.86; an 8,190-op tree: gcc 0.68 / 0.77 / 0.95 / 4.18), and on CUDA the values live across
+# a long body compete for registers. 256 is where both have stopped falling, and 5x the largest kernel of any
+# workload (49 ops, gan_step), whose kernels it leaves as they were
+MAX_KERNEL_OPS = 256
 
 
 @dataclass(eq=False)
@@ -130,7 +139,7 @@ def _kept_shapes(domain, axes) -> tuple:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph, fuel: int | None):
+    def __init__(self, graph: Graph, fuel: int | None, chunks: dict | None = None):
         self.graph = graph
         self.fuel = fuel
         self.users = graph.users()
@@ -139,13 +148,20 @@ class _Fuser:
         self.groups: list[Group] = []
         self.log: list[Join] = []
         self.position = {n.id: i for i, n in enumerate(graph.nodes)}
+        self.chunk = chunks or {}  # node id -> its piece of a kernel too big for one (``split_chunks``)
+        self.group_chunk: dict[int, object] = {}  # group id -> the chunk of the node that started it
+        self.chunk_group: dict[tuple, Group] = {}  # chunk -> its first kernel
 
-    def consumers(self, n: Node, path=()) -> list[tuple[Node, tuple]]:
-        """Non-movement readers of n, each with the movement nodes between (in order from n)."""
-        out = []
-        for u in self.users[n.id]:
+    def consumers(self, n: Node) -> list[tuple[Node, tuple]]:
+        """Non-movement readers of n, each with the movement nodes between (in order from n). A depth-first walk
+        on an explicit stack (a chain of views may be thousands long), in the order a recursive one takes."""
+        out: list[tuple[Node, tuple]] = []
+        stack = [(u, ()) for u in reversed(self.users[n.id])]
+        while stack:
+            u, path = stack.pop()
             if u.op in VIEW_OPS:
-                out += self.consumers(u, path + (u,))
+                path = path + (u,)
+                stack += [(w, path) for w in reversed(self.users[u.id])]
             else:
                 out.append((u, path))
         return out
@@ -192,10 +208,17 @@ class _Fuser:
 
     def is_external(self, n: Node) -> bool:
         """Whether n, or a view of it, is returned (an output or new state): then n must be stored."""
-        if n.id in self.external:
-            return True
         # a view chain that is returned may have no reader at all, so it shows in no consumer's path
-        return any(u.op in VIEW_OPS and self.is_external(u) for u in self.users[n.id])
+        stack, seen = [n], set()
+        while stack:
+            x = stack.pop()
+            if x.id in self.external:
+                return True
+            for u in self.users[x.id]:
+                if u.op in VIEW_OPS and u.id not in seen:
+                    seen.add(u.id)
+                    stack.append(u)
+        return False
 
     def candidates(self, cons) -> list[Group]:
         """Groups that read n, most readers first: n joins one and is stored for every other reader."""
@@ -210,9 +233,11 @@ class _Fuser:
             return None
         cons = self.consumers(n)
         groups = self.candidates(cons)
-        if 1 < len(groups) <= MAX_RECOMPUTE and self.recompute(n, cons, groups):
+        # a node joins only kernels of its own chunk (``split_chunks``): recomputed, it must join all its readers'
+        allowed = [g for g in groups if self.group_chunk[g.id] == self.chunk.get(n.id)]
+        if 1 < len(groups) <= MAX_RECOMPUTE and allowed == groups and self.recompute(n, cons, groups):
             return groups[0]
-        for group in groups:
+        for group in allowed:
             inside = [(u, p) for u, p in cons if group in self.homes.get(u.id, ())]
             # read elsewhere too: by a step outside the group, or by a reader also recomputed in another group
             outside = any(self.homes.get(u.id, [None]) != [group] for u, _ in cons)
@@ -222,7 +247,18 @@ class _Fuser:
                 continue  # a column kernel would compute and store n in a strided walk: n gets its own kernel
             if self.join(n, inside, group, outside or self.is_external(n)):
                 return group
-        return None
+        return self.join_chunk(n) if n.id in self.chunk else None
+
+    def join_chunk(self, n: Node) -> Group | None:
+        """n is read by kernels of other chunks only: it joins the first kernel of its own chunk, stored there.
+        Otherwise every value of a chunk read only across the cut would start a kernel of its own, and the values
+        they all read would then be recomputed in each of them (``recompute``)."""
+        group = self.chunk_group.get(self.chunk[n.id])
+        if group is None or group in self.homes.get(n.id, ()):
+            return None
+        if self.reaches_indirectly(n, group) or _strided(group, n):
+            return None
+        return group if self.join(n, [], group, True) else None
 
     def recompute(self, n: Node, cons, groups: list[Group]) -> bool:
         """An elementwise value read only by kernels is computed again in each of them rather than stored by
@@ -334,6 +370,9 @@ class _Fuser:
             domain, axes, view = n.shape, None, V.identity(len(n.shape))
         group = Group(len(self.groups), tuple(domain), axes, [n], {n.id: {view}}, {n.id: view})
         self.groups.append(group)
+        self.group_chunk[group.id] = self.chunk.get(n.id)
+        if n.id in self.chunk:
+            self.chunk_group.setdefault(self.chunk[n.id], group)
         self.homes[n.id] = [group]
         return group
 
@@ -359,8 +398,65 @@ class _Fuser:
 
 
 def fuse(graph: Graph, fuel: int | None = -1) -> Schedule:
-    """Partition ``graph`` into steps; ``fuel`` None = unlimited, -1 = read ``GRAPHDUEL_FUSION_FUEL``."""
-    return _Fuser(graph, fusion_fuel() if fuel == -1 else fuel).run()
+    """Partition ``graph`` into steps; ``fuel`` None = unlimited, -1 = read ``GRAPHDUEL_FUSION_FUEL``.
+
+    A kernel of more than ``MAX_KERNEL_OPS`` ops is split: its ops are cut into chunks (``split_chunks``) and
+    the graph fused again with every join kept inside one chunk. Graphs without such a kernel are fused once.
+    """
+    fuel = fusion_fuel() if fuel == -1 else fuel
+    chunks: dict[int, tuple] = {}
+    schedule = _Fuser(graph, fuel).run()
+    for again in range(4):  # each pass splits what the last one left too big; nodes already cut keep their chunks
+        big = [g for g in schedule.groups if len(g.members) > MAX_KERNEL_OPS]
+        if not big:
+            break
+        for g in big:
+            for node_id, (group_id, index) in split_chunks(g).items():
+                chunks.setdefault(node_id, (again, group_id, index))  # group ids restart with every pass
+        schedule = _Fuser(graph, fuel, chunks).run()
+    return schedule
+
+
+def split_chunks(group: Group, limit: int | None = None) -> dict[int, tuple]:
+    """Cut a kernel's ops into chunks of at most ``limit`` (``MAX_KERNEL_OPS``) that each cut few of its edges:
+    consecutive ops of a depth-first post-order over the kernel's own operands (operands first), so that a
+    chain is cut into segments and a tree into subtrees. Returns node id -> (group id, chunk index).
+
+        >>> from compiler.passes.testing import dup_graph
+        >>> split_chunks(fuse(dup_graph()).groups[0], limit=2)
+        {1: (0, 0), 2: (0, 0), 3: (0, 1)}
+    """
+    limit = limit or MAX_KERNEL_OPS
+    members = {m.id for m in group.members}
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in reversed(group.members):
+        if root.id in seen:
+            continue
+        seen.add(root.id)
+        stack = [(root, iter(_fused_operands(root)))]
+        while stack:  # iterative post-order: a kernel's operand chain may be thousands long
+            node, operands = stack[-1]
+            for a in operands:
+                if a.id in members and a.id not in seen:
+                    seen.add(a.id)
+                    stack.append((a, iter(_fused_operands(a))))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    per_chunk = -(-len(order) // -(-len(order) // limit))  # balanced: 1,000 ops at 512 are two chunks of 500
+    return {n.id: (group.id, i // per_chunk) for i, n in enumerate(order)}
+
+
+def _fused_operands(n: Node) -> list[Node]:
+    """The values a kernel reads to compute n: its operands, seen through movement ops."""
+    out = []
+    for a in n.inputs:
+        while a.op in VIEW_OPS:
+            a = a.args[0]
+        out.append(a)
+    return out
 
 
 def bisect(make_program, is_good) -> Join | None:

@@ -117,12 +117,48 @@ class _Lowerer:
         self.is_literal = is_literal
 
     def value(self, n: Node, view) -> Expr:
+        """The Expr of ``n`` read through ``view``. Operands are built first, in the order a recursive walk takes,
+        but on an explicit stack: a chain of fused ops may be thousands long."""
         key = (n.id, view)
-        if key not in self.memo:
-            self.memo[key] = self._build(n, view)
+        if key in self.memo:
+            return self.memo[key]
+        stack = [(n, view, iter(self._operands(n, view)))]
+        while stack:
+            node, v, operands = stack[-1]
+            for a, av in operands:
+                if (a.id, av) not in self.memo:
+                    stack.append((a, av, iter(self._operands(a, av))))
+                    break
+            else:
+                stack.pop()
+                self.memo[(node.id, v)] = self._build(node, v)
         return self.memo[key]
 
+    def _operands(self, n: Node, view) -> list[tuple[Node, object]]:
+        """The (node, view) pairs ``_build(n, view)`` reads, in the order it reads them."""
+        if self.is_literal(n) is not None:
+            return []
+        if n.id in self.members:
+            if n.op in REDUCE_OPS:
+                return [(n.args[0], V.identity(self.g.ndom))]
+            return [(a, V.broadcast_source(view, n.shape, a.shape, self.g.ndom)) for a in n.args
+                    if isinstance(a, Node)]
+        if n.op in VIEW_OPS and n.id not in self.materialize:
+            sview = self._source_view(n, view)
+            return [] if sview is None else [(n.args[0], sview)]
+        return []
+
+    def _source_view(self, n: Node, view):
+        """How a movement node's source is read when the node is read through ``view`` (None: not affine)."""
+        src = n.args[0]
+        if n.op == "broadcast_to":
+            return V.broadcast_source(view, n.shape, src.shape, self.g.ndom)
+        if n.op == "permute":
+            return V.permute_source(view, n.params["axes"])
+        return V.reshape_source(view, n.shape, src.shape, self.g.domain)
+
     def _build(self, n: Node, view) -> Expr:
+        """The Expr of one node; ``value`` has built its operands already."""
         literal = self.is_literal(n)
         if literal is not None:
             return _literal(literal, n.dtype)
@@ -139,20 +175,37 @@ class _Lowerer:
             self.order.append(e)
             return e
         if n.op in VIEW_OPS and n.id not in self.materialize:
-            src = n.args[0]
-            if n.op == "broadcast_to":
-                sview = V.broadcast_source(view, n.shape, src.shape, self.g.ndom)
-            elif n.op == "permute":
-                sview = V.permute_source(view, n.params["axes"])
-            else:
-                sview = V.reshape_source(view, n.shape, src.shape, self.g.domain)
+            sview = self._source_view(n, view)
             if sview is not None:
-                return self.value(src, sview)
+                return self.value(n.args[0], sview)
             self.materialize.add(n.id)
         e = Expr("load", n.dtype, node=n, buffer=n)
         self.loads.append((n, view, e))
         self.order.append(e)
         return e
+
+
+def run_frames(root):
+    """Run a recursion written as generators on an explicit stack instead of Python's: a frame ``yield``s the
+    generator of a sub-call and receives its return value. Depth is then bounded by memory, not by
+    ``sys.getrecursionlimit()`` (a 10,000-op chain is 10,000 frames), and the visiting order is the recursive one.
+
+    >>> def depth(n):
+    ...     return 0 if n == 0 else 1 + (yield depth(n - 1))
+    >>> run_frames(depth(50_000))
+    50000
+    """
+    stack, result = [root], None
+    while stack:
+        try:
+            child = stack[-1].send(result)
+        except StopIteration as done:
+            stack.pop()
+            result = done.value
+        else:
+            stack.append(child)
+            result = None
+    return result
 
 
 def literal_value(n: Node):

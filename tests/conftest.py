@@ -1,4 +1,4 @@
-"""Shared pytest configuration: the fuzzer's budget option and the ``gpu`` marker.
+"""Shared pytest configuration: the fuzzer's budget option, the ``--soak`` option and the ``gpu`` marker.
 
 A test marked ``gpu`` runs where CuPy sees a GPU: the real one on a GPU machine, or the fake CuPy of
 ``tests/fakegpu`` (which ``tests/test_fake_gpu.py`` puts on the path of a child pytest, so CI runs every GPU test
@@ -15,6 +15,9 @@ import eager
 def pytest_addoption(parser):
     parser.addoption("--fuzz-long", action="store_true", default=False,
                      help="run the differential fuzzer with thousands of programs instead of a few hundred")
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the soak tests (tests/test_scale.py): 10,000 compiled train steps and a retrace storm, "
+                          "checking that memory, file descriptors and loaded libraries stay flat (minutes)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -485,14 +485,10 @@ def reduction_levels(k: KernelIR) -> list[list[Expr]]:
     level n - 1 (a variance's second pass reads the mean; softmax's sum of exponentials reads the max). A split
     row kernel computes each level's partials in a launch of its own, in order."""
     depth: dict[int, int] = {}
-
-    def level(e: Expr) -> int:
-        if id(e) not in depth:
-            depth[id(e)] = 1 + max((level(r) for r in _reductions_read(e.args[0], set())), default=-1)
-        return depth[id(e)]
     levels: list[list[Expr]] = []
-    for e in k.reductions:
-        n = level(e)
+    for e in k.reductions:  # operands first (``KernelIR.reductions``): every reduction e reads has its level
+        n = 1 + max((depth[id(r)] for r in _reductions_read(e.args[0], set())), default=-1)
+        depth[id(e)] = n
         levels += [[] for _ in range(n + 1 - len(levels))]
         levels[n].append(e)
     return levels
@@ -504,12 +500,19 @@ def split_reductions(k: KernelIR) -> list[Expr]:
 
 
 def _reductions_read(e, seen: set[int]) -> list[Expr]:
-    if not isinstance(e, Expr) or id(e) in seen:
-        return []
-    seen.add(id(e))
-    if e.is_reduction:
-        return [e]
-    return [r for a in e.args for r in _reductions_read(a, seen)]
+    """The reductions ``e`` reads, not looking inside them; an explicit stack, as expressions may be thousands
+    of ops deep."""
+    out, stack = [], [e]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, Expr) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.is_reduction:
+            out.append(e)
+        else:
+            stack.extend(reversed(e.args))
+    return out
 
 
 class Accumulator(NamedTuple):
@@ -531,16 +534,17 @@ def _accumulator(e: Expr, ctype: str) -> Accumulator:
 
 def _row_loads(e: Expr, seen: set[int], found: dict[tuple, Expr]) -> None:
     """The loads varying along the row that computing ``e`` inside a row loop reads (reductions are values by
-    then, per-row values were computed outside the loop)."""
-    if id(e) in seen or e.is_reduction or not e.inner:
-        return
-    seen.add(id(e))
-    if e.op == "load":
-        found.setdefault((e.buffer.id, e.form), e)
-        return
-    for a in e.args:
-        if isinstance(a, Expr):
-            _row_loads(a, seen, found)
+    then, per-row values were computed outside the loop), in depth-first order, on an explicit stack."""
+    stack = [e]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, Expr) or id(e) in seen or e.is_reduction or not e.inner:
+            continue
+        seen.add(id(e))
+        if e.op == "load":
+            found.setdefault((e.buffer.id, e.form), e)
+        else:
+            stack.extend(reversed(e.args))
 
 
 def render_function(k: KernelIR, name: str, arg_of: dict[int, int]) -> str:

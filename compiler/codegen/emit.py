@@ -8,7 +8,7 @@ varies at (once per row, or inside the innermost loop), with loads spelled by a 
 from __future__ import annotations
 
 from compiler.codegen.dialect import Dialect
-from compiler.kernel import Expr
+from compiler.kernel import Expr, run_frames
 
 
 class Emitter:
@@ -47,6 +47,11 @@ class Emitter:
         return f"{prefix}{self._count}"
 
     def ref(self, e: Expr) -> str:
+        """The local (or literal) holding ``e``, declaring it and every operand it needs first. An expression is
+        as deep as its chain of fused ops, so the walk runs on an explicit stack (``kernel.run_frames``)."""
+        return run_frames(self._ref(e))
+
+    def _ref(self, e: Expr):
         if e.op == "literal":
             return self.d.literal(e.value, e.dtype)
         level = "hoisted" if e.invariant else "inner" if e.inner or (self.flat and not e.is_reduction) else "outer"
@@ -61,7 +66,10 @@ class Emitter:
         elif e.op == "load":
             text = self.load_text(e)
         else:
-            text = self.d.render(e.op, e.dtype, [self.ref(a) for a in e.args])
+            args = []
+            for a in e.args:
+                args.append((yield self._ref(a)))
+            text = self.d.render(e.op, e.dtype, args)
         name = self.fresh()
         getattr(self, level).append(f"const {self.d.ctype(e.dtype)} {name} = {text};")
         if kept and id(e) not in self._ready:
