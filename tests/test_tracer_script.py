@@ -457,7 +457,7 @@ def test_do_not_convert_leaves_a_callee_as_it_is():
     assert traced.retrace_count == 1
 
 
-# ---------------------------------------------------------------- % and // on tensors (eager has neither)
+# ---------------------------------------------------------------- % and // on tensors (eager's rows, converted code)
 
 
 def mod_and_floordiv(x):

@@ -16,7 +16,7 @@ that control flow on tensors is recorded as one node with regions:
   its new value is written back as a Python int after the call, so eager code still sees ints and a branch on the
   counter is a ``cond`` on state (no retrace);
 - calls into the user's own functions and modules are converted too (not into graphduel, the standard library or
-  installed packages); ``%`` and ``//`` with a tensor operand go through a helper built from existing ops.
+  installed packages); ``%`` and ``//`` on tensors are eager's own (``remainder``, ``floor_divide``).
 
 What it cannot convert is a ``ScriptError`` naming the file:line and the construct: when the condition turns out
 to be a tensor, a ``return``/``break``/``continue`` inside the branch or loop, a loop's ``else:``, a write to a
@@ -1018,8 +1018,7 @@ def _bool_ops(node):
 
 class _Exprs(ast.NodeTransformer):
     """Expressions: calls through ``_gd.call`` (to convert the user's callees), ``a if t else b`` through
-    ``_gd.if_exp``, ``%`` and ``//`` through ``_gd.mod`` / ``_gd.floordiv``. Nested functions are left to
-    ``_Converter`` (each is a scope of its own)."""
+    ``_gd.if_exp``. Nested functions are left to ``_Converter`` (each is a scope of its own)."""
 
     def __init__(self, converter: _Converter):
         self.converter = converter
@@ -1047,21 +1046,6 @@ class _Exprs(ast.NodeTransformer):
         i = self.converter.site(node, "if expression", text if len(text) <= 60 else text[:57] + "...", ("value",))
         return ast.copy_location(_gd("if_exp", i, _bool_ops(node.test), _lambda(node.body), _lambda(node.orelse)),
                                  node)
-
-    def visit_BinOp(self, node):
-        self.generic_visit(node)
-        if isinstance(node.op, (ast.Mod, ast.FloorDiv)):
-            helper = "mod" if isinstance(node.op, ast.Mod) else "floordiv"
-            return ast.copy_location(_gd(helper, node.left, node.right), node)
-        return node
-
-    def visit_AugAssign(self, node):
-        self.generic_visit(node)
-        if isinstance(node.op, (ast.Mod, ast.FloorDiv)) and isinstance(node.target, ast.Name):
-            helper = "mod" if isinstance(node.op, ast.Mod) else "floordiv"
-            value = _gd(helper, ast.Name(node.target.id, ast.Load()), node.value)
-            return ast.copy_location(ast.Assign([node.target], value), node)
-        return node
 
 
 # ---------------------------------------------------------------- the runtime the rewritten code calls
@@ -1222,31 +1206,6 @@ class Runtime:
     def not_(value):
         return eager.logical_not(_as_bool(value)) if isinstance(value, Tensor) else not value
 
-    # -------------------------------------------------------- arithmetic eager lacks
-    @staticmethod
-    def mod(a, b):
-        """Python's ``a % b`` (the result has the sign of ``b``); with a tensor operand, built from existing ops."""
-        if not (isinstance(a, Tensor) or isinstance(b, Tensor)):
-            return a % b
-        if isinstance(a, Tensor) and a.dtype.kind in "iu" and type(b) is int and b > 0 and b & (b - 1) == 0:
-            return a & (b - 1)  # exact for every int64, negative ones included
-        return a - Runtime.floordiv(a, b) * b
-
-    @staticmethod
-    def floordiv(a, b):
-        """Python's ``a // b`` (rounded toward minus infinity); with a tensor operand, built from existing ops:
-        through float64 for integers (exact below 2**53)."""
-        if not (isinstance(a, Tensor) or isinstance(b, Tensor)):
-            return a // b
-        if type(b) in (int, float) and b == 0:
-            raise ZeroDivisionError("integer division or modulo by zero (tracer.script's // on a tensor)")
-        like = a if isinstance(a, Tensor) else b
-        integer = all(x.dtype.kind in "iub" if isinstance(x, Tensor) else type(x) in (int, bool) for x in (a, b))
-        q = _double(a) / _double(b) if integer else a / b
-        t = q.long()  # rounds toward zero
-        floor = t - (t.double() > q.double()).long()
-        return floor.to(like.dtype) if integer else floor.to(q.dtype)
-
     # -------------------------------------------------------- lifted state
     def _lifted(self, value) -> bool:
         """Whether ``value`` is the state tensor a call swapped in for a lifted int (written in place)."""
@@ -1307,10 +1266,6 @@ def _write_state(site: Site, current: Tensor, value) -> None:
     else:
         raise ScriptError(f"{site.where}: `{site.text}` held a Python int, lifted into a 0-d int64 tensor for the "
                           f"traced call; this line assigns it a {type(value).__name__}. Keep it an int.")
-
-
-def _double(x):
-    return x.double() if isinstance(x, Tensor) else float(x)
 
 
 def _as_bool(value, like: Tensor | None = None) -> Tensor:
