@@ -101,21 +101,36 @@ def _format_arg(a) -> str:
     return a.ref if isinstance(a, Node) else repr(a)
 
 
+def _is_region(v) -> bool:
+    return hasattr(v, "graph") and hasattr(v, "label")  # tracer.regions.Region (imported there, not here)
+
+
+def region_param(value) -> bool:
+    """Whether a param holds regions: a region, or a non-empty tuple of them (cond's branches)."""
+    return _is_region(value) or (type(value) is tuple and bool(value) and all(_is_region(v) for v in value))
+
+
+def map_regions(value, fn):
+    """A region param with ``fn(region, index)`` applied to each region (index None for a lone region, its position
+    in the tuple otherwise): the one place that knows how params hold regions."""
+    if _is_region(value):
+        return fn(value, None)
+    return tuple(fn(v, i) for i, v in enumerate(value))
+
+
 def regions_of(node: Node) -> list:
     """The regions (sub-graphs) of a control-flow node, in its params' order; [] for every other node."""
-    out = []
+    out: list = []
     for value in node.params.values():
-        for v in value if isinstance(value, tuple) else (value,):
-            if hasattr(v, "graph") and hasattr(v, "label"):
-                out.append(v)
+        if region_param(value):
+            map_regions(value, lambda region, _: out.append(region))
     return out
 
 
 def _format_param(key: str, value) -> str:
-    if hasattr(value, "graph") and hasattr(value, "label"):  # a region: printed below its node
-        return value.label
-    if type(value) is tuple and value and all(hasattr(v, "graph") for v in value):
-        return "(" + ", ".join(v.label for v in value) + ")"
+    if region_param(value):  # printed below its node
+        labels = map_regions(value, lambda region, _: region.label)
+        return labels if isinstance(labels, str) else "(" + ", ".join(labels) + ")"
     if key == "key":
         return format_key(value)
     if isinstance(value, np.dtype):

@@ -77,20 +77,14 @@ def lower_regions(graph: Graph, lower) -> Graph:
     """A copy of ``graph`` whose control-flow nodes run their regions through ``lower`` (passes and fusion inside
     each region; the branch or the loop itself stays on the host)."""
     from compiler.rewrite import rebuild
-    from tracer.ir import regions_of
+    from tracer.ir import map_regions, region_param, regions_of
     if not any(regions_of(n) for n in graph.nodes):
         return graph
 
-    def lowered(value):
-        if isinstance(value, Region):
-            return value.lowered(lower)
-        if type(value) is tuple and value and all(isinstance(v, Region) for v in value):
-            return tuple(v.lowered(lower) for v in value)
-        return value
-
     def visit(rb, n):
         if regions_of(n):
-            params = {k: lowered(v) for k, v in n.params.items()}
+            params = {k: map_regions(v, lambda region, _: region.lowered(lower)) if region_param(v) else v
+                      for k, v in n.params.items()}
             rb.env[n.id] = rb.new.call(n.op, rb.args(n), params, n.aval, n.source)
         else:
             rb.copy(n)

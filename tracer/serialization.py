@@ -52,7 +52,7 @@ from eager.tensor import Tensor
 from tracer.assumptions import GuardError, outcome
 from tracer.conversions import CONVERSIONS, convert
 from tracer.interpret import Rule, evaluate
-from tracer.ir import CONSTANT, PLACEHOLDER, Graph, GraphError, Node
+from tracer.ir import CONSTANT, PLACEHOLDER, Graph, GraphError, Node, map_regions, region_param
 from tracer.pytree import LEAF, unflatten
 from tracer.regions import Region
 from tracer.signature import SignatureError
@@ -317,11 +317,11 @@ class _SaveRule(Rule):
                            params={k: self._param(n, k, v) for k, v in n.params.items()})
 
     def _param(self, n: Node, key: str, value):
-        if type(value) is tuple and value and all(isinstance(v, Region) for v in value):
-            return {"tuple": [self._region(v, f"{self.prefix}n{n.id}.{key}.{i}/") for i, v in enumerate(value)]}
-        if isinstance(value, Region):
-            return self._region(value, f"{self.prefix}n{n.id}.{key}/")
-        return encode(value, f"{_where(n)} param {key!r}")
+        if not region_param(value):
+            return encode(value, f"{_where(n)} param {key!r}")
+        entries = map_regions(value, lambda region, i: self._region(
+            region, f"{self.prefix}n{n.id}.{key}{'' if i is None else f'.{i}'}/"))
+        return {"tuple": list(entries)} if isinstance(entries, tuple) else entries
 
     def _region(self, region: Region, prefix: str) -> dict:
         """A region as a nested graph entry (its constants in the same arrays.npz, keyed by ``prefix``)."""
