@@ -13,8 +13,6 @@ in_channels / groups, *kernel] (transposed: [in_channels, out_channels / groups,
 
 from __future__ import annotations
 
-import math
-
 from eager import primitives as P
 from eager.creation import empty
 from eager.dispatch import apply
@@ -198,12 +196,7 @@ class _ConvNd(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # PyTorch's rule: kaiming_uniform_ with a=sqrt(5) (bound 1/sqrt(fan_in)), the bias U(-1/sqrt(fan_in), ...)
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            init.uniform_(self.bias, -bound, bound)
+        init.layer_default_(self.weight, self.bias)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -10,8 +10,6 @@ Each forward is one call into ``eager.nn.functional``; the class adds parameters
 
 from __future__ import annotations
 
-import math
-
 from eager.creation import empty
 from eager.nn import functional as F
 from eager.nn import init
@@ -46,11 +44,7 @@ class Linear(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # kaiming_uniform_ with a=sqrt(5), as nn.Linear does: bound = 1/sqrt(fan_in) for weight and bias
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-            init.uniform_(self.bias, -bound, bound)
+        init.layer_default_(self.weight, self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.linear(input, self.weight, self.bias)
