@@ -1374,6 +1374,14 @@ TO_DEVICE = define("to_device", OTHER, _to_device_impl, lambda a, *, device: a,
 # ---------------------------------------------------------------- fused eager rows (a tracer sees their decomposition)
 
 
+def _plain_backward() -> bool:
+    """A backward that builds no graph (no create_graph) and feeds no trace: a fused row's VJP may then compute on
+    arrays directly; otherwise it uses Tensor ops, so double backward and traced train steps see every op."""
+    from eager.autograd.mode import MODE
+    mode = MODE.get()
+    return not (mode.grad_enabled or mode.recorders)
+
+
 def _cross_entropy_impl(xp, x, target, *, ignore_index, reduction):
     shifted = x - x.max(axis=1, keepdims=True)
     valid = target != ignore_index
@@ -1393,9 +1401,7 @@ def _cross_entropy_rule(x, target, *, ignore_index, reduction):
 
 def _cross_entropy_vjp(g, out, x, target, *, ignore_index, reduction):
     """(softmax(x) - onehot(target)) scaled by g (and 1 / count for the mean), 0 on ignored rows."""
-    from eager.autograd.mode import MODE
-    mode = MODE.get()
-    if not (mode.grad_enabled or mode.recorders):  # a plain backward: the same formula on arrays, no graph to record
+    if _plain_backward():
         from eager.tensor import Tensor
         return Tensor._make(_cross_entropy_grad(x._xp(), x._data, target._data, g._data, ignore_index, reduction),
                             False, None), None
@@ -1450,10 +1456,8 @@ def _linear_rule(x, w, *bias):
 
 def _linear_vjp(g, out, x, w, *bias):
     """dx = g W, dW = g^T x (row-major like W), db = sum over rows of g; each only for an input that wants it."""
-    from eager.autograd.mode import MODE
-    mode = MODE.get()
     wants = (_needs(x), _needs(w), bool(bias) and _needs(bias[0]))
-    if not (mode.grad_enabled or mode.recorders):  # a plain backward: the same products on arrays
+    if _plain_backward():
         from eager.tensor import Tensor
         a, wd, gd = x._data, w._data, g._data
         grads = (gd @ wd if wants[0] else None, gd.T @ a if wants[1] else None,
