@@ -103,9 +103,12 @@ def _step_row(lowered, step, seconds: float, bandwidth: float) -> dict:
         ops = ", ".join(m.op for m in step.group.members)
         lines = len(generated.source.splitlines()) if generated else 0
     else:
-        read = sum(_nbytes(a) for a in step.node.inputs)
-        written = _nbytes(step.node)
+        read = sum(_nbytes(a) for a in step.node.inputs if a.shape is not None)
+        written = 0 if step.node.shape is None else _nbytes(step.node)  # a control node's results are its result nodes
         name, ops, lines = f"{step.kind}:{step.node.op}", step.node.op, 0
+        loop = next((lp for lp in getattr(lowered.executable, "loops", []) if lp.node.id == step.node.id), None)
+        if loop is not None and loop.native:
+            name, lines = f"loop:{step.node.op}", len(loop.source.splitlines())
     gbs = (read + written) / seconds / 1e9 if seconds > 0 else float("nan")  # NaN (untimed) > 0 is False
     return {"step": name, "kind": step.kind, "ops": ops, "n_ops": len(ops.split(", ")), "source_lines": lines,
             "bytes_read": read, "bytes_written": written, "time_us": seconds * 1e6, "GB/s": gbs,
@@ -126,6 +129,7 @@ def _totals(compiled, df, bandwidth: float, timed: bool) -> dict:
         "copy_bandwidth_GBs": bandwidth,
         "backend": lowered.backend,
         "blas_threads": _blas_threads(lowered.executable),
+        "loops": [repr(loop) for loop in getattr(lowered.executable, "loops", [])],
         "total_time_us": float(np.nansum(df["time_us"])) if len(df) else 0.0,
         "median_step_us": statistics.median(df["time_us"]) if timed and len(df) else float("nan"),
     }
@@ -140,6 +144,8 @@ def _print(df) -> None:
           f"({a['ops_after_passes']} after passes); trace {a['trace_s'] * 1e3:.1f} ms, compile cold "
           f"{a['compile_cold_s'] * 1e3:.1f} ms, cached (est.) {a['compile_cached_est_s'] * 1e3:.1f} ms; copy bandwidth "
           f"{a['copy_bandwidth_GBs']:.1f} GB/s; backend {a['backend']}; BLAS threads {a['blas_threads']}")
+    for loop in a["loops"]:
+        print(loop)
 
 
 def _blas_threads(ex) -> str:

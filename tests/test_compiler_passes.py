@@ -182,3 +182,19 @@ def test_folding_keeps_the_sign_of_zero():
     with np.errstate(divide="ignore"):
         got = reference(optimize(g), [np.ones(2, np.float32)])[0]
     np.testing.assert_array_equal(got, [-np.inf, np.inf])
+
+
+def test_cse_keeps_two_scans_over_the_same_inputs_whose_bodies_return_different_values():
+    # a train step's own scan and its backward's recompute scan: same inputs, same body size, other outputs.
+    # Merged (a region's repr names only its size), the compiled gradient was silently wrong.
+    import compiler
+    import tracer
+
+    def f(xs, h0):
+        a = eager.scan(lambda h, x: (h + x, h + x), h0, xs)[1]
+        b = eager.scan(lambda h, x: (h + x, h), h0, xs)[1]
+        return a - b
+    xs, h0 = eager.arange(6.0).reshape(3, 2), eager.zeros(2)
+    graph = tracer.trace(f, xs, h0).graph
+    assert [n.op for n in cse(graph).nodes].count("scan") == 2
+    assert compiler.compile(f, xs, h0)(xs, h0).tolist() == f(xs, h0).tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from compiler.rewrite import rebuild
 from eager.backend import to_numpy
 from eager.primitives import PRIMITIVES
-from tracer.ir import CONSTANT, Graph, Node
+from tracer.ir import CONSTANT, Graph, Node, map_regions, region_param
 
 _CONSTANT_KEY_LIMIT = 1 << 12  # bytes: bigger constants are compared by identity only
 
@@ -24,10 +24,17 @@ def _scalar_key(a):
     return (type(a).__name__, repr(a))
 
 
+def _param_key(value):
+    # a region's repr names only its label and size: two scans over the same inputs whose bodies return different
+    # values (a train step's own scan and the recompute scan of its backward) would merge. Its fingerprint is the
+    # whole program.
+    return map_regions(value, lambda r, _: (r.label, r.fingerprint())) if region_param(value) else value
+
+
 def _key(n: Node, args: tuple):
     arg_key = tuple(("node", a.id) if isinstance(a, Node) else _scalar_key(a) for a in args)
     # params may hold slices (unhashable before Python 3.12) and dtypes: repr is exact for all of them
-    return (n.op, arg_key, repr(sorted(n.params.items())), str(n.aval))
+    return (n.op, arg_key, repr(sorted((k, _param_key(v)) for k, v in n.params.items())), str(n.aval))
 
 
 def cse(graph: Graph) -> Graph:

@@ -48,10 +48,11 @@ def _announce_fallback(reason: str) -> None:
 def build_executable(program, fallback_ok: bool = True) -> Executable:
     """The executable of ``program`` on native C kernels; without a C compiler, on the NumPy fallback (unless
     ``fallback_ok`` is False: then ``cache.NoCompiler`` is raised)."""
+    from compiler.runtime.loops import control_step
     generated = generate(program)
     if not generated:
-        ex = Executable(program, None, "cpu")
-        ex.kernels, ex.library = [], None
+        ex = Executable(program, None, "cpu", control_step=control_step)
+        ex.kernels, ex.library, ex.lib = [], None, None
         return ex
     try:
         lib, path = cache.load_library(module_source(generated))
@@ -90,6 +91,6 @@ def build_executable(program, fallback_ok: bool = True) -> Executable:
             call(ptrs)
         return run
 
-    ex = Executable(program, kernel_step, "cpu")
-    ex.kernels, ex.library = generated, path
+    ex = Executable(program, kernel_step, "cpu", control_step=control_step)
+    ex.kernels, ex.library, ex.lib = generated, path, lib
     return ex

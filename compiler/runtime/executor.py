@@ -88,10 +88,11 @@ class Executable:
     """Runs a Program. ``kernel_step(kernel_ir, step, executable) -> callable(env)`` comes from the backend;
     None interprets each kernel with NumPy (the fallback backend). ``library_step(step, executable)``, when given,
     runs matmuls instead of the array library where it returns a step (the CUDA graph path: cuBLAS cannot be
-    captured), None where the library should."""
+    captured), None where the library should. ``control_step(step, executable)``, when given, runs a control-flow
+    node where it returns a step (the C backend's native loops), None where the host should."""
 
     def __init__(self, program, kernel_step=None, name: str = "numpy", xp=np, static: bool = False,
-                 library_step=None):
+                 library_step=None, control_step=None):
         self.program = program
         self.xp = xp
         self.graph = program.graph
@@ -102,6 +103,8 @@ class Executable:
         self.placeholders = [self.index[p.id] for p in self.graph.placeholders]
         self.pools: dict[int, OutputPool] = {}
         self.library_step = library_step  # (step, executable) -> callable(env): a backend's own matmul
+        self.control_step = control_step
+        self.loops: list = []  # the native loops control_step tried (compiler.runtime.loops), with their verdicts
         self.step_seconds = [0.0] * len(program.steps)
         kernel_reads = {b.id for k in program.kernels.values() for b in k.buffers}
         self.contiguous_inputs = [p.id in kernel_reads for p in self.graph.placeholders]
@@ -168,6 +171,10 @@ class Executable:
                                    params["axes" if n.op == "permute" else "shape"])
 
         if isinstance(n.aval, Results):  # a control-flow node: a tuple of arrays, which result nodes pick apart
+            native = self.control_step(step, self) if self.control_step is not None else None
+            if native is not None:
+                return native
+
             def run_control(env):
                 env[i] = prim.impl(xp, *[env[j] if j is not None else s for j, s in zip(arg_index, scalars)],
                                    **params)
