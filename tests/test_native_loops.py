@@ -157,17 +157,21 @@ def test_a_body_the_driver_cannot_take_stays_a_host_loop_saying_why_and_equals_e
     assert len(count_region_runs) == 4  # the host ran the body once per trip
 
 
-def test_a_cond_inside_a_scan_body_keeps_the_scan_on_the_host_and_a_scan_inside_a_scan_is_native_inside():
+def test_a_cond_inside_a_scan_body_is_a_c_branch_and_a_scan_inside_a_scan_is_native_inside(count_region_runs):
     rng = np.random.default_rng(6)
 
-    def with_cond(xs):
-        return eager.scan(lambda c, x: (eager.cond(x.sum() > 0, lambda a: a + x, lambda a: a - x, (c,)), c),
-                          eager.zeros(3), xs)
-    xs = _t(rng, 6, 3)
-    compiled = compiler.compile(with_cond, xs)
+    def with_cond(xs, w):
+        return eager.scan(lambda c, x: (eager.cond(x.sum() > 0, lambda a: a @ w + x, lambda a: a - x, (c,)), c),
+                          eager.zeros(2, 3), xs)
+    xs, w = _t(rng, 8, 2, 3), _t(rng, 3, 3)
+    compiled = compiler.compile(with_cond, xs, w)
     (loop,) = _loops(compiled)
-    assert not loop.native and "a cond at" in loop.reason
-    _close(compiled(xs), with_cond(xs))
+    assert loop.native and "if (*(const unsigned char *)" in loop.source, loop.reason
+    count_region_runs.clear()
+    for sign in (1.0, -1.0):  # trips take both branches, in other orders
+        xs_signed = eager.tensor(xs.numpy() * sign)
+        _close(compiled(xs_signed, w), with_cond(xs_signed, w))
+    assert count_region_runs == []
 
     def nested(xss):
         def outer(c, xs):
@@ -178,6 +182,7 @@ def test_a_cond_inside_a_scan_body_keeps_the_scan_on_the_host_and_a_scan_inside_
     compiled = compiler.compile(nested, xss)
     body = next(n for n in compiled.lowered.graph.nodes if n.op == "scan").params["body"]
     assert [lp.native for lp in body._executor.executable.loops] == [True]
+    assert "nested in the region" in _loops(compiled)[0].reason
     _close(compiled(xss), nested(xss))
 
 

@@ -99,7 +99,30 @@ class Copy:
         return f"{loops}memcpy({dst}, {src}, {block});"
 
 
-Step = Kernel | Gemm | Copy
+@dataclass(frozen=True)
+class Branch:
+    """A ``cond`` inside a loop's region: the taken branch's steps, then its results copied into the cond's
+    result buffers (``outputs``, ``nbytes`` each), so the steps after it read one place whichever branch ran."""
+
+    pred: Ref
+    true_steps: list
+    true_results: list[Ref]
+    false_steps: list
+    false_results: list[Ref]
+    outputs: list[Ref]
+    nbytes: list[int]
+
+    def _arm(self, steps: list, results: list[Ref]) -> str:
+        lines = [s.render() for s in steps]
+        lines += [f"memmove({o}, {r}, {b});" for o, r, b in zip(self.outputs, results, self.nbytes)]
+        return " ".join(lines)
+
+    def render(self) -> str:
+        return (f"if (*(const unsigned char *){self.pred}) {{ {self._arm(self.true_steps, self.true_results)} }} "
+                f"else {{ {self._arm(self.false_steps, self.false_results)} }}")
+
+
+Step = Kernel | Gemm | Copy | Branch
 
 
 @dataclass

@@ -167,7 +167,12 @@ def _host_step(n: Node, where: dict[int, _Layout], kernel_reads: set[int], table
     a matmul reads is the same buffer read transposed (no step); any other view (a slice, a transpose a kernel
     reads, a broadcast, a diagonal) is gathered into a buffer of its own; a concatenation and a write through a
     basic slice (``index_put``) are copies. Anything else would need NumPy: ``NotNative``."""
-    if n.shape is None:  # a control-flow node (its results are result nodes)
+    if n.op == "cond":
+        return [_branch(n, where, tables)]
+    if n.op == "result":  # one of a nested cond's results: its buffer
+        where[n.id] = _Layout(where[n.args[0].id].ref[n.params["index"]])
+        return []
+    if n.shape is None:  # a nested scan or while_loop: its own native loop runs, called from the host per trip
         raise NotNative(f"a {n.op} at {n.source or '?'} is nested in the region (it runs on the host)")
     args = [a for a in n.args if hasattr(a, "id")]
     srcs = [where.get(a.id) for a in args]
@@ -205,6 +210,19 @@ def _host_step(n: Node, where: dict[int, _Layout], kernel_reads: set[int], table
             offset, strides = layout
             return [codegen.Copy(srcs[0].ref, offset, strides, dst, 0, plain, tuple(n.shape), itemsize)]
     raise NotNative(f"{n.op} at {n.source or '?'} runs on the host (NumPy) inside the region")
+
+
+def _branch(n: Node, where: dict[int, _Layout], tables: _Tables) -> codegen.Branch:
+    """A cond nested in a loop's region: both branches' steps, compiled like any region, and one buffer per
+    result that either branch's results are copied into."""
+    pred, *operands = n.args
+    refs = [_read(where, a, "a nested cond") for a in operands]
+    arms = [_region_steps(region._executor, refs, tables) for region in n.params["branches"]]
+    outputs = [tables.buffer(np.empty(a.shape, a.dtype)) for a in n.aval]
+    where[n.id] = _Layout(tuple(outputs))
+    (true_steps, true_results), (false_steps, false_results) = arms
+    return codegen.Branch(_read(where, pred, "a nested cond's predicate"), true_steps, true_results, false_steps,
+                          false_results, outputs, [_nbytes(a) for a in n.aval])
 
 
 def _gemm(n: Node, where: dict[int, _Layout], tables: _Tables) -> codegen.Gemm:
