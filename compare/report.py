@@ -219,8 +219,9 @@ def control_flow_approach(op: str | None, mode: str) -> str:
     return {
         "eager": "Python: only the taken branch runs" if op == "cond" else "Python: the loop runs trip by trip",
         "traced": f"one {op} node with {_REGIONS[op]}, decided by the executor each call",
-        "compiled": f"{op} node: regions compiled to fused kernels, the {'branch' if op == 'cond' else 'loop'} "
-                    "on the host",
+        "compiled": ("cond node: a host branch between the branches' fused kernels" if op == "cond" else
+                     f"{op} node: one generated C loop around the region's fused kernels (no Python per trip; "
+                     "a host loop on CUDA)"),
         "compiled+graph": "refused: a host-decided branch or trip count cannot be captured in a CUDA graph",
         "numpy": "Python (the float64 reference)",
         "jax": f"{_LAX[op]} without jax.jit (dispatched op by op)",
