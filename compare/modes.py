@@ -1,5 +1,6 @@
 """The ways a workload runs: our modes (eager, traced, compiled, and on cuda compiled+graph) and the peers
-(NumPy, JAX, PyTorch, and our traced graph exported to ONNX and run by ONNX Runtime).
+(NumPy, JAX, PyTorch eager, torch.jit.trace, torch.jit.script on a workload's TorchScript twin, torch.compile, and
+our traced graph exported to ONNX and run by ONNX Runtime).
 
 A mode is a name plus ``prepare(workload, arrays, device) -> Runner``. ``prepare`` raises :class:`Skip`
 with a reason when the mode cannot run this workload here (an optional peer package not installed, a
@@ -301,7 +302,8 @@ def _torch_runner(torch, fn, prog: Program, device: str, setup: dict | None = No
         out = fn(*prog.args)
         sync()
         return out
-    return Runner(call, _state_of(prog), setup or {}, program=prog, clock=_clock(device))
+    # the same dict, not a copy: torch.compile's runner fills it in its first calls, before the harness reads it
+    return Runner(call, _state_of(prog), {} if setup is None else setup, program=prog, clock=_clock(device))
 
 
 def prepare_torch(wl: Workload, arrays: dict, device: str) -> Runner:
@@ -325,25 +327,115 @@ def prepare_torch_jit_trace(wl: Workload, arrays: dict, device: str) -> Runner:
     return _torch_runner(torch, traced, prog, device, {"trace_time": time.perf_counter() - t0})
 
 
-def prepare_torch_compile(wl: Workload, arrays: dict, device: str) -> Runner:
+def prepare_torch_jit_script(wl: Workload, arrays: dict, device: str) -> Runner:
+    """The workload's TorchScript twin (``Workload.torchscript``, built from the same arrays) compiled by
+    ``torch.jit.script``: Python ``if``/``while``/``for`` on tensors stay control flow in the graph (``prim::If``,
+    ``prim::Loop``). The one-time cost is the scripting (``compile_cold``); TorchScript's profiling executor
+    specialises the graph over the first calls, which the harness's warm-up and first_call see."""
     torch = _torch(device)
-    if wl.kind != "forward":
-        raise Skip("torch.compile is tried on forward workloads only: a whole train step (backward + "
-                   "optimizer.step) breaks the graph and takes minutes to compile on a small CPU")
+    if wl.torchscript is None:
+        why = ("a train step's loss.backward() and optimizer.step() are Python, not TorchScript" if wl.kind == "train"
+               else "torch.jit.script cannot compile the lib-generic closures it is written with")
+        raise Skip(f"no TorchScript twin written for this workload: {why} (attach one with "
+                   "@workload.torchscript_twin, compare/workloads/torchscript.py)")
+    with on_device(device):
+        prog = wl.torchscript(torch, arrays)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated; it is the seed's peer
+        scripted = torch.jit.script(prog.fn)
+    return _torch_runner(torch, scripted, prog, device, {"compile_cold": time.perf_counter() - t0})
+
+
+def prepare_torch_compile(wl: Workload, arrays: dict, device: str) -> Runner:
+    """``torch.compile`` on a forward workload's function; on a train step as PyTorch's docs recommend: each
+    module the step calls compiled (its forward, and its backward through AOTAutograd), ``optimizer.step``
+    compiled, and the step's own ``loss.backward()`` and ``zero_grad()`` eager between them (a step that names no
+    module or optimizer, ``Program.models`` / ``optimizers``, is compiled whole: Dynamo splits it at
+    ``backward()``). Compiling happens in the first call, in an empty Inductor cache after ``torch._dynamo.reset``
+    (the process's one-off Inductor start-up paid before, :func:`_start_inductor`): that call's extra time over a
+    steady call is ``compile_cold``. A Dynamo or Inductor failure there on a train
+    or control-flow workload is a :class:`Skip` carrying the measured error."""
+    torch = _torch(device)
     prog = _build(wl, torch, arrays, device)
+    _start_inductor(torch, device)
+    torch._dynamo.reset()  # no frames compiled for an earlier cell: the first call compiles from nothing
     try:
-        compiled = torch.compile(prog.fn)
+        fn = _compile_train_step(torch, prog) if wl.kind == "train" else torch.compile(prog.fn)
     except Exception as e:  # noqa: BLE001  (torch.compile's failures vary by platform; report and move on)
         raise Skip(f"torch.compile is unavailable here: {type(e).__name__}: {e}") from e
-    if "control-flow" in wl.tags:
-        compiled = _compile_failure_skips(torch, compiled, wl)
-    return _torch_runner(torch, compiled, prog, device)
+    setup: dict[str, float] = {}
+    skips = wl.kind == "train" or "control-flow" in wl.tags
+    return _torch_runner(torch, _timed_first_calls(torch, fn, wl, setup, skips), prog, device, setup)
+
+
+_INDUCTOR_STARTED: set[str] = set()  # devices whose Inductor start-up this process has paid
+
+
+def _start_inductor(torch, device: str) -> None:
+    """Compile and run a tiny function with a backward once per process and device, outside any measurement:
+    the first torch.compile of a process also pays 5-10 s of one-off start-up (imports, Inductor's compile
+    workers and precompiled headers), which would otherwise land in whichever cell came first."""
+    if device in _INDUCTOR_STARTED:
+        return
+    from torch._inductor.utils import fresh_cache
+    x = torch.ones(4, device=device, requires_grad=True)
+    try:
+        with fresh_cache():
+            torch.compile(lambda v: (v.sin() * 2).sum())(x).backward()
+        _INDUCTOR_STARTED.add(device)
+    except Exception:  # noqa: BLE001, S110  (a broken torch.compile is reported by the workload's own compile)
+        pass
+    torch._dynamo.reset()
+
+
+def _compile_train_step(torch, prog: Program) -> Callable:
+    """The step, its modules compiled in place (``Module.compile``) and each optimizer's ``step`` replaced by a
+    compiled function that calls it (PyTorch's recipe for compiling the optimizer)."""
+    if not prog.models and not prog.optimizers:
+        return torch.compile(prog.fn)
+    for model in prog.models:
+        model.compile()
+    for opt in prog.optimizers:
+        opt.step = _compiled_optimizer_step(torch, opt.step)
+    return prog.fn
+
+
+def _compiled_optimizer_step(torch, step: Callable) -> Callable:
+    @torch.compile
+    def compiled_step():
+        step()
+    return compiled_step
+
+
+def _timed_first_calls(torch, fn: Callable, wl: Workload, setup: dict, skips: bool) -> Callable:
+    """``fn`` whose first call (where torch.compile compiles) runs in a fresh Inductor cache and is timed:
+    ``setup["compile_cold"]`` is that call's time less the second call's (a steady call: the step itself), or the
+    whole first call until a second has run. With ``skips``, a Dynamo or Inductor failure in the first call is a
+    :class:`Skip` (:func:`_compile_failure_skips`)."""
+    from torch._inductor.utils import fresh_cache
+    first = _compile_failure_skips(torch, fn, wl) if skips else fn
+    calls = [0]
+    seconds: list[float] = []
+
+    def call(*args):
+        calls[0] += 1
+        if calls[0] > 2:
+            return fn(*args)
+        t0 = time.perf_counter()
+        with fresh_cache() if calls[0] == 1 else contextlib.nullcontext():
+            out = first(*args) if calls[0] == 1 else fn(*args)
+        seconds.append(time.perf_counter() - t0)
+        setup["compile_cold"] = seconds[0] - (seconds[1] if len(seconds) > 1 else 0.0)
+        return out
+    return call
 
 
 def _compile_failure_skips(torch, compiled: Callable, wl: Workload) -> Callable:
     """``compiled`` whose first call (where torch.compile compiles) turns a failure of Dynamo or Inductor into a
     :class:`Skip` carrying the measured error: the same program runs in the ``torch`` peer, so a failure here is
-    torch.compile's limit on ``torch.cond`` / ``while_loop`` / ``scan`` on this platform, not a wrong answer.
+    torch.compile's limit on ``torch.cond`` / ``while_loop`` / ``scan`` or on a train step on this platform, not a
+    wrong answer.
     Later calls, and errors of any other kind, raise as usual."""
     from torch._dynamo.exc import TorchDynamoException
     compiled_once = []
@@ -363,8 +455,10 @@ def _compile_failure_skips(torch, compiled: Callable, wl: Workload) -> Callable:
 
 def _control_op(wl: Workload) -> str:
     ops = [t for t in wl.tags if t in ("cond", "while_loop", "scan")]
-    return "/".join(f"torch.{op}" if op != "scan" else "torch._higher_order_ops.scan" for op in ops) or \
-        "control flow"
+    what = "/".join(f"torch.{op}" if op != "scan" else "torch._higher_order_ops.scan" for op in ops)
+    if wl.kind == "train":
+        return f"train step{' with ' + what if what else ''}"
+    return what or "control flow"
 
 
 def _first_line(e: BaseException) -> str:
@@ -425,9 +519,10 @@ MODES: dict[str, Mode] = {m.name: m for m in [
     Mode("jax.jit", "peer", _prepare_jax(jit=True)),
     Mode("torch", "peer", prepare_torch),
     Mode("torch.jit.trace", "peer", prepare_torch_jit_trace),
+    Mode("torch.jit.script", "peer", prepare_torch_jit_script),  # scripting a twin takes milliseconds
     Mode("torch.compile", "peer", prepare_torch_compile, quick=False,
-         why_not_quick="torch.compile takes 15-60 s per workload and size on a small CPU; "
-                       "ask for it with --peers torch.compile"),
+         why_not_quick="torch.compile takes 15-60 s per workload and size on a small CPU (a train step compiles "
+                       "its modules' forward and backward and optimizer.step); ask for it with --peers torch.compile"),
     Mode("onnxruntime", "peer", prepare_onnxruntime, devices=("cpu",)),
 ]}
 OURS = [m for m in MODES if MODES[m].family == "ours"]

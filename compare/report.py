@@ -187,6 +187,8 @@ _REGIONS = {"cond": "both branches as regions", "while_loop": "cond and body as 
 
 
 _ONNX = {"cond": "If", "while_loop": "Loop", "scan": "Scan"}
+_PY = {"cond": "if", "while_loop": "while", "scan": "for"}
+_TS = {"cond": "prim::If", "while_loop": "prim::Loop", "scan": "prim::Loop"}
 
 
 def control_flow_approach(op: str | None, mode: str) -> str:
@@ -213,6 +215,7 @@ def control_flow_approach(op: str | None, mode: str) -> str:
             "jax.jit": "Python state frozen into the jitted program",
             "torch": "Python, eager",
             "torch.jit.trace": "Python state frozen into the traced graph",
+            "torch.jit.script": "TorchScript keeps the Python if on the module's counter as a prim::If",
             "torch.compile": "Dynamo guards on the Python state and recompiles",
             "onnxruntime": "Python state frozen into the exported ONNX graph",
         }.get(mode, "")
@@ -228,6 +231,7 @@ def control_flow_approach(op: str | None, mode: str) -> str:
         "jax.jit": f"{_LAX[op]} under jax.jit",
         "torch": f"{_TORCH[op]}, eager",
         "torch.jit.trace": f"cannot record {_TORCH[op]}",
+        "torch.jit.script": f"the TorchScript twin's Python {_PY[op]} kept as {_TS[op]}",
         "torch.compile": f"{_TORCH[op]} captured by Dynamo, compiled by Inductor",
         "onnxruntime": f"ONNX {_ONNX[op]} in the exported model, run by ONNX Runtime",
     }.get(mode, "")
@@ -357,7 +361,10 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, str, object]]:
     secs.append(("One-time costs and structure", "text",
                  "First call (includes lazy compilation for jax.jit and torch.compile), trace and compile time "
                  "(cold: empty kernel cache; cached: compiled again), break-even: calls after which trace + compile "
-                 "pay for themselves against eager; IR nodes, kernels and fusion groups per call."))
+                 "pay for themselves against eager; IR nodes, kernels and fusion groups per call. For torch.compile, "
+                 "compile_cold is its first-call compile time (Dynamo, AOTAutograd and Inductor in an empty cache: "
+                 "the first call less a steady one; on a train step, the modules' forward and backward and "
+                 "optimizer.step); for torch.jit.script, the scripting of the workload's TorchScript twin."))
     secs.append(("", "table", setup_table(df)))
     from compare.machine_report import machine_sections  # lazy: machine_report imports this module
     secs.extend(machine_sections(df))

@@ -12,7 +12,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from compare.workloads.registry import JaxStep, Program, as_lib_tensor, load_params, program, workload
+from compare.workloads.registry import (
+    JaxStep,
+    Program,
+    as_lib_tensor,
+    load_params,
+    program,
+    scripted_twin,
+    workload,
+)
 
 
 def _ops(lib):
@@ -64,6 +72,9 @@ def _(jnp, arrays):
         return (h, ys), carry
     names = ("xs", "w_ih", "w_hh", "b", "h0")
     return JaxStep(step, (), tuple(jnp.asarray(arrays[k]) for k in names))
+
+
+rnn_scan.torchscript_twin(scripted_twin("rnn_scan", ("xs", "w_ih", "w_hh", "b", "h0")))  # a Python for: prim::Loop
 
 
 # ------------------------------------------------------------------ power iteration to a tolerance: while_loop
@@ -124,6 +135,9 @@ def _(jnp, arrays):
     return JaxStep(step, (), (jnp.asarray(arrays["a"]), jnp.asarray(arrays["v0"])))
 
 
+power_iteration.torchscript_twin(scripted_twin("power_iteration", ("a", "v0")))  # a Python while: prim::Loop
+
+
 # ------------------------------------------------------------------ a data-dependent gate between two nets: cond
 GATE_SIZES = {"small": (16, 64), "medium": (128, 512), "large": (512, 2048)}
 
@@ -155,6 +169,9 @@ def _(jnp, arrays):
         out = jax.lax.cond(x.mean() > 0, lambda v: jnp.tanh(v @ w_a), lambda v: jnp.maximum(v @ w_b, 0) * 0.5, x)
         return (out,), carry
     return JaxStep(step, (), tuple(jnp.asarray(arrays[k]) for k in ("x", "w_a", "w_b")))
+
+
+branch_gate.torchscript_twin(scripted_twin("branch_gate", ("x", "w_a", "w_b")))  # a Python if: prim::If
 
 
 # ------------------------------------------------------------------ DynamicNet with its counter as state: cond
@@ -206,6 +223,15 @@ def _(jnp, arrays):
     return JaxStep(step, (params, jnp.zeros((), jnp.int32)), (jnp.asarray(arrays["x"]),))
 
 
+@dynamic_net_cond.torchscript_twin
+def _(torch, arrays):
+    """The same module with a Python ``if`` on its counter buffer where the workload has ``cond``."""
+    from compare.workloads.torchscript import DynamicNetCond
+    model = DynamicNetCond(arrays["x"].shape[1], arrays["linear1.weight"].shape[0], arrays["linear2.weight"].shape[0])
+    load_params(torch, model, arrays)
+    return Program(model, (as_lib_tensor(torch, arrays["x"]),))
+
+
 # ------------------------------------------------------------------ the Elman RNN's SGD train step: scan + backward
 RNN_LR = 0.05
 RNN_GRADS = ("grad:w_ih", "grad:w_hh", "grad:b", "grad:w_out")
@@ -250,7 +276,7 @@ def rnn_scan_train(lib, arrays):
         opt.step()
         return (loss, *[p.grad for p in params])
     args = tuple(as_lib_tensor(lib, arrays[k]) for k in ("xs", "h0", "y"))
-    return Program(step, args, lambda: {f"state:{n}": p for n, p in model.named_parameters()})
+    return Program(step, args, lambda: {f"state:{n}": p for n, p in model.named_parameters()}, (model,), (opt,))
 
 
 def _rnn_train_ref(xs, h0, y, w_ih, w_hh, b, w_out, **_):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from compare.workloads import npref
-from compare.workloads.registry import workload
+from compare.workloads.registry import scripted_twin, workload
 
 ROWS_COLS = {"small": (64, 256), "medium": (512, 1024), "large": (2048, 4096)}
 
@@ -56,3 +56,9 @@ def softmax(lib, x):
 @softmax.peer("numpy")
 def _(xp, x):
     return npref.softmax(xp, x, axis=-1)
+
+
+# TorchScript twins (compare/workloads/torchscript.py), kept below so the workloads' lines stay where explain's
+# doctest names them
+tanh_gelu.torchscript_twin(scripted_twin("tanh_gelu", ("x",)))
+softmax.torchscript_twin(scripted_twin("softmax", ("x",)))

@@ -53,6 +53,7 @@ def _mlp_forward_ref(x, y, **params):
 
 
 mlp_forward.reference = _mlp_forward_ref
+mlp_forward.torchscript_twin(mlp_forward.build)  # nn.Sequential of Linear and ReLU is TorchScript as built
 
 
 @mlp_forward.peer("numpy")
@@ -80,7 +81,8 @@ def _train_step(lib, arrays, make_opt):
         loss.backward()
         opt.step()
         return (loss, *[p.grad for p in params])
-    return Program(step, (as_lib_tensor(lib, arrays["x"]), as_lib_tensor(lib, arrays["y"])), param_state(model))
+    return Program(step, (as_lib_tensor(lib, arrays["x"]), as_lib_tensor(lib, arrays["y"])), param_state(model),
+                   (model,), (opt,))
 
 
 def _mlp_grads(x, y, params):
@@ -172,7 +174,7 @@ def adam_update(lib, arrays):
             p.grad = g
         opt.step()
         return tuple(p.detach() for p in params)
-    return Program(step, tuple(as_lib_tensor(lib, arrays[f"g{i}"]) for i in range(n)))
+    return Program(step, tuple(as_lib_tensor(lib, arrays[f"g{i}"]) for i in range(n)), optimizers=(opt,))
 
 
 def _adam_ref(**arrays):
@@ -239,7 +241,8 @@ def classifier_train(lib, arrays):
         loss.backward()
         opt.step()
         return (loss, model.fc1.weight.grad, model.fc1.bias.grad, model.fc2.weight.grad, model.fc2.bias.grad)
-    return Program(step, (as_lib_tensor(lib, arrays["x"]), as_lib_tensor(lib, arrays["labels"])), param_state(model))
+    return Program(step, (as_lib_tensor(lib, arrays["x"]), as_lib_tensor(lib, arrays["labels"])), param_state(model),
+                   (model,), (opt,))
 
 
 def _cls_ref(x, labels, **params):

@@ -19,6 +19,9 @@ Two decorators, one registry:
 
 Peers are attached next to the workload with ``@wl.peer("numpy")`` (``fn(xp, **arrays)``, also used as the
 float64 reference when no ``reference`` is given) and ``@wl.peer("jax")`` (returns a :class:`JaxStep`).
+The ``torch.jit.script`` peer needs a twin TorchScript can compile (``lib`` closures it cannot):
+``@wl.torchscript_twin`` attaches ``factory(torch, arrays) -> Program`` whose ``fn`` is a scriptable function or
+module, built from the same arrays.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class Program:
     fn: Callable
     args: tuple
     state: Callable[[], Mapping[str, Any]] | None = None
+    # A train step's modules and optimizers, for peers that compile them apart from the step (torch.compile:
+    # each module's forward and backward, and optimizer.step, with the step's backward() eager between them).
+    models: tuple = ()
+    optimizers: tuple = ()
 
 
 @dataclass
@@ -81,6 +88,9 @@ class Workload:
     note: str = ""
     source: str = ""
     tags: tuple[str, ...] = ()
+    # factory(torch, arrays) -> Program whose fn torch.jit.script compiles: the same computation on the same
+    # arrays, written without the lib closures TorchScript cannot compile (Python control flow kept as is)
+    torchscript: Callable[[Any, dict], Program] | None = None
 
     def make_inputs(self, size: str, seed: int = 0) -> dict[str, np.ndarray]:
         """Fresh input arrays (float32 unless the factory says otherwise), the same for every mode."""
@@ -98,6 +108,21 @@ class Workload:
             self.peers[kind] = fn
             return fn
         return attach
+
+    def torchscript_twin(self, factory: Callable[[Any, dict], Program]) -> Callable[[Any, dict], Program]:
+        """Decorator attaching the workload's TorchScript twin, run by the ``torch.jit.script`` peer.
+
+            >>> @workload(sizes={"small": {"x": (2, 3)}}, register=False)
+            ... def twice(lib, x):
+            ...     return x * 2
+            >>> @twice.torchscript_twin
+            ... def _(torch, arrays):
+            ...     return Program(lambda x: x * 2, (torch.from_numpy(arrays["x"]),))
+            >>> twice.torchscript is not None
+            True
+        """
+        self.torchscript = factory
+        return factory
 
     def run_reference(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The float64 NumPy truth: ``reference`` or else the NumPy peer, on float64 copies of the inputs."""
@@ -219,6 +244,21 @@ def load_params(lib, module, arrays: Mapping[str, np.ndarray], prefix: str = "")
                 raise KeyError(f"load_params: no initial value {key!r} in the workload's inputs "
                                f"(it has {', '.join(sorted(arrays))})")
             p.copy_(as_lib_tensor(lib, arrays[key]))
+
+
+def scripted_twin(name: str, inputs: tuple[str, ...]) -> Callable[[Any, dict], Program]:
+    """A TorchScript twin factory: the function ``name`` of ``compare/workloads/torchscript.py`` called on the
+    workload's arrays ``inputs`` (imported when the ``torch.jit.script`` peer runs, as it needs torch).
+
+        >>> factory = scripted_twin("softmax", ("x",))
+        >>> import torch; prog = factory(torch, {"x": np.zeros((2, 3), np.float32)})
+        >>> prog.fn.__name__, prog.args[0].shape
+        ('softmax', torch.Size([2, 3]))
+    """
+    def factory(lib, arrays: dict) -> Program:
+        from compare.workloads import torchscript
+        return Program(getattr(torchscript, name), tuple(as_lib_tensor(lib, arrays[k]) for k in inputs))
+    return factory
 
 
 def param_state(module, prefix: str = "") -> Callable[[], dict]:

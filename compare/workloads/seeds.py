@@ -117,6 +117,9 @@ def _dyn_ref(x, **params):
 
 
 dynamic_net.reference = _dyn_ref
+# The seed's module is TorchScript as written: torch.jit.script keeps its `if` on self.counter (a mutable int
+# attribute of the scripted module) as a prim::If, so it agrees with eager on every call.
+dynamic_net.torchscript_twin(dynamic_net.build)
 
 
 @dynamic_net.peer("jax")
@@ -143,6 +146,7 @@ def dynamic_net_script(lib, arrays):
 
 dynamic_net_script.reference = _dyn_ref
 dynamic_net_script.peer("jax")(_dyn_jax)
+dynamic_net_script.torchscript_twin(dynamic_net_script.build)
 
 
 # ------------------------------------------------------------------ the ModuleList network
@@ -192,6 +196,9 @@ def module_list(lib, arrays):
     model = module_list_net(lib, arrays["x"].shape[1], 10)
     load_params(lib, model, arrays)
     return Program(model, (as_lib_tensor(lib, arrays["x"]),))
+
+
+module_list.torchscript_twin(module_list.build)  # the ModuleList loop is unrolled by TorchScript as by a trace
 
 
 @module_list.peer("numpy")
@@ -250,7 +257,8 @@ def gan_step(lib, arrays):
 
     def state():
         return {**param_state(G, "G.")(), **param_state(D, "D.")()}
-    return Program(step, (as_lib_tensor(lib, arrays["real"]), as_lib_tensor(lib, arrays["noise"])), state)
+    return Program(step, (as_lib_tensor(lib, arrays["real"]), as_lib_tensor(lib, arrays["noise"])), state,
+                   (G, D), (d_optimizer, g_optimizer))
 
 
 def _gan_ref(real, noise, **params):
