@@ -262,11 +262,12 @@ def _scan_rule(*args, body, n_carry, n_xs, dim, reverse, length):
 
 
 def _no_gradient(g, out, *inputs, **params):
+    # a control node is differentiated whole, never through this row: a trace gives its results the node's VJP
+    # (tracer.regions), and tracer.grad replays the node through eager.cond / scan / while_loop, which do so too
     from eager.autograd.engine import BackwardError
-    raise BackwardError("backward through a traced control-flow node (cond, while_loop, scan) is not supported yet: "
-                        "differentiate the eager function (eager runs the branch that was taken, with autograd), "
-                        "or trace the forward only. (Gradients of traced regions are planned: scan's as a reverse "
-                        "scan, cond's as a cond of the branches' gradients.)")
+    raise BackwardError("backward through a control-flow node's result applied on its own is not supported: "
+                        "differentiate the node as a whole (call eager.cond / eager.scan, or use tracer.grad on the "
+                        "traced function).")
 
 
 def _result_rule(packed, index):

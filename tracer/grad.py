@@ -5,6 +5,11 @@ and ``eager.autograd.grad`` walks the replay backwards; every VJP rule is writte
 backward pass is recorded too. The result is one static graph (forward + backward) that a call runs without
 any eager autograd.
 
+A control-flow node replays through eager's own op (``eager.cond`` / ``scan`` / ``while_loop``) with functions
+that replay its regions, so the backward is the one a traced train step records (``tracer.regions``): a cond of
+the branches' VJPs, a recomputing scan then a reverse scan of the step's VJP; while_loop has no reverse-mode
+gradient (use scan), as in JAX. The backward regions stay differentiable, so a gradient of a gradient works too.
+
 The forward's guards are the gradient's: each value that left the forward graph to decide control flow is
 escaped again from the replay, so the backward graph outputs it too and each call compares it with what
 tracing saw (``tracer.traced``). A call that takes another path runs the gradient program traced for it, or
@@ -24,7 +29,7 @@ import inspect
 
 from eager.autograd.functional import grad as autograd_grad
 from eager.autograd.mode import MODE, enable_grad
-from eager.control import CONTROL_OPS
+from eager.control import CONTROL_OPS, RESULT, cond, scan, while_loop
 from eager.dispatch import apply
 from eager.ops import zeros_like
 from eager.primitives import PRIMITIVES, STOP_GRADIENT
@@ -34,6 +39,7 @@ from tracer.interpret import Rule, evaluate
 from tracer.ir import Graph, Node
 from tracer.pytree import flatten
 from tracer.recorder import Escape
+from tracer.regions import _replay as _replay_region  # a region replayed with _ReplayRule
 from tracer.signature import signature_of
 from tracer.slots import Slot
 from tracer.traced import Entry, Traced, _alias_key, trace
@@ -252,19 +258,46 @@ class _ReplayRule(Rule):
     def constant(self, node: Node) -> Tensor:
         return Tensor(node.value)
 
-    def call(self, node: Node, args: list) -> Tensor:
-        if node.op in CONTROL_OPS:
-            raise NotImplementedError(
-                f"tracer.grad does not differentiate through a control-flow node yet ({node.format()}); trace the "
-                "whole step instead (call loss.backward() inside the traced function: cond and scan differentiate "
-                "there), or keep nested control flow out of a region that is differentiated.")
+    def call(self, node: Node, args: list):
+        if node.op == RESULT.name:  # the control node's replay gave all its results at once
+            return args[0][node.params["index"]]
+        run = _replay_control if node.op in CONTROL_OPS else _replay_primitive
         if self.recorder is None:
-            return apply(PRIMITIVES[node.op], *args, **node.params)
+            return run(node, args)
         self.recorder.source_hint = node.source
         try:
-            return apply(PRIMITIVES[node.op], *args, **node.params)
+            return run(node, args)
         finally:
             self.recorder.source_hint = None
+
+
+def _replay_primitive(node: Node, args: list) -> Tensor:
+    return apply(PRIMITIVES[node.op], *args, **node.params)
+
+
+def _replay_control(node: Node, args: list) -> list[Tensor]:
+    """A control node replayed through eager's own op, with functions that replay its regions: under a trace the
+    op records the node again, with the backward a traced train step gets (``tracer.regions``: a cond of the
+    branches' VJPs, a recomputing scan then a reverse scan of the step's VJP, while_loop refused); run plainly,
+    eager runs what the data picks, as it runs the forward's Python. Returns every result (``result`` nodes pick)."""
+    p = node.params
+    if node.op == "cond":  # operands and captures alike become the replayed node's operands
+        branches = [lambda *xs, r=r: tuple(_replay_region(r, list(xs))) for r in p["branches"]]
+        return list(cond(args[0], *branches, list(args[1:])))
+    if node.op == "scan":
+        n_carry, n_xs = p["n_carry"], p["n_xs"]
+        caps = list(args[n_carry + n_xs:])
+
+        def step(carry, x):
+            out = _replay_region(p["body"], list(carry) + list(x) + caps)
+            return tuple(out[:n_carry]), tuple(out[n_carry:])
+        carry, ys = scan(step, tuple(args[:n_carry]), tuple(args[n_carry:n_carry + n_xs]), dim=p["dim"],
+                         reverse=p["reverse"])
+        return list(carry) + list(ys)
+    n_carry = p["n_carry"]
+    consts = list(args[n_carry:])
+    return list(while_loop(lambda *c: _replay_region(p["cond_region"], list(c) + consts)[0],
+                           lambda *c: tuple(_replay_region(p["body_region"], list(c) + consts)), tuple(args[:n_carry])))
 
 
 def _leaf_index_of_args(args) -> list[int | None]:

@@ -326,7 +326,13 @@ def _replay(region: Region, args: list):
 
 
 def _leaves(tensors) -> list[Tensor]:
-    return [t.detach().requires_grad_() if t.is_floating_point() else t.detach() for t in tensors]
+    # new leaves on the same arrays, not detach(): a trace finds their values by the arrays and records no
+    # stop_gradient, so a backward region stays differentiable when it is replayed again (second order); it
+    # reads each tensor first, so a tensor from outside stays the capture (its gradient reaches it)
+    for rec in MODE.get().recorders:
+        for t in tensors if hasattr(rec, "vid_of") else ():  # a trace's recorder (not an op counter)
+            rec.vid_of(t)
+    return [Tensor._make(t._data, t.is_floating_point(), None) for t in tensors]
 
 
 def _vjp(region: Region, args, cts, wrt_positions) -> list[Tensor]:
@@ -341,7 +347,8 @@ def _vjp(region: Region, args, cts, wrt_positions) -> list[Tensor]:
         wrt = [leaves[i] for i in wrt_positions]
         grads = eager.autograd.grad([o for o, _ in pairs], wrt, [c for _, c in pairs], allow_unused=True) \
             if pairs and wrt else [None] * len(wrt)
-    return [g.detach() if g is not None else eager.zeros_like(w).detach() for g, w in zip(grads, wrt)]
+    return [Tensor._make(g._data, False, None) if g is not None else eager.zeros_like(w).detach()
+            for g, w in zip(grads, wrt)]
 
 
 def _cond_vjp(g, out, pred, *args, params, result_avals):
